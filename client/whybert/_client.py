@@ -1,0 +1,175 @@
+"""`Client` and `AsyncClient`: the same calls, blocking or awaitable, over one core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from ._core import USE_CLIENT_DEFAULT, BaseClient
+from ._exceptions import WhybertError, from_rpc_error
+from ._types import Explanation, ModelInfo, Prediction
+from .v1 import explainer_pb2 as pb
+from .v1 import explainer_pb2_grpc as pb_grpc
+
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_SERVING = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _health_request(service: str) -> bytes:
+    """A grpc.health.v1.HealthCheckRequest, encoded by hand (the client needs no health stubs)."""
+    raw = service.encode()
+    return b"\n" + _varint(len(raw)) + raw if raw else b""
+
+
+def _health_status(data: bytes) -> str:
+    # HealthCheckResponse { ServingStatus status = 1; } → tag 0x08, then a varint.
+    return _SERVING.get(data[1] if len(data) >= 2 and data[0] == 0x08 else 0, "UNKNOWN")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class Client(BaseClient):
+    """A blocking client. Use as a context manager, or call `close()`.
+
+    >>> with whybert.Client("localhost:50051") as client:
+    ...     client.predict(["the food was great"])[0].label
+    """
+
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        creds = self.credentials()
+        options = self.channel_options()
+        self._channel = (
+            grpc.secure_channel(self.target, creds, options=options)
+            if creds is not None
+            else grpc.insecure_channel(self.target, options=options)
+        )
+        self._stub = pb_grpc.ExplainerStub(self._channel)
+        self._health = self._channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: Any) -> Any:
+        try:
+            return method(request, timeout=self.call_timeout(timeout), metadata=self.metadata())
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def predict(
+        self, texts: Sequence[str] | str, model: str | None = None, *, timeout: Any = USE_CLIENT_DEFAULT
+    ) -> list[Prediction]:
+        """Class probabilities of each text."""
+        response = self._call(self._stub.Predict, self.predict_request(texts, model), timeout)
+        return self.predictions(response)
+
+    def explain(
+        self,
+        texts: Sequence[str] | str,
+        model: str | None = None,
+        explainer: str = "shap-partition",
+        *,
+        timeout: Any = USE_CLIENT_DEFAULT,
+        **options: Any,
+    ) -> list[Explanation]:
+        """Per-token attributions of each text (options: see `whybert.EXPLAIN_OPTIONS`)."""
+        request = self.explain_request(texts, model, explainer, options)
+        return self.explanations(request, self._call(self._stub.Explain, request, timeout))
+
+    def list_models(self, *, timeout: Any = USE_CLIENT_DEFAULT) -> list[ModelInfo]:
+        """The models the server serves."""
+        return self.models(self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    def health(self, service: str = "", *, timeout: Any = USE_CLIENT_DEFAULT) -> str:
+        """The server's grpc.health.v1 status: SERVING, NOT_SERVING, ..."""
+        return _health_status(self._call(self._health, _health_request(service), timeout))
+
+
+class AsyncClient(BaseClient):
+    """An asyncio client, with the same calls as `Client`, awaited.
+
+    >>> async with whybert.AsyncClient("localhost:50051") as client:
+    ...     (await client.predict(["the food was great"]))[0].label
+    """
+
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        creds = self.credentials()
+        options = self.channel_options()
+        self._channel = (
+            grpc.aio.secure_channel(self.target, creds, options=options)
+            if creds is not None
+            else grpc.aio.insecure_channel(self.target, options=options)
+        )
+        self._stub = pb_grpc.ExplainerStub(self._channel)
+        self._health = self._channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: Any) -> Any:
+        try:
+            return await method(request, timeout=self.call_timeout(timeout), metadata=self.metadata())
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def predict(
+        self, texts: Sequence[str] | str, model: str | None = None, *, timeout: Any = USE_CLIENT_DEFAULT
+    ) -> list[Prediction]:
+        """Class probabilities of each text."""
+        response = await self._call(self._stub.Predict, self.predict_request(texts, model), timeout)
+        return self.predictions(response)
+
+    async def explain(
+        self,
+        texts: Sequence[str] | str,
+        model: str | None = None,
+        explainer: str = "shap-partition",
+        *,
+        timeout: Any = USE_CLIENT_DEFAULT,
+        **options: Any,
+    ) -> list[Explanation]:
+        """Per-token attributions of each text (options: see `whybert.EXPLAIN_OPTIONS`)."""
+        request = self.explain_request(texts, model, explainer, options)
+        return self.explanations(request, await self._call(self._stub.Explain, request, timeout))
+
+    async def list_models(self, *, timeout: Any = USE_CLIENT_DEFAULT) -> list[ModelInfo]:
+        """The models the server serves."""
+        return self.models(await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    async def health(self, service: str = "", *, timeout: Any = USE_CLIENT_DEFAULT) -> str:
+        """The server's grpc.health.v1 status: SERVING, NOT_SERVING, ..."""
+        return _health_status(await self._call(self._health, _health_request(service), timeout))
+
+
+__all__ = ["AsyncClient", "Client", "WhybertError"]

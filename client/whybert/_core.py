@@ -1,0 +1,225 @@
+"""The client's core, shared by `Client` and `AsyncClient`: configuration, channel options,
+request building and response parsing. It does no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ._types import Explanation, ModelInfo, Prediction
+from .v1 import explainer_pb2 as pb
+
+SERVICE = "whybert.v1.Explainer"
+DEFAULT_TIMEOUT = 120.0
+
+
+class _UseClientDefault:
+    """Marks a `timeout=` left out, as opposed to `timeout=None` (wait forever)."""
+
+    def __repr__(self) -> str:
+        return "USE_CLIENT_DEFAULT"
+
+
+USE_CLIENT_DEFAULT: Any = _UseClientDefault()
+
+EXPLAINERS = {
+    "shap-partition": pb.EXPLAINER_KIND_SHAP_PARTITION,
+    "shap": pb.EXPLAINER_KIND_SHAP_PARTITION,
+    "lime": pb.EXPLAINER_KIND_LIME,
+    "integrated-gradients": pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
+    "ig": pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
+}
+OUTPUTS = {"probability": pb.OUTPUT_SPACE_PROBABILITY, "logit": pb.OUTPUT_SPACE_LOGIT}
+FIXED_CONTEXTS = {None: pb.FIXED_CONTEXT_UNSPECIFIED, 0: pb.FIXED_CONTEXT_ZERO, 1: pb.FIXED_CONTEXT_ONE}
+EXPLAIN_OPTIONS = (
+    "max_evals", "fixed_context", "batch_size",      # shap-partition
+    "num_samples", "num_features", "random_seed",    # lime
+    "n_steps",                                       # integrated-gradients
+    "output", "targets", "faithfulness",             # every explainer
+)
+
+
+def service_config(retries: int) -> str:
+    """Round-robin over every address, and retry UNAVAILABLE with exponential backoff."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retries > 0:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": SERVICE}, {"service": "grpc.health.v1.Health"}],
+                "retryPolicy": {
+                    "maxAttempts": min(retries + 1, 5),
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+def channel_target(targets: str | Sequence[str]) -> str:
+    """One gRPC target for one or several `host:port` addresses.
+
+    Several IP addresses become an `ipv4:`/`ipv6:` list, which the round-robin policy
+    spreads calls over; a single name is passed as is (DNS may give several addresses).
+    """
+    items = [targets] if isinstance(targets, str) else list(targets)
+    if not items:
+        raise ValueError("no target given")
+    if len(items) == 1:
+        return items[0]
+    families = {_family(t) for t in items}
+    if families == {"ipv4"}:
+        return "ipv4:" + ",".join(items)
+    if families == {"ipv6"}:
+        return "ipv6:" + ",".join(items)
+    raise ValueError(
+        "several targets must all be IPv4 or all IPv6 addresses (host:port); for names, "
+        "use one DNS name that resolves to every replica (dns:///name:port)"
+    )
+
+
+def _family(target: str) -> str:
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return "ipv4" if target.startswith("localhost") else "name"
+    try:
+        return "ipv6" if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address) else "ipv4"
+    except ValueError:
+        return "name"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Client-side TLS: the CA that signed the server, and a client pair for mutual TLS."""
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
+
+
+class BaseClient:
+    """Everything both faces share; subclasses add only the calls."""
+
+    def __init__(
+        self,
+        target: str | Sequence[str] = "localhost:50051",
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        tls: TLSConfig | bool | None = None,
+        retries: int = 4,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.target = channel_target(target)
+        self.timeout = timeout
+        self.token = token
+        self.tls = TLSConfig() if tls is True else (tls or None)
+        self.retries = retries
+        self.max_message_bytes = max_message_bytes
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.service_config", service_config(self.retries)),
+            ("grpc.enable_retries", 1 if self.retries > 0 else 0),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", 120_000),
+        ]
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        return None if self.tls is None else self.tls.credentials()
+
+    def metadata(self) -> list[tuple[str, str]] | None:
+        """The bearer token travels as call metadata (on plain channels too, unlike call
+        credentials); use TLS wherever the network is not trusted."""
+        return [("authorization", f"Bearer {self.token}")] if self.token else None
+
+    def call_timeout(self, timeout: Any) -> float | None:
+        return self.timeout if timeout is USE_CLIENT_DEFAULT else timeout
+
+    # ---- requests ------------------------------------------------------------------------
+
+    @staticmethod
+    def predict_request(texts: Sequence[str] | str, model: str | None) -> pb.PredictRequest:
+        return pb.PredictRequest(model=model or "", texts=_texts(texts))
+
+    @staticmethod
+    def explain_request(
+        texts: Sequence[str] | str, model: str | None, explainer: str, options: dict[str, Any]
+    ) -> pb.ExplainRequest:
+        unknown = sorted(set(options) - set(EXPLAIN_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown explain option(s): {', '.join(unknown)}; known: {', '.join(EXPLAIN_OPTIONS)}")
+        if explainer not in EXPLAINERS:
+            raise ValueError(f"unknown explainer {explainer!r}; known: {', '.join(EXPLAINERS)}")
+        req = pb.ExplainRequest(model=model or "", texts=_texts(texts), explainer=EXPLAINERS[explainer])
+        output = options.get("output")
+        if output is not None:
+            if output not in OUTPUTS:
+                raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+            req.output = OUTPUTS[output]
+        _set_targets(req, options.get("targets"))
+        if options.get("fixed_context", None) not in FIXED_CONTEXTS:
+            raise ValueError("fixed_context must be None, 0 or 1")
+        req.shap.fixed_context = FIXED_CONTEXTS[options.get("fixed_context")]
+        for name, message in (
+            ("max_evals", req.shap), ("batch_size", req.shap),
+            ("num_samples", req.lime), ("num_features", req.lime), ("random_seed", req.lime),
+            ("n_steps", req.integrated_gradients),
+        ):
+            value = options.get(name)
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+                setattr(message, name, value)
+        req.faithfulness = bool(options.get("faithfulness", False))
+        return req
+
+    # ---- responses -----------------------------------------------------------------------
+
+    @staticmethod
+    def predictions(response: pb.PredictResponse) -> list[Prediction]:
+        return [Prediction.from_proto(p) for p in response.predictions]
+
+    @staticmethod
+    def explanations(request: pb.ExplainRequest, response: pb.ExplainResponse) -> list[Explanation]:
+        return [Explanation.from_proto(t, e) for t, e in zip(request.texts, response.explanations, strict=True)]
+
+    @staticmethod
+    def models(response: pb.ListModelsResponse) -> list[ModelInfo]:
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+
+def _texts(texts: Sequence[str] | str) -> list[str]:
+    items = [texts] if isinstance(texts, str) else list(texts)
+    bad = [type(t).__name__ for t in items if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be strings, got {', '.join(sorted(set(bad)))}")
+    return items
+
+
+def _set_targets(req: pb.ExplainRequest, targets: Any) -> None:
+    if targets is None or targets == "predicted":
+        req.target_mode = pb.TARGET_MODE_PREDICTED
+    elif targets == "all":
+        req.target_mode = pb.TARGET_MODE_ALL
+    else:
+        names = [targets] if isinstance(targets, str) else list(targets)
+        req.target_mode = pb.TARGET_MODE_NAMED
+        req.target_labels.extend(names)

@@ -1,0 +1,156 @@
+"""Result types: plain Python and numpy, built from the server's messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .v1 import explainer_pb2 as pb
+
+EXPLAINER_NAMES = {
+    pb.EXPLAINER_KIND_SHAP_PARTITION: "shap-partition",
+    pb.EXPLAINER_KIND_LIME: "lime",
+    pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS: "integrated-gradients",
+}
+OUTPUT_NAMES = {pb.OUTPUT_SPACE_PROBABILITY: "probability", pb.OUTPUT_SPACE_LOGIT: "logit"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classifier's output on one text."""
+
+    label: str
+    scores: dict[str, float]
+    logits: dict[str, float] = field(default_factory=dict)
+    truncated: bool = False
+    token_count: int = 0
+
+    @classmethod
+    def from_proto(cls, msg: pb.Prediction) -> Prediction:
+        return cls(
+            label=msg.label,
+            scores={s.label: s.probability for s in msg.scores},
+            logits={s.label: s.logit for s in msg.scores},
+            truncated=msg.truncated,
+            token_count=msg.token_count,
+        )
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """AOPC comprehensiveness (higher is better) and sufficiency (lower is better)."""
+
+    comprehensiveness: float
+    sufficiency: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Per-token attributions of one text, with the fields of `shap.Explanation`.
+
+    `values` is (tokens × labels): `values[i, j]` is token i's contribution to label j's
+    output, in `output` space; `base_values[j] + values[:, j].sum()` gives
+    `output_values[j]` (up to `additivity_error`).
+    """
+
+    text: str
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    values: np.ndarray
+    base_values: np.ndarray
+    output_values: np.ndarray
+    labels: list[str]
+    prediction: Prediction
+    explainer: str
+    output: str
+    additivity_error: float = 0.0
+    model_rows: int = 0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    cached: bool = False
+    convergence_delta: np.ndarray | None = None
+    faithfulness: Faithfulness | None = None
+
+    @classmethod
+    def from_proto(cls, text: str, msg: pb.TextExplanation) -> Explanation:
+        n_labels = max(len(msg.labels), 1)
+        values = np.asarray(msg.values, dtype=np.float64).reshape(-1, n_labels)
+        return cls(
+            text=text,
+            tokens=[t.text for t in msg.tokens],
+            offsets=[(t.start, t.end) for t in msg.tokens],
+            special=[t.special for t in msg.tokens],
+            values=values,
+            base_values=np.asarray(msg.base_values, dtype=np.float64),
+            output_values=np.asarray(msg.output_values, dtype=np.float64),
+            labels=list(msg.labels),
+            prediction=Prediction.from_proto(msg.prediction),
+            explainer=EXPLAINER_NAMES.get(msg.explainer, "unknown"),
+            output=OUTPUT_NAMES.get(msg.output, "unknown"),
+            additivity_error=msg.additivity_error,
+            model_rows=msg.model_rows,
+            queue_seconds=msg.queue_seconds,
+            compute_seconds=msg.compute_seconds,
+            cached=msg.cached,
+            convergence_delta=(
+                np.asarray(msg.convergence_delta, dtype=np.float64) if msg.convergence_delta else None
+            ),
+            faithfulness=(
+                Faithfulness(msg.faithfulness.comprehensiveness, msg.faithfulness.sufficiency)
+                if msg.HasField("faithfulness")
+                else None
+            ),
+        )
+
+    def to_shap(self) -> Any:
+        """A `shap.Explanation` (needs shap installed), so `shap.plots.text(e.to_shap())` works."""
+        try:
+            import shap
+        except ImportError as exc:
+            raise ImportError("to_shap() needs the shap package: pip install shap") from exc
+        values = self.values[:, 0] if self.values.shape[1] == 1 else self.values
+        base = float(self.base_values[0]) if self.values.shape[1] == 1 else self.base_values
+        return shap.Explanation(
+            values=values,
+            base_values=base,
+            data=np.asarray(self.tokens, dtype=object),
+            feature_names=[t.strip() for t in self.tokens],
+            output_names=self.labels if self.values.shape[1] > 1 else self.labels[0],
+        )
+
+    def top_tokens(self, label: str | None = None, k: int = 10) -> list[tuple[str, float]]:
+        """The k non-special tokens with the largest |attribution| for a label."""
+        j = self.labels.index(label) if label is not None else 0
+        order = np.argsort(-np.abs(self.values[:, j]))
+        picked = [i for i in order if not self.special[i]][:k]
+        return [(self.tokens[i].strip(), float(self.values[i, j])) for i in picked]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server serves."""
+
+    name: str
+    labels: list[str]
+    max_tokens: int
+    is_default: bool
+    explainers: list[str]
+    weights_sha256: str = ""
+    device: str = ""
+    dtype: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: pb.ModelInfo) -> ModelInfo:
+        return cls(
+            name=msg.name,
+            labels=list(msg.labels),
+            max_tokens=msg.max_tokens,
+            is_default=msg.is_default,
+            explainers=[EXPLAINER_NAMES.get(e, "unknown") for e in msg.explainers],
+            weights_sha256=msg.weights_sha256,
+            device=msg.device,
+            dtype=msg.dtype,
+        )

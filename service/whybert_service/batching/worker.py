@@ -1,0 +1,381 @@
+"""The model worker: the one thread that owns a model and runs every forward pass on it.
+
+Callers on any thread `submit` rows (cheap: a lock, a heap push, a notify) and wait on a
+future; asyncio callers await it without blocking the loop, explainer threads block on
+it. The worker cuts batches from the shared queue under the token budget, waits at most
+`max_batch_delay` for an under-full batch to fill, runs it grouped by length, and hands
+each caller its own rows' logits. A batch that fails is split in halves and retried, so
+a row that fails alone fails only its own request. If the worker's loop itself breaks,
+it is restarted: health goes NOT_SERVING meanwhile and the queued callers get
+UNAVAILABLE, which clients retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ..context import RequestContext
+from ..errors import (
+    Cancelled,
+    DeadlineExceeded,
+    ModelFailure,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from ..metrics import Metrics
+from ..models.classifier import Classifier
+from .queue import Batch, DropReason, RowQueue, RowsResult, Submission, deliver, fail, split_by_length
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class WorkerCrash(BaseException):
+    """Raised inside the worker when its device state can no longer be trusted."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    max_batch_tokens: int = 8192
+    max_batch_delay_s: float = 0.004
+    max_queued_rows: int = 200_000
+    # Rows a length group keeps at least before a longer row may start a new group.
+    min_group_rows: int = 8
+
+
+@dataclass(eq=False)
+class _Job:
+    """A function to run on the worker thread with exclusive use of the model."""
+
+    fn: Callable[[Classifier], Any]
+    context: RequestContext
+    future: Future[Any]
+
+
+class ModelWorker:
+    """Owns one `Classifier`; every forward pass on it goes through here."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        config: WorkerConfig | None = None,
+        metrics: Metrics | None = None,
+        on_health: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.config = config or WorkerConfig()
+        self.metrics = metrics or Metrics()
+        self._on_health = on_health
+        self._queue = RowQueue()
+        self._jobs: list[_Job] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._healthy = False
+        self.restarts = 0
+        self._labels = {"model": classifier.name}
+
+    # ---- the callers' side -------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and not self._stopping
+
+    def submit(self, rows: Sequence[Sequence[int]], context: RequestContext) -> Future[RowsResult]:
+        """Queue encoded rows; the future receives their logits. Never blocks on the model."""
+        future: Future[RowsResult] = Future()
+        if not rows:
+            future.set_result(RowsResult(np.zeros((0, self.classifier.num_labels), np.float32), 0.0))
+            return future
+        sub = Submission(
+            rows=[list(r) for r in rows],
+            context=context,
+            future=future,
+            enqueued_at=time.monotonic(),
+            seq=next(self._seq),
+        )
+        with self._cond:
+            self._admit(len(sub.rows))
+            self._queue.push(sub)
+            self._publish_depth()
+            self._cond.notify()
+        return future
+
+    def run_blocking(self, rows: Sequence[Sequence[int]], context: RequestContext) -> RowsResult:
+        """Submit and wait, from a thread that is not the event loop (explainers)."""
+        future = self.submit(rows, context)
+        while True:
+            remaining = context.remaining()
+            try:
+                return future.result(timeout=0.05 if remaining is None else max(0.0, min(remaining, 0.05)))
+            except TimeoutError:
+                if context.cancelled or context.expired():
+                    future.cancel()
+                    with self._cond:
+                        self._cond.notify()
+                    raise Cancelled("the caller cancelled") if context.cancelled else DeadlineExceeded(
+                        "the deadline passed while waiting for the model"
+                    ) from None
+
+    async def run(self, rows: Sequence[Sequence[int]], context: RequestContext) -> RowsResult:
+        """Submit and await, from the event loop; cancelling the await drops the rows."""
+        future = self.submit(rows, context)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            context.cancel()
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[[Classifier], T], context: RequestContext) -> Future[T]:
+        """Run `fn(classifier)` on the worker thread between batches (gradient work)."""
+        future: Future[T] = Future()
+        with self._cond:
+            if not self.healthy:
+                raise Unavailable(f"model {self.classifier.name!r} is not serving right now")
+            self._jobs.append(_Job(fn=fn, context=context, future=future))
+            self._cond.notify()
+        return future
+
+    def queued_rows(self) -> int:
+        with self._cond:
+            return self._queue.queued_rows
+
+    def _admit(self, n_rows: int) -> None:
+        if not self.healthy:
+            raise Unavailable(f"model {self.classifier.name!r} is not serving right now; retry")
+        if self._queue.queued_rows + n_rows > self.config.max_queued_rows:
+            self.metrics.dropped_rows.labels(self.classifier.name, "rejected").inc(n_rows)
+            raise ResourceExhausted(
+                f"the queue of model {self.classifier.name!r} is full "
+                f"({self._queue.queued_rows} of {self.config.max_queued_rows} rows queued); retry later"
+            )
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Warm the model up, then start the worker thread."""
+        self._warm_up()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._main, name=f"whybert-worker-{self.classifier.name}", daemon=True
+        )
+        self._thread.start()
+        self._set_health(True)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking work; what is still queued gets UNAVAILABLE."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._fail_everything(Unavailable("the server is shutting down"))
+        self._set_health(False)
+
+    def _warm_up(self) -> None:
+        """One forward pass at start-up, so the first request does not pay for lazy init."""
+        ids = self.classifier.encode(["warm up the model"]).ids
+        self.classifier.forward(ids * 2)
+
+    def _set_health(self, ok: bool) -> None:
+        self._healthy = ok
+        self.metrics.model_loaded.labels(self.classifier.name).set(1 if ok else 0)
+        if self._on_health is not None:
+            self._on_health(ok)
+
+    # ---- the worker's side -------------------------------------------------------------
+
+    def _main(self) -> None:
+        while not self._stopping:
+            try:
+                self._loop()
+            except BaseException as exc:  # the loop broke: restart it, never hang callers
+                if self._stopping:
+                    break
+                log.error("worker for model %s died: %r; restarting", self.classifier.name, exc)
+                self._set_health(False)
+                self._fail_everything(
+                    Unavailable(f"the worker of model {self.classifier.name!r} restarted; retry")
+                )
+                self.metrics.worker_restarts.labels(self.classifier.name).inc()
+                self.restarts += 1
+                self._recover()
+
+    def _recover(self) -> None:
+        """Bring the device back to a known state, then serve again."""
+        if self.classifier.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            self._warm_up()
+        except Exception as exc:
+            log.error("model %s failed its warm-up after a restart: %r", self.classifier.name, exc)
+            time.sleep(1.0)
+            return
+        self._set_health(True)
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            job, batch = self._next_work()
+            if job is not None:
+                self._run_job(job)
+            elif batch is not None and batch.rows:
+                self._run_batch(batch)
+
+    def _next_work(self) -> tuple[_Job | None, Batch | None]:
+        """Wait until a job or a worthwhile batch is ready, then take it."""
+        cfg = self.config
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                self._drop_dead(now)
+                if self._jobs:
+                    return self._jobs.pop(0), None
+                if len(self._queue):
+                    oldest = self._queue.oldest_enqueued_at() or now
+                    wait = oldest + cfg.max_batch_delay_s - now
+                    if wait <= 0 or self._queue.pending_cost() >= cfg.max_batch_tokens:
+                        batch = self._queue.take_batch(cfg.max_batch_tokens, now)
+                        self._publish_depth()
+                        return None, batch
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait(0.5)
+        return None, None
+
+    def _drop_dead(self, now: float) -> None:
+        for sub, reason in self._queue.sweep(now):
+            self.metrics.dropped_rows.labels(self.classifier.name, reason.value).inc(sub.pending)
+            if reason is DropReason.DEADLINE:
+                fail(sub, DeadlineExceeded("the deadline passed before the model could run"))
+            else:
+                fail(sub, Cancelled("the caller cancelled"))
+        live = []
+        for job in self._jobs:
+            if job.future.cancelled() or job.context.cancelled:
+                fail_job(job, Cancelled("the caller cancelled"))
+            elif job.context.expired(now):
+                fail_job(job, DeadlineExceeded("the deadline passed before the model could run"))
+            else:
+                live.append(job)
+        self._jobs = live
+
+    def _publish_depth(self) -> None:
+        self.metrics.queue_rows.labels(self.classifier.name).set(self._queue.queued_rows)
+        self.metrics.queue_submissions.labels(self.classifier.name).set(len(self._queue))
+
+    def _run_job(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.fn(self.classifier))
+        except WorkerCrash:
+            job.future.set_exception(Unavailable("the model worker restarted; retry"))
+            raise
+        except ServiceError as exc:
+            job.future.set_exception(exc)
+        except Exception as exc:
+            log.warning("job on model %s failed: %r", self.classifier.name, exc)
+            job.future.set_exception(ModelFailure(f"the model failed on this request: {exc}"))
+
+    def _run_batch(self, batch: Batch) -> None:
+        name = self.classifier.name
+        now = time.monotonic()
+        for piece in batch.slices:
+            if piece.start == 0:
+                self.metrics.queue_wait_seconds.labels(name).observe(now - piece.submission.enqueued_at)
+        self.metrics.batch_rows.labels(name).observe(len(batch.rows))
+        self.metrics.batch_tokens.labels(name).observe(batch.padded_tokens)
+        pairs = [(p.submission, i) for p in batch.slices for i in range(p.start, p.stop)]
+        started = time.perf_counter()
+        self._run_pairs(pairs)
+        self.metrics.forward_seconds.labels(name).observe(time.perf_counter() - started)
+        self.metrics.rows_total.labels(name).inc(len(pairs))
+        if self.classifier.device.type == "cuda":
+            self.metrics.device_memory_bytes.labels(str(self.classifier.device)).set(
+                torch.cuda.memory_allocated(self.classifier.device)
+            )
+
+    def _run_pairs(self, pairs: list[tuple[Submission, int]]) -> None:
+        """Forward (submission, row) pairs; on failure split in halves down to single rows."""
+        pairs = [(s, i) for s, i in pairs if not s.future.done()]
+        if not pairs:
+            return
+        try:
+            logits = self._forward_grouped([s.rows[i] for s, i in pairs])
+        except WorkerCrash:
+            raise
+        except Exception as exc:
+            kind = "oom" if _is_oom(exc) else "error"
+            self.metrics.batch_failures.labels(self.classifier.name, kind).inc()
+            if kind == "oom" and self.classifier.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(pairs) == 1:
+                log.warning("model %s failed on a single row: %r", self.classifier.name, exc)
+                self.metrics.dropped_rows.labels(self.classifier.name, "failed").inc()
+                fail(pairs[0][0], ModelFailure(_failure_message(kind, exc)))
+                return
+            half = len(pairs) // 2
+            self._run_pairs(pairs[:half])
+            self._run_pairs(pairs[half:])
+            return
+        now = time.monotonic()
+        for (sub, i), row in zip(pairs, logits, strict=True):
+            deliver(sub, i, row[None, :], now)
+
+    def _forward_grouped(self, rows: list[list[int]]) -> np.ndarray:
+        """One forward per group of similar lengths; logits back in the rows' order."""
+        groups = split_by_length([len(r) for r in rows], self.config.min_group_rows)
+        out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
+        padded = 0
+        for group in groups:
+            group_rows = [rows[i] for i in group]
+            out[group] = self.classifier.forward(group_rows)
+            padded += len(group) * max(len(r) for r in group_rows)
+        real = sum(len(r) for r in rows)
+        self.metrics.padding_fraction.labels(self.classifier.name).observe(1 - real / max(padded, 1))
+        return out
+
+    def _fail_everything(self, error: ServiceError) -> None:
+        with self._cond:
+            subs = self._queue.drain()
+            jobs, self._jobs = self._jobs, []
+            self._publish_depth()
+        for sub in subs:
+            fail(sub, error)
+        for job in jobs:
+            fail_job(job, error)
+
+
+def fail_job(job: _Job, error: BaseException) -> None:
+    if not job.future.done():
+        try:
+            job.future.set_exception(error)
+        except Exception:  # noqa: S110 - cancelled meanwhile
+            pass
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _failure_message(kind: str, exc: BaseException) -> str:
+    if kind == "oom":
+        return "the model ran out of device memory on this text even alone; send a shorter text"
+    return f"the model failed on this request's input: {type(exc).__name__}: {exc}"

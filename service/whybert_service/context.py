@@ -1,0 +1,50 @@
+"""What every piece of work knows about the request it serves: its deadline and whether
+its caller is still there."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class Priority(IntEnum):
+    """Scheduling class of a row; a lower value runs first."""
+
+    PREDICT = 0
+    EXPLAIN = 1
+
+
+@dataclass(eq=False)
+class RequestContext:
+    """Deadline (monotonic seconds) and cancellation of one request, shared by all its rows.
+
+    Thread-safe: the transport sets `cancel()` when the caller leaves, the worker reads
+    `alive()` before each batch.
+    """
+
+    priority: Priority = Priority.PREDICT
+    deadline: float | None = None
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def with_timeout(cls, priority: Priority, seconds: float | None) -> RequestContext:
+        deadline = None if seconds is None else time.monotonic() + seconds
+        return cls(priority=priority, deadline=deadline)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def expired(self, now: float | None = None) -> bool:
+        if self.deadline is None:
+            return False
+        return (time.monotonic() if now is None else now) >= self.deadline
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline, or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()

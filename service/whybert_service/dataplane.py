@@ -1,0 +1,153 @@
+"""What the server does, free of any transport: predict, explain, list models.
+
+The gRPC servicer converts messages in and out and calls these; nothing here knows about
+protobuf or status codes. Nothing here blocks the event loop: tokenization runs in a
+thread, forward passes on the model's worker, explanations in the explainer threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from .cache import ExplanationCache
+from .context import RequestContext
+from .errors import Cancelled, DeadlineExceeded, ResourceExhausted, ServiceError
+from .explainers import Explainer, create_explainers
+from .explainers.base import prediction_from_logits
+from .metrics import Metrics
+from .models.registry import ModelHandle, ModelRegistry
+from .types import (
+    ExplainParams,
+    ExplanationResult,
+    ModelDescription,
+    PredictionResult,
+    PredictParams,
+)
+from .validation import check_target_labels
+
+log = logging.getLogger(__name__)
+
+
+class DataPlane:
+    """The server's operations over its models."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        *,
+        explain_threads: int = 32,
+        max_concurrent_requests: int = 512,
+        cache_entries: int = 4096,
+        explainers: dict[str, Explainer] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.explainers = explainers if explainers is not None else create_explainers()
+        self.cache = ExplanationCache(cache_entries, metrics)
+        self._pool = ThreadPoolExecutor(explain_threads, thread_name_prefix="whybert-explain")
+        self._max_requests = max_concurrent_requests
+        self._in_flight = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def admitted(self, method: str) -> Iterator[None]:
+        """Hold one of the server's request slots; refuse at once when none is free."""
+        if self._in_flight >= self._max_requests:
+            raise ResourceExhausted(
+                f"the server is at its limit of {self._max_requests} requests in progress; retry later"
+            )
+        self._in_flight += 1
+        gauge = self.metrics.requests_in_flight.labels(method)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            gauge.dec()
+
+    # ---- Predict -------------------------------------------------------------------------
+
+    async def predict(self, params: PredictParams, ctx: RequestContext) -> tuple[str, list[PredictionResult]]:
+        handle = self.registry.get(params.model)
+        classifier = handle.classifier
+        encoded = await asyncio.to_thread(classifier.encode, params.texts)
+        result = await handle.worker.run(encoded.ids, ctx)
+        predictions = [
+            prediction_from_logits(classifier.labels, result.logits[i], encoded.truncated[i], len(ids))
+            for i, ids in enumerate(encoded.ids)
+        ]
+        return handle.name, predictions
+
+    # ---- Explain -------------------------------------------------------------------------
+
+    async def explain(self, params: ExplainParams, ctx: RequestContext) -> tuple[str, list[ExplanationResult]]:
+        handle = self.registry.get(params.model)
+        check_target_labels(params, handle.classifier.labels)
+        explainer = self.explainers[params.explainer.value]
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.run_in_executor(self._pool, self._explain_one, explainer, handle, text, params, ctx)
+            for text in params.texts
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # The caller left, its deadline passed or one text failed: stop the others.
+            ctx.cancel()
+            raise
+        return handle.name, list(results)
+
+    def _explain_one(
+        self, explainer: Explainer, handle: ModelHandle, text: str, params: ExplainParams, ctx: RequestContext
+    ) -> ExplanationResult:
+        """One text's explanation, on an explainer thread; the cache first."""
+        if ctx.cancelled:
+            raise Cancelled("the caller cancelled")
+        if ctx.expired():
+            raise DeadlineExceeded("the deadline passed before the explanation started")
+        name = params.explainer.value
+        key = self.cache.key(handle.classifier, text, params)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.explanations.labels(handle.name, name, "cached").inc()
+            return cached
+        started = time.perf_counter()
+        try:
+            result = explainer.explain(handle, text, params, ctx)
+        except ServiceError as exc:
+            self.metrics.explanations.labels(handle.name, name, exc.code.name.lower()).inc()
+            raise
+        self.metrics.explanations.labels(handle.name, name, "ok").inc()
+        self.metrics.explanation_seconds.labels(handle.name, name).observe(time.perf_counter() - started)
+        self.metrics.rows_per_explanation.labels(handle.name, name).observe(result.model_rows)
+        self.cache.put(key, result)
+        return result
+
+    # ---- ListModels ----------------------------------------------------------------------
+
+    def list_models(self) -> tuple[list[ModelDescription], str]:
+        out = []
+        for handle in self.registry:
+            c = handle.classifier
+            out.append(
+                ModelDescription(
+                    name=c.name,
+                    labels=list(c.labels),
+                    max_tokens=c.max_length,
+                    is_default=c.name == self.registry.default_model,
+                    explainers=[e.name for e in self.explainers.values() if e.supports(c)],
+                    weights_sha256=c.weights_sha256,
+                    device=str(c.device),
+                    dtype=str(c.dtype).removeprefix("torch."),
+                )
+            )
+        return out, self.registry.default_model
+

@@ -1,0 +1,1 @@
+"""Parts of the server that speak gRPC: servicer, server assembly, interceptors."""

@@ -1,0 +1,86 @@
+"""Typed results → protobuf messages."""
+
+from __future__ import annotations
+
+from whybert.v1 import explainer_pb2 as pb
+
+from ..types import (
+    ExplainerName,
+    ExplanationResult,
+    ModelDescription,
+    OutputName,
+    PredictionResult,
+)
+
+EXPLAINER_KINDS = {
+    ExplainerName.SHAP_PARTITION: pb.EXPLAINER_KIND_SHAP_PARTITION,
+    ExplainerName.LIME: pb.EXPLAINER_KIND_LIME,
+    ExplainerName.INTEGRATED_GRADIENTS: pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
+}
+OUTPUT_SPACES = {
+    OutputName.PROBABILITY: pb.OUTPUT_SPACE_PROBABILITY,
+    OutputName.LOGIT: pb.OUTPUT_SPACE_LOGIT,
+}
+
+
+def prediction(p: PredictionResult) -> pb.Prediction:
+    return pb.Prediction(
+        label=p.label,
+        scores=[
+            pb.LabelScore(label=label, probability=float(prob), logit=float(logit))
+            for label, prob, logit in zip(p.labels, p.probabilities, p.logits, strict=True)
+        ],
+        truncated=p.truncated,
+        token_count=p.token_count,
+    )
+
+
+def predict_response(model: str, predictions: list[PredictionResult]) -> pb.PredictResponse:
+    return pb.PredictResponse(model=model, predictions=[prediction(p) for p in predictions])
+
+
+def explanation(e: ExplanationResult) -> pb.TextExplanation:
+    msg = pb.TextExplanation(
+        tokens=[pb.Token(text=t.text, start=t.start, end=t.end, special=t.special) for t in e.tokens],
+        labels=e.labels,
+        values=e.values.reshape(-1).tolist(),
+        base_values=e.base_values.tolist(),
+        output_values=e.output_values.tolist(),
+        prediction=prediction(e.prediction),
+        additivity_error=e.additivity_error,
+        model_rows=e.model_rows,
+        queue_seconds=e.queue_seconds,
+        compute_seconds=e.compute_seconds,
+        cached=e.cached,
+        explainer=EXPLAINER_KINDS[e.explainer],
+        output=OUTPUT_SPACES[e.output],
+    )
+    if e.convergence_delta is not None:
+        msg.convergence_delta.extend(e.convergence_delta.tolist())
+    if e.faithfulness is not None:
+        msg.faithfulness.comprehensiveness = e.faithfulness.comprehensiveness
+        msg.faithfulness.sufficiency = e.faithfulness.sufficiency
+    return msg
+
+
+def explain_response(model: str, results: list[ExplanationResult]) -> pb.ExplainResponse:
+    return pb.ExplainResponse(model=model, explanations=[explanation(e) for e in results])
+
+
+def list_models_response(models: list[ModelDescription], default: str) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[
+            pb.ModelInfo(
+                name=m.name,
+                labels=m.labels,
+                max_tokens=m.max_tokens,
+                is_default=m.is_default,
+                explainers=[EXPLAINER_KINDS[e] for e in m.explainers],
+                weights_sha256=m.weights_sha256,
+                device=m.device,
+                dtype=m.dtype,
+            )
+            for m in models
+        ],
+        default_model=default,
+    )

@@ -1,0 +1,110 @@
+"""The Explainer service: protobuf in, data plane, protobuf out, errors to statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from whybert.v1 import explainer_pb2 as pb
+from whybert.v1 import explainer_pb2_grpc as pb_grpc
+
+from .. import validation
+from ..context import Priority, RequestContext
+from ..dataplane import DataPlane
+from ..errors import InvalidArgument, ServiceError, Unavailable
+from . import convert
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def to_status(error: ServiceError) -> grpc.Status:
+    """A service error as a rich gRPC status (BadRequest details for bad fields)."""
+    status = status_pb2.Status(code=_CODE_NUMBERS[error.code], message=error.message)
+    if isinstance(error, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in error.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
+
+
+_CODE_NUMBERS = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
+
+
+def handles_errors(method: Handler[Response]) -> Handler[Response]:
+    """Turn `ServiceError`s into their statuses; anything else is INTERNAL, logged once."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except ServiceError as exc:
+            await context.abort_with_status(to_status(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server's log")
+        raise AssertionError("unreachable")  # abort always raises
+
+    return wrapper
+
+
+def request_context(context: grpc.aio.ServicerContext, priority: Priority) -> RequestContext:
+    """The RPC's deadline as a RequestContext that the worker can check before running rows."""
+    remaining = context.time_remaining()
+    return RequestContext.with_timeout(priority, remaining)
+
+
+class ExplainerServicer(pb_grpc.ExplainerServicer):
+    """Thin: validate, call the data plane, convert."""
+
+    def __init__(self, limits: validation.Limits) -> None:
+        self.limits = limits
+        self.dataplane: DataPlane | None = None
+
+    def _plane(self) -> DataPlane:
+        if self.dataplane is None:
+            raise Unavailable("the server is still loading its models; retry shortly")
+        return self.dataplane
+
+    @handles_errors
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        params = validation.predict_params(request, self.limits)
+        plane = self._plane()
+        with plane.admitted("Predict"):
+            model, predictions = await plane.predict(params, request_context(context, Priority.PREDICT))
+        return convert.predict_response(model, predictions)
+
+    @handles_errors
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        params = validation.explain_params(request, self.limits)
+        plane = self._plane()
+        with plane.admitted("Explain"):
+            model, results = await plane.explain(params, request_context(context, Priority.EXPLAIN))
+        return convert.explain_response(model, results)
+
+    @handles_errors
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models, default = self._plane().list_models()
+        return convert.list_models_response(models, default)

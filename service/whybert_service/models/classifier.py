@@ -1,0 +1,110 @@
+"""A loaded sequence classifier: tokenization (any thread) and forward passes (its worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of some texts, each cut to the model's maximum, and which were cut."""
+
+    ids: list[list[int]]
+    truncated: list[bool]
+
+
+class Classifier:
+    """One sequence-classification model on one device.
+
+    `encode` may be called from any thread: it never changes the tokenizer's truncation or
+    padding settings (truncation is done here, on the id lists), which is what makes the
+    Rust tokenizer safe to share. `forward` must only be called by the model's worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        labels: Sequence[str],
+        device: torch.device,
+        weights_sha256: str,
+        source: str,
+        max_length: int | None = None,
+    ) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.device = device
+        self.weights_sha256 = weights_sha256
+        self.source = source
+        self.dtype: torch.dtype = next(model.parameters()).dtype
+        self.max_length = max_length or _model_max_length(model, tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        empty = tokenizer("")["input_ids"]
+        # Special tokens a single text carries before and after its own tokens.
+        self._prefix, self._suffix = _special_layout(tokenizer, empty)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        """Tokenize with special tokens; cut rows longer than the model's maximum."""
+        raw = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        keep = self.max_length - self._suffix
+        ids = [r if len(r) <= self.max_length else r[:keep] + r[len(r) - self._suffix :] for r in raw]
+        return Encoded(ids=ids, truncated=[len(r) > self.max_length for r in raw])
+
+    @torch.inference_mode()
+    def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits (rows × labels, float32) of already-encoded rows, padded to the longest."""
+        input_ids, attention_mask = self.pad(rows)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out: np.ndarray = logits.float().cpu().numpy()
+        return out
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad rows into (ids, attention mask) tensors on the model's device."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return (
+            torch.from_numpy(ids).to(self.device, non_blocking=True),
+            torch.from_numpy(mask).to(self.device, non_blocking=True),
+        )
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """The token-embedding layer, which integrated gradients attributes to."""
+        layer: torch.nn.Module = self.model.get_input_embeddings()
+        return layer
+
+
+def _model_max_length(model: torch.nn.Module, tokenizer: Any) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+    usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        # RoBERTa's position ids start after the padding index.
+        usable = [min(usable)] if usable else [512]
+        usable[0] = min(usable[0], int(model.config.max_position_embeddings) - 2)
+    return min(usable) if usable else 512
+
+
+def _special_layout(tokenizer: Any, empty_ids: list[int]) -> tuple[int, int]:
+    """How many special tokens come before and after a text's own tokens."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if not bare:
+        return len(empty_ids), 0
+    start = next((i for i in range(len(probe)) if probe[i : i + len(bare)] == bare), 0)
+    return start, len(probe) - start - len(bare)

