@@ -6,6 +6,8 @@ process (tests, benchmarks) without sharing counters.
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Latency buckets from a millisecond to two minutes: Predict lives at the bottom,
@@ -24,6 +26,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._http: WSGIServer | None = None
         r = self.registry
         grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
         self.grpc_started = Counter(
@@ -43,7 +46,10 @@ class Metrics:
             registry=r,
         )
         self.grpc_msg_received = Counter(
-            "grpc_server_msg_received_total", "Messages received from clients.", grpc_labels, registry=r
+            "grpc_server_msg_received_total",
+            "Messages received from clients.",
+            grpc_labels,
+            registry=r,
         )
         self.grpc_msg_sent = Counter(
             "grpc_server_msg_sent_total", "Messages sent to clients.", grpc_labels, registry=r
@@ -55,6 +61,12 @@ class Metrics:
         self.queue_submissions = Gauge(
             "whybert_queue_submissions",
             "Submissions (groups of rows from one request round) waiting for the model.",
+            ("model",),
+            registry=r,
+        )
+        self.queue_requests = Gauge(
+            "whybert_queue_requests",
+            "Requests with at least one row waiting for the model.",
             ("model",),
             registry=r,
         )
@@ -92,7 +104,9 @@ class Metrics:
         )
         self.dropped_rows = Counter(
             "whybert_dropped_rows_total",
-            "Rows dropped before the model, by reason (cancelled, deadline, rejected, failed).",
+            "Rows that never got logits, by reason: cancelled, deadline (passed in queue), "
+            "rejected (queue full or model not serving), failed (the model failed on the row "
+            "alone), unavailable (queued when the worker stopped or restarted).",
             ("model", "reason"),
             registry=r,
         )
@@ -149,5 +163,12 @@ class Metrics:
         )
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        """Expose /metrics over HTTP in a background thread."""
-        start_http_server(port, addr=host, registry=self.registry)
+        """Expose /metrics over HTTP in a background thread, until `close()`."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop the /metrics endpoint and free its port (several servers in one process)."""
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()

@@ -1,10 +1,12 @@
-"""Server interceptors: the standard gRPC metrics for every unary call."""
+"""Server interceptors: the standard gRPC server metrics for every call."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -19,7 +21,11 @@ def split_method(full: str) -> tuple[str, str]:
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """grpc_server_* counters and latency for every unary RPC, by final status code."""
+    """grpc_server_* counters and latency for every RPC, unary or streaming, by final status.
+
+    Streamed messages are counted for async-generator handlers; a handler that writes
+    with `context.write()` (grpc.health.v1 Watch) has its sent messages uncounted.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -30,39 +36,97 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         service, method = split_method(handler_call_details.method)
-        labels = ("unary", service, method)
-        behavior = handler.unary_unary
+        kind = _RPC_TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        return self._observed(handler, (kind, service, method))
+
+    def _observed(
+        self, handler: grpc.RpcMethodHandler, labels: tuple[str, str, str]
+    ) -> grpc.RpcMethodHandler:
+        """The same handler, counted: a coroutine or an async generator like the original."""
         m = self.metrics
+        received, sent = m.grpc_msg_received.labels(*labels), m.grpc_msg_sent.labels(*labels)
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        streams_in, streams_out = bool(handler.request_streaming), bool(handler.response_streaming)
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            m.grpc_started.labels(*labels).inc()
-            m.grpc_msg_received.labels(*labels).inc()
-            started = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = await behavior(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                if code == grpc.StatusCode.OK:
-                    m.grpc_msg_sent.labels(*labels).inc()
+        def inbound(request: Any) -> Any:
+            if streams_in:
+                return _counted(request, received)
+            received.inc()
+            return request
+
+        async def observed_generator(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            with self._handled(labels, context):
+                async for response in behavior(inbound(request), context):
+                    sent.inc()
+                    yield response
+
+        async def observed_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._handled(labels, context):
+                response = await behavior(inbound(request), context)
+                if not streams_out and (context.code() or grpc.StatusCode.OK) == grpc.StatusCode.OK:
+                    sent.inc()
                 return response
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                m.grpc_handled.labels(*labels, _code_name(code)).inc()
-                m.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
+        observed = observed_generator if inspect.isasyncgenfunction(behavior) else observed_call
+        factory = _FACTORIES[(streams_in, streams_out)]
+        return factory(
             observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    @contextlib.contextmanager
+    def _handled(
+        self, labels: tuple[str, str, str], context: grpc.aio.ServicerContext
+    ) -> Iterator[None]:
+        """Count the start, then the final status code and the handling time."""
+        m = self.metrics
+        m.grpc_started.labels(*labels).inc()
+        started = time.perf_counter()
+        code: Any = grpc.StatusCode.UNKNOWN
+        try:
+            yield
+            code = context.code() or grpc.StatusCode.OK
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            m.grpc_handled.labels(*labels, _code_name(code)).inc()
+            m.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+
+# (request streaming, response streaming) → the grpc_type label and the handler factory.
+_RPC_TYPES = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+async def _counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
+    async for request in requests:
+        counter.inc()
+        yield request
 
 
 def _code_name(code: Any) -> str:

@@ -1,0 +1,333 @@
+"""Metrics: a real Prometheus scrapes a real whybert server on loopback, and what it reads
+back through its HTTP API matches the calls that were made; the worker's queue gauges and
+drop counters follow the queue; the shipped dashboard's queries and alert rules run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import whybert
+import yaml
+from conftest import free_port, tiny_settings
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from test_deploy import PROMETHEUS, RULES, dashboard_exprs
+from whybert_service.batching.worker import ModelWorker, WorkerConfig
+from whybert_service.context import Priority, RequestContext
+from whybert_service.errors import Unavailable
+from whybert_service.metrics import Metrics
+
+pytestmark = pytest.mark.timeout(180)
+PREDICT_OK = 5
+MAX_QUEUED_ROWS = 32
+
+
+# ---- a Prometheus of our own on loopback ------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    """A Prometheus process and its HTTP API."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        """The value of a query that gives one series, None when it gives none."""
+        result = self.query(expr)
+        assert len(result) <= 1, f"{expr} gave {len(result)} series"
+        return float(result[0]["value"][1]) if result else None
+
+    def number(self, expr: str) -> float:
+        """The value of a query that must give exactly one series."""
+        value = self.value(expr)
+        assert value is not None, f"{expr} gave no series"
+        return value
+
+    def wait_for(
+        self, expr: str, ok: Callable[[float | None], bool], timeout: float = 30
+    ) -> float | None:
+        """Poll until the value satisfies `ok` (scrapes come every second), bounded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.value(expr)
+            if ok(value):
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{expr} is {value} after {timeout} s")
+            time.sleep(0.25)
+
+
+def prometheus_config(target: str, folder: Path) -> Path:
+    """The shipped config and rules, scraping one loopback target every second."""
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "whybert")
+    job.pop("dns_sd_configs")
+    job["static_configs"] = [{"targets": [target]}]
+    config["scrape_configs"] = [job]
+    shutil.copy(RULES, folder / RULES.name)
+    path = folder / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_prometheus(target: str, folder: Path) -> Prometheus:
+    port = free_port()
+    command = [
+        "prometheus",
+        f"--config.file={prometheus_config(target, folder)}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    log = (folder / "prometheus.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=1) as response:
+                if response.status == 200:
+                    return prometheus
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log_text = (folder / "prometheus.log").read_text()
+            raise AssertionError(f"prometheus did not start:\n{log_text}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+async def served(tiny_model_dir: Path) -> AsyncIterator[Any]:
+    """An in-process whybert with a real /metrics port (and a small queue, to reject rows)."""
+    from whybert_service.grpc.server import WhybertServer
+
+    server = WhybertServer(
+        tiny_settings(tiny_model_dir, metrics_port=free_port(), max_queued_rows=MAX_QUEUED_ROWS)
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+def prometheus(served: Any, tmp_path: Path) -> Iterator[Prometheus]:
+    if shutil.which("prometheus") is None:
+        pytest.skip("the prometheus binary is missing (scripts/test installs Debian's package)")
+    instance = start_prometheus(f"127.0.0.1:{served.settings.metrics_port}", tmp_path)
+    try:
+        yield instance
+    finally:
+        instance.process.terminate()
+        try:
+            instance.process.wait(15)
+        except subprocess.TimeoutExpired:
+            instance.process.kill()
+            instance.process.wait(5)
+
+
+def make_calls(port: int) -> dict[str, Any]:
+    """Predict (ok and three failures), Explain (computed, then cached), ListModels, health
+    and a reflection stream; returns what the client saw."""
+    seen: dict[str, Any] = {"codes": []}
+    with whybert.Client(f"127.0.0.1:{port}", timeout=60) as client:
+        for i in range(PREDICT_OK):
+            client.predict([f"text number {i}", "and another"], model="tiny")
+        failing = (
+            lambda: client.predict(["x"], model="no-such-model"),
+            lambda: client.predict([], model="tiny"),
+            lambda: client.predict(["row"] * (MAX_QUEUED_ROWS + 8), model="tiny"),
+        )
+        for call in failing:
+            with pytest.raises(whybert.WhybertError) as failed:
+                call()
+            seen["codes"].append(failed.value.code.name)
+        first, second = (
+            client.explain(["a quiet evening"], model="tiny", max_evals=40, batch_size=8)[0]
+            for _ in range(2)
+        )
+        assert not first.cached and second.cached
+        seen["explain_rows"] = first.model_rows
+        client.list_models()
+        assert client.health() == "SERVING"
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        seen["services"] = ProtoReflectionDescriptorDatabase(channel).get_services()
+    return seen
+
+
+# ---- the end-to-end test ------------------------------------------------------------------
+
+
+async def test_prometheus_scrapes_the_calls_made(served: Any, prometheus: Prometheus) -> None:
+    seen = await asyncio.to_thread(make_calls, served.port)
+    assert seen["codes"] == ["NOT_FOUND", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"]
+    assert "whybert.v1.Explainer" in seen["services"]
+    p = prometheus
+
+    def handled(method: str, code: str) -> str:
+        return f'grpc_server_handled_total{{grpc_method="{method}",grpc_code="{code}"}}'
+
+    n_predict = PREDICT_OK + len(seen["codes"])
+    await asyncio.to_thread(p.wait_for, "sum(grpc_server_handled_total{grpc_method=\"Predict\"})",
+                            lambda v: v == n_predict)  # fmt: skip
+    await asyncio.to_thread(p.wait_for, 'grpc_server_handled_total{grpc_type="bidi_stream"}',
+                            lambda v: v is not None)  # fmt: skip
+    assert p.value('up{job="whybert"}') == 1
+
+    # The standard gRPC set, by method and code.
+    assert p.value(handled("Predict", "OK")) == PREDICT_OK
+    for code in seen["codes"]:
+        assert p.value(handled("Predict", code)) == 1
+    assert p.value(handled("Explain", "OK")) == 2
+    assert p.value(handled("ListModels", "OK")) == 1
+    assert p.value(handled("Check", "OK")) == 1
+    assert p.value('grpc_server_started_total{grpc_method="Predict"}') == n_predict
+    assert p.value('grpc_server_msg_received_total{grpc_method="Predict"}') == n_predict
+    assert p.value('grpc_server_msg_sent_total{grpc_method="Predict"}') == PREDICT_OK
+    assert p.number('grpc_server_msg_sent_total{grpc_method="ServerReflectionInfo"}') >= 1
+    assert p.value('grpc_server_handling_seconds_count{grpc_method="Predict"}') == n_predict
+    # Buckets reach a minute and beyond, so explanation percentiles stay meaningful.
+    assert p.value('grpc_server_handling_seconds_bucket{grpc_method="Explain",le="60.0"}') == 2
+    p99 = p.number('histogram_quantile(0.99, sum by (le) '
+                   '(grpc_server_handling_seconds_bucket{grpc_method="Predict"}))')  # fmt: skip
+    assert 0 < p99 < 60
+
+    # whybert's own: batches, rows, explanations, cache, drops, state.
+    assert p.number('whybert_batch_rows_count{model="tiny"}') > 0
+    rows = p.number('whybert_rows_total{model="tiny"}')
+    assert rows == p.value('whybert_batch_rows_sum{model="tiny"}')
+    assert rows >= 2 * PREDICT_OK + seen["explain_rows"]
+    assert p.number('whybert_forward_seconds_count{model="tiny"}') > 0
+    assert p.number('whybert_queue_wait_seconds_count{model="tiny"}') > 0
+    batches = p.number('whybert_batch_padding_ratio_count{model="tiny"}')
+    assert batches > 0
+    assert p.number('whybert_batch_padding_ratio_sum{model="tiny"}') <= batches  # fractions
+    assert p.value('whybert_explanations_total{explainer="shap-partition",outcome="ok"}') == 1
+    assert p.value('whybert_explanations_total{explainer="shap-partition",outcome="cached"}') == 1
+    assert p.value("whybert_rows_per_explanation_sum") == seen["explain_rows"]
+    assert p.value("whybert_cache_hits_total") == 1
+    assert p.value("whybert_cache_misses_total") == 1
+    assert p.value("whybert_cache_entries") == 1
+    assert p.value('whybert_dropped_rows_total{reason="rejected"}') == MAX_QUEUED_ROWS + 8
+    assert p.value('whybert_model_loaded{model="tiny"}') == 1
+    for idle in ("whybert_queue_rows", "whybert_queue_submissions", "whybert_queue_requests"):
+        assert p.value(f'{idle}{{model="tiny"}}') == 0
+    assert p.query("whybert_device_memory_used_bytes") == []  # no GPU here: no series
+
+
+async def test_dashboard_queries_and_alert_rules_run_on_scraped_data(
+    served: Any, prometheus: Prometheus
+) -> None:
+    await asyncio.to_thread(make_calls, served.port)
+    p = prometheus
+    # rate() needs two scrapes after the calls.
+    scrapes = 'count_over_time(up{job="whybert"}[1m])'
+    await asyncio.to_thread(p.wait_for, scrapes, lambda v: (v or 0) >= 4)
+    empty = []
+    for title, expr in dashboard_exprs():
+        result = await asyncio.to_thread(p.query, expr.replace("$__rate_interval", "1m"))
+        if not result:
+            empty.append(title)
+    # On a CPU server with no failures of those kinds, only these have nothing to show.
+    assert set(empty) <= {"GPU memory used", "Failed batches and worker restarts"}, empty
+    groups = (await asyncio.to_thread(p.api, "rules"))["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert rules and all(r["health"] in ("ok", "unknown") for r in rules), rules
+    firing = [r["name"] for r in rules if r.get("state") == "firing"]
+    assert firing == []
+
+
+# ---- the worker's queue gauges and drop counters, without Prometheus ----------------------
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_queue_gauges_follow_the_queue_and_drops_count_by_reason(tiny_classifier: Any) -> None:
+    metrics = Metrics()
+    worker = ModelWorker(tiny_classifier, WorkerConfig(max_batch_delay_s=1.5), metrics)
+    worker.start()
+    try:
+        ids = tiny_classifier.encode(["one text", "and another text"]).ids
+        first, second = RequestContext(), RequestContext()
+        late = RequestContext.with_timeout(Priority.PREDICT, 0.5)
+        gone = RequestContext()
+        futures: list[Future[Any]] = [
+            worker.submit(ids, first),
+            worker.submit(ids[:1], first),  # the same request, a second round
+            worker.submit(ids, second),
+        ]
+        doomed = [worker.submit(ids, late), worker.submit(ids, gone)]
+        # Nothing runs before the batch delay: all of it is waiting.
+        assert sample(metrics, "whybert_queue_rows", model="tiny") == 9
+        assert sample(metrics, "whybert_queue_submissions", model="tiny") == 5
+        assert sample(metrics, "whybert_queue_requests", model="tiny") == 4
+        gone.cancel()
+        for future in futures:
+            assert future.result(timeout=30).logits.shape[0] >= 1
+        for future in doomed:
+            with pytest.raises(Exception):  # noqa: B017 - deadline or cancelled, counted below
+                future.result(timeout=30)
+        assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="deadline") == 2
+        assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="cancelled") == 2
+        assert sample(metrics, "whybert_rows_total", model="tiny") == 5
+        for gauge in ("whybert_queue_rows", "whybert_queue_submissions", "whybert_queue_requests"):
+            assert sample(metrics, gauge, model="tiny") == 0, gauge
+
+        # Rows queued when the worker stops get UNAVAILABLE and are counted as such.
+        stranded = worker.submit(ids, RequestContext())
+    finally:
+        worker.stop()
+    with pytest.raises(Unavailable):
+        stranded.result(timeout=30)
+    assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="unavailable") == 2
+    assert sample(metrics, "whybert_model_loaded", model="tiny") == 0
+    with pytest.raises(Unavailable):
+        worker.submit(ids, RequestContext())
+    assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="rejected") == 2
+    assert sample(metrics, "whybert_queue_requests", model="tiny") == 0
+    assert math.isclose(sample(metrics, "whybert_batch_rows_sum", model="tiny"), 5)
+
+
+def test_metrics_endpoint_closes_and_frees_its_port() -> None:
+    metrics = Metrics()
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert b"whybert_cache_hits_total" in response.read()
+    metrics.close()
+    again = Metrics()
+    again.serve(port, "127.0.0.1")  # would fail with "address in use" if still bound
+    again.close()
