@@ -1,13 +1,18 @@
-"""Showing explanations to people: coloured terminal text (here), HTML and PNG (see below).
+"""Showing explanations to people: coloured terminal text, a self-contained HTML page and a
+PNG bar chart.
 
 Colours follow shap's convention: red pushes the explained label's output up, blue pushes
 it down; the stronger the colour, the larger the attribution relative to the text's largest.
+HTML needs only the standard library; the PNG needs matplotlib (`whybert[plot]`).
 """
 
 from __future__ import annotations
 
+import html as html_lib
 import os
-from typing import TextIO
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -61,3 +66,248 @@ def terminal(e: Explanation, label: str | None = None, colour: bool = True, top:
 
 def print_terminal(e: Explanation, stream: TextIO, label: str | None = None) -> None:
     stream.write(terminal(e, label, colour=_wants_colour(stream)) + "\n")
+
+
+# ---- HTML -----------------------------------------------------------------------------------
+
+#: The stylesheet of the HTML rendering; the page of `whybert ui` serves it as well.
+STYLE = """
+.wb-explanation { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif;
+  color: #1d1d1f; background: #fff; border: 1px solid #d8d8de; border-radius: 8px;
+  padding: 14px 18px; margin: 0 0 16px; max-width: 60em; }
+.wb-prediction { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 14px;
+  margin: 0 0 8px; }
+.wb-prediction .wb-label { font-size: 1.15em; font-weight: 650; }
+.wb-score { display: inline-flex; align-items: center; gap: 5px; font-size: .85em; color: #555; }
+.wb-score-bar { display: inline-block; width: 60px; height: 7px; background: #ececf0;
+  border-radius: 4px; overflow: hidden; }
+.wb-score-bar > span { display: block; height: 100%; background: #8e8e98; }
+.wb-score.wb-top .wb-score-bar > span { background: #1d1d1f; }
+.wb-target { border-top: 1px solid #ececf0; padding-top: 8px; margin-top: 8px; }
+.wb-caption { font-size: .85em; color: #555; margin: 0 0 6px; }
+.wb-caption b { color: #1d1d1f; }
+.wb-text { font-size: 1.05em; line-height: 2; white-space: pre-wrap; overflow-wrap: anywhere;
+  margin: 0; }
+.wb-tok { position: relative; border-radius: 3px; padding: 1px 0; cursor: default;
+  box-decoration-break: clone; -webkit-box-decoration-break: clone; }
+.wb-tok:hover { outline: 1px solid #1d1d1f; }
+.wb-tok:hover::after { content: attr(data-tip); position: absolute; left: 0; bottom: 130%;
+  z-index: 1; white-space: nowrap; font: 12px/1.3 ui-monospace, monospace; color: #fff;
+  background: #1d1d1f; padding: 3px 6px; border-radius: 4px; pointer-events: none; }
+.wb-legend { display: flex; align-items: center; gap: 8px; font-size: .8em; color: #555;
+  margin-top: 8px; }
+.wb-legend-bar { width: 180px; height: 10px; border-radius: 5px; border: 1px solid #d8d8de; }
+.wb-note { font-size: .8em; color: #8e8e98; margin-top: 4px; }
+"""
+
+_esc = html_lib.escape
+
+
+def _rgb(colour: tuple[int, int, int]) -> str:
+    return "rgb({}, {}, {})".format(*colour)
+
+
+def _ink(colour: tuple[int, int, int]) -> str:
+    """Black or white text, whichever reads better on the background."""
+    r, g, b = colour
+    return "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "#fff"
+
+
+def _number(value: float) -> str:
+    """Signed, with enough digits for the tiny values of near-constant outputs."""
+    return f"{value:+.2e}" if value and abs(value) < 1e-4 else f"{value:+.4f}"
+
+
+def _text_scale(e: Explanation, j: int) -> float:
+    """The largest |attribution| of one label over the tokens shown."""
+    visible = [i for i in range(len(e.tokens)) if not e.special[i]]
+    return float(np.max(np.abs(e.values[visible, j]))) if visible else 0.0
+
+
+def _token_span(piece: str, value: float, label: str, scale: float) -> str:
+    colour = blend(value, scale)
+    tip = _esc(f"{piece.strip() or piece}: {_number(value)} to {label}")
+    return (
+        f'<span class="wb-tok" style="background:{_rgb(colour)};color:{_ink(colour)}" '
+        f'data-value="{value!r}" data-tip="{tip}" title="{tip}">{_esc(piece)}</span>'
+    )
+
+
+def _highlighted_text(e: Explanation, j: int, scale: float) -> str:
+    """The original text, each token's characters wrapped in a span coloured by its value.
+
+    Spans come from the token offsets, so the text keeps its case and white space.
+    """
+    parts, cursor = [], 0
+    shown = sorted((i for i, sp in enumerate(e.special) if not sp), key=lambda i: e.offsets[i])
+    for i in shown:
+        start, end = e.offsets[i]
+        start = max(start, cursor)  # tolerate overlapping offsets (byte-level BPE)
+        if end <= start:
+            continue
+        parts.append(_esc(e.text[cursor:start]))
+        parts.append(_token_span(e.text[start:end], float(e.values[i, j]), e.labels[j], scale))
+        cursor = end
+    parts.append(_esc(e.text[cursor:]))
+    return "".join(parts)
+
+
+def _prediction_header(e: Explanation) -> str:
+    p = e.prediction
+    scores = []
+    for name, score in sorted(p.scores.items(), key=lambda kv: -kv[1]):
+        top = " wb-top" if name == p.label else ""
+        width = 100 * min(max(score, 0.0), 1.0)
+        scores.append(
+            f'<span class="wb-score{top}" data-label="{_esc(name)}">{_esc(name)} '
+            f'<span class="wb-score-bar"><span style="width:{width:.1f}%"></span></span>'
+            f"{score:.3f}</span>"
+        )
+    return (
+        '<div class="wb-prediction"><span>prediction</span>'
+        f'<span class="wb-label">{_esc(p.label)}</span>{"".join(scores)}</div>'
+    )
+
+
+def _target_block(e: Explanation, j: int, scale: float) -> str:
+    label = _esc(e.labels[j])
+    caption = (
+        f"why <b>{label}</b> · {_esc(e.explainer)}, {_esc(e.output)}: "
+        f"base {e.base_values[j]:.4f} + attributions {e.values[:, j].sum():+.4f} "
+        f"= {e.output_values[j]:.4f}"
+    )
+    gradient = f"linear-gradient(to right, {_rgb(BLUE)}, #fff, {_rgb(RED)})"
+    legend = (
+        f'<div class="wb-legend"><span>{_number(-scale)} lowers {label}</span>'
+        f'<span class="wb-legend-bar" style="background:{gradient}"></span>'
+        f"<span>raises {label} {_number(scale)}</span></div>"
+    )
+    return (
+        f'<div class="wb-target" data-label="{label}"><p class="wb-caption">{caption}</p>'
+        f'<p class="wb-text">{_highlighted_text(e, j, scale)}</p>{legend}</div>'
+    )
+
+
+def html_fragment(explanations: Sequence[Explanation], shared_scale: bool = False) -> str:
+    """One `<section>` per text: the prediction, then each explained label's highlighted text.
+
+    With `shared_scale`, a colour means the same value in every text (for comparing texts);
+    otherwise each text and label is scaled to its own largest attribution.
+    """
+    shared: dict[str, float] = {}
+    for e in explanations:
+        for j, label in enumerate(e.labels):
+            shared[label] = max(shared.get(label, 0.0), _text_scale(e, j))
+    sections = []
+    for e in explanations:
+        blocks = [_prediction_header(e)]
+        for j, label in enumerate(e.labels):
+            blocks.append(_target_block(e, j, shared[label] if shared_scale else _text_scale(e, j)))
+        if e.prediction.truncated:
+            blocks.append(
+                f'<div class="wb-note">the text is longer than the model reads: it read the '
+                f"first {e.prediction.token_count} tokens; the rest cannot change its output</div>"
+            )
+        if e.cached:
+            blocks.append('<div class="wb-note">from the server\'s cache</div>')
+        sections.append(f'<section class="wb-explanation">{"".join(blocks)}</section>')
+    return "\n".join(sections)
+
+
+def html(
+    explanations: Sequence[Explanation] | Explanation,
+    title: str = "whybert explanation",
+    shared_scale: bool = False,
+) -> str:
+    """A self-contained HTML page (inline CSS, no scripts, no external assets).
+
+    Each token is highlighted red (raises the label) or blue (lowers it), a legend gives the
+    scale, and hovering a token shows its value.
+    """
+    items = [explanations] if isinstance(explanations, Explanation) else list(explanations)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{STYLE}"
+        "body { margin: 16px; background: #f6f6f8; }</style></head>\n"
+        f"<body>\n{html_fragment(items, shared_scale)}\n</body></html>\n"
+    )
+
+
+def write_html(
+    explanations: Sequence[Explanation] | Explanation,
+    path: str | os.PathLike[str],
+    shared_scale: bool = False,
+) -> None:
+    """Write `html(explanations)` to a file (UTF-8)."""
+    Path(path).write_text(html(explanations, shared_scale=shared_scale), encoding="utf-8")
+
+
+# ---- PNG (matplotlib, the optional `whybert[plot]` extra) -------------------------------------
+
+
+def _matplotlib_figure() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            'PNG charts need matplotlib, which is not installed: pip install "whybert[plot]"'
+        ) from exc
+    return Figure
+
+
+def bar_chart(e: Explanation, label: str | None = None, top: int = 10) -> Any:
+    """A matplotlib `Figure`: the `top` tokens by |attribution| for `label` (default: the
+    predicted label when explained, else the first), largest at the top.
+
+    Built on `matplotlib.figure.Figure`, not pyplot, so it needs no display and no global
+    state and is safe to call from threads.
+    """
+    figure_cls = _matplotlib_figure()
+    j = _label_index(e, label)
+    ranked = e.top_tokens(e.labels[j], top)
+    values = [val for _, val in ranked]
+    fig = figure_cls(figsize=(7.0, 1.3 + 0.38 * max(len(ranked), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    positions = list(range(len(values)))[::-1]
+    colours = [tuple(c / 255 for c in (RED if v > 0 else BLUE)) for v in values]
+    bars = ax.barh(positions, values, color=colours, height=0.7)
+    ax.set_yticks(positions, _unique_names([tok for tok, _ in ranked]))
+    ax.bar_label(bars, labels=[_number(v) for v in values], padding=3, fontsize=8)
+    ax.axvline(0.0, color="#8e8e98", linewidth=0.8)
+    ax.margins(x=0.25)
+    ax.spines[["top", "right"]].set_visible(False)
+    p = e.prediction
+    title = f"prediction: {p.label} ({p.scores.get(p.label, 0.0):.3f}) · why {e.labels[j]}"
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.set_xlabel(f"attribution to {e.labels[j]} ({e.output}, {e.explainer})")
+    return fig
+
+
+def _label_index(e: Explanation, label: str | None) -> int:
+    """The named label's column; by default the predicted label's when it was explained."""
+    if label is not None:
+        return e.labels.index(label)
+    return e.labels.index(e.prediction.label) if e.prediction.label in e.labels else 0
+
+
+def _unique_names(tokens: list[str]) -> list[str]:
+    """Repeated tokens (two "the"s) get a counter, so each bar has its own tick label."""
+    seen: dict[str, int] = {}
+    names = []
+    for tok in tokens:
+        seen[tok] = seen.get(tok, 0) + 1
+        names.append(tok if seen[tok] == 1 else f"{tok} ({seen[tok]})")
+    return names
+
+
+def write_png(
+    e: Explanation,
+    path: str | os.PathLike[str],
+    label: str | None = None,
+    top: int = 10,
+    dpi: int = 150,
+) -> None:
+    """Write `bar_chart(e)` as a PNG (needs `whybert[plot]`)."""
+    bar_chart(e, label, top).savefig(path, format="png", dpi=dpi)
