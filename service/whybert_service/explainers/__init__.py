@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from ..types import ExplainerName
 from .base import Explainer
+from .integrated_gradients import IntegratedGradientsExplainer
+from .lime_text import LimeExplainer
 from .shap_partition import ShapPartitionExplainer
 
 EXPLAINERS: dict[ExplainerName, type[Explainer]] = {
     ExplainerName.SHAP_PARTITION: ShapPartitionExplainer,
+    ExplainerName.LIME: LimeExplainer,
+    ExplainerName.INTEGRATED_GRADIENTS: IntegratedGradientsExplainer,
 }
 
-
-
-def create_explainers() -> dict[str, Explainer]:
+def create_explainers(explain_processes: int = 0) -> dict[str, Explainer]:
     """One instance of every explainer, by its name in the API."""
-    return {name.value: cls() for name, cls in EXPLAINERS.items()}
+    made: dict[str, Explainer] = {name.value: cls() for name, cls in EXPLAINERS.items()}
+    made[ExplainerName.SHAP_PARTITION.value] = ShapPartitionExplainer(processes=explain_processes)
+    return made
 
 
 __all__ = ["EXPLAINERS", "Explainer", "create_explainers"]

@@ -1,0 +1,345 @@
+"""Integrated gradients equal Captum's own, computed on the model's worker in shared batches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import whybert
+from _responsive import make_responsive_bert
+from _servers import ServerThread
+from captum.attr import LayerIntegratedGradients
+from conftest import tiny_settings
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from whybert_service.batching.worker import ModelWorker, WorkerConfig
+from whybert_service.context import Priority, RequestContext
+from whybert_service.errors import Cancelled, DeadlineExceeded, Unavailable
+from whybert_service.explainers.integrated_gradients import (
+    GradientBatcher,
+    GradientRequest,
+    IntegratedGradientsExplainer,
+)
+from whybert_service.models.classifier import Classifier
+from whybert_service.models.loading import load_directory
+from whybert_service.models.registry import ModelHandle
+from whybert_service.types import (
+    ExplainerName,
+    ExplainParams,
+    IntegratedGradientsParams,
+    OutputName,
+    TargetModeName,
+)
+
+TEXTS = [
+    "The food was great, but the service was unbelievably slow.",
+    "ok",
+    "Crème brûlée 🍮 über-sweet!!",
+]
+
+
+class Reference:
+    """What a user writes: Captum's LayerIntegratedGradients on the word embeddings."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    def explain(
+        self, text: str, targets: list[int], output: str, n_steps: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
+        ids = enc["input_ids"]
+        baseline = torch.where(enc["special_tokens_mask"].bool(), ids, self.tokenizer.pad_token_id)
+
+        def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits if output == "logit" else torch.softmax(logits, dim=-1)
+
+        lig = LayerIntegratedGradients(forward, self.model.get_input_embeddings())
+        values, deltas = [], []
+        for target in targets:
+            attr, delta = lig.attribute(
+                ids,
+                baselines=baseline,
+                target=target,
+                additional_forward_args=(enc["attention_mask"],),
+                n_steps=n_steps,
+                return_convergence_delta=True,
+            )
+            values.append(attr.sum(-1)[0].detach().double().numpy())
+            deltas.append(float(delta[0]))
+        return np.stack(values, axis=1), np.array(deltas)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_responsive_bert(tmp_path_factory.mktemp("responsive-bert"))
+
+
+@pytest.fixture(scope="module")
+def classifier(model_dir: Path) -> Classifier:
+    return load_directory("tiny", model_dir, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> Reference:
+    return Reference(model_dir)
+
+
+class EmbeddingCalls:
+    """Counts the forward passes through the model's embedding layer, and their rows."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.rows: list[int] = []
+        self.tokens: list[int] = []  # padded: rows × width
+        self._handle = classifier.input_embeddings().register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
+        self.rows.append(int(output.shape[0]))
+        self.tokens.append(int(output.shape[0] * output.shape[1]))
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def start_worker(classifier: Classifier, **config: Any) -> ModelWorker:
+    worker = ModelWorker(classifier, WorkerConfig(**config))
+    worker.start()
+    return worker
+
+
+@pytest.fixture
+def worker(classifier: Classifier) -> Iterator[ModelWorker]:
+    w = start_worker(classifier)
+    yield w
+    w.stop()
+
+
+def hold(worker: ModelWorker) -> threading.Event:
+    """Keep the worker busy until the returned event is set."""
+    release = threading.Event()
+    worker.call(lambda _c: release.wait(10), RequestContext())
+    return release
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def explain(
+    worker: ModelWorker,
+    text: str,
+    output: OutputName,
+    n_steps: int,
+    mode: TargetModeName = TargetModeName.ALL,
+) -> Any:
+    params = ExplainParams(
+        model="tiny",
+        texts=(text,),
+        explainer=ExplainerName.INTEGRATED_GRADIENTS,
+        output=output,
+        target_mode=mode,
+        integrated_gradients=IntegratedGradientsParams(n_steps=n_steps),
+    )
+    handle = ModelHandle(worker.classifier, worker)
+    return IntegratedGradientsExplainer().explain(
+        handle, text, params, RequestContext(Priority.EXPLAIN)
+    )
+
+
+@pytest.mark.parametrize("output", [OutputName.PROBABILITY, OutputName.LOGIT])
+@pytest.mark.parametrize("text", TEXTS)
+def test_values_equal_captum(
+    worker: ModelWorker, reference: Reference, text: str, output: OutputName
+) -> None:
+    ours = explain(worker, text, output, n_steps=24)
+    values, deltas = reference.explain(text, [0, 1, 2], output.value, n_steps=24)
+    np.testing.assert_allclose(ours.values, values, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(ours.convergence_delta, deltas, atol=1e-5)
+    # The delta is the additivity gap: base (the baseline's output) + sum − output.
+    gap = ours.base_values + ours.values.sum(axis=0) - ours.output_values
+    np.testing.assert_allclose(gap, ours.convergence_delta, atol=1e-12)
+    assert ours.model_rows == 2 + 3 * (24 + 2)
+
+
+def test_tokens_are_word_pieces_with_their_spans(worker: ModelWorker, reference: Reference) -> None:
+    text = TEXTS[0]
+    ours = explain(worker, text, OutputName.PROBABILITY, n_steps=8)
+    ids = reference.tokenizer(text)["input_ids"]
+    assert len(ours.tokens) == len(ids) == ours.prediction.token_count
+    assert [t.special for t in ours.tokens] == [True] + [False] * (len(ids) - 2) + [True]
+    assert ours.tokens[0].text == "[CLS]" and ours.tokens[-1].text == "[SEP]"
+    pieces = reference.tokenizer.convert_ids_to_tokens(ids)[1:-1]
+    for token, piece in zip(ours.tokens[1:-1], pieces, strict=True):
+        assert text[token.start : token.end] == token.text
+        assert token.text.lower() == piece.removeprefix("##")
+    # [CLS] and [SEP] are the same in the baseline: no attribution at all.
+    assert not ours.values[0].any() and not ours.values[-1].any()
+
+
+@pytest.mark.parametrize("budget", [8192, 48])
+def test_waiting_texts_share_forward_backward_batches(
+    reference: Reference, classifier: Classifier, budget: int
+) -> None:
+    worker = start_worker(classifier, max_batch_tokens=budget)
+    batcher = GradientBatcher(worker)
+    requests = []
+    for text in TEXTS:
+        enc = reference.tokenizer(text, return_special_tokens_mask=True)
+        ids = enc["input_ids"]
+        baseline = [
+            i if s else classifier.pad_id
+            for i, s in zip(ids, enc["special_tokens_mask"], strict=True)
+        ]
+        requests.append(GradientRequest(ids, baseline, [0, 2], 10, OutputName.LOGIT))
+    results: list[Any] = [None] * len(requests)
+
+    def run(i: int) -> None:
+        results[i] = batcher.run(requests[i], RequestContext(Priority.EXPLAIN))
+
+    calls = EmbeddingCalls(classifier)
+    release = hold(worker)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: batcher.waiting == len(requests))
+        release.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        release.set()
+        calls.remove()
+        worker.stop()
+    if budget == 8192:  # every step of every (text, target) pair in one forward+backward
+        assert max(calls.rows) == len(requests) * 2 * 10
+    else:  # several drains, every batch within the budget
+        assert max(calls.tokens) <= budget and len(calls.rows) > 3
+    for text, result in zip(TEXTS, results, strict=True):
+        values, _ = reference.explain(text, [0, 2], "logit", n_steps=10)
+        np.testing.assert_allclose(result.attributions, values, atol=1e-5, rtol=1e-4)
+        assert result.rows == 2 * (10 + 2)
+
+
+def test_steps_are_cut_to_the_token_budget(classifier: Classifier, reference: Reference) -> None:
+    worker = start_worker(classifier, max_batch_tokens=64)
+    calls = EmbeddingCalls(classifier)
+    try:
+        ours = explain(
+            worker, TEXTS[0], OutputName.PROBABILITY, n_steps=20, mode=TargetModeName.PREDICTED
+        )
+    finally:
+        calls.remove()
+        worker.stop()
+    width = ours.prediction.token_count
+    assert len(calls.rows) > 3 and max(calls.rows) * width <= 64
+    label = reference.labels.index(ours.labels[0])
+    values, _ = reference.explain(TEXTS[0], [label], "probability", n_steps=20)
+    np.testing.assert_allclose(ours.values, values, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_request_that_left_never_runs(
+    worker: ModelWorker, classifier: Classifier, how: str
+) -> None:
+    batcher = GradientBatcher(worker)
+    ids = classifier.encode(["the food was great"]).ids[0]
+    request = GradientRequest(
+        ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 16, OutputName.PROBABILITY
+    )
+    context = RequestContext.with_timeout(Priority.EXPLAIN, 0.2 if how == "deadline" else None)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            batcher.run(request, context)
+        except BaseException as exc:
+            errors.append(exc)
+
+    calls = EmbeddingCalls(classifier)
+    release = hold(worker)
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        wait_until(lambda: batcher.waiting == 1)
+        if how == "cancel":
+            context.cancel()
+        thread.join(5)
+        assert not thread.is_alive()  # the caller got its answer while the worker was busy
+    finally:
+        release.set()
+    # The drain ran and found nothing alive: no forward pass at all.
+    worker.call(lambda _c: None, RequestContext()).result(5)
+    calls.remove()
+    assert calls.rows == []
+    assert len(errors) == 1
+    assert isinstance(errors[0], Cancelled if how == "cancel" else DeadlineExceeded)
+
+
+def test_explain_over_grpc(model_dir: Path) -> None:
+    text = TEXTS[0]
+    with ServerThread(tiny_settings(model_dir)) as server, whybert.Client(server.target) as client:
+        (ours,) = client.explain(
+            [text],
+            explainer="integrated-gradients",
+            n_steps=16,
+            targets=["positive", "negative"],
+            output="logit",
+        )
+        (default,) = client.explain([text], explainer="ig")
+        models = client.list_models()
+    assert ours.explainer == "integrated-gradients" and ours.output == "logit"
+    assert ours.labels == ["positive", "negative"]
+    assert ours.values.shape == (len(ours.tokens), 2)
+    assert ours.convergence_delta is not None and ours.convergence_delta.shape == (2,)
+    assert ours.additivity_error == pytest.approx(
+        float(np.max(np.abs(ours.convergence_delta))), abs=1e-9
+    )
+    assert ours.model_rows == 2 + 2 * (16 + 2)
+    np.testing.assert_allclose(
+        ours.output_values, [ours.prediction.logits[label] for label in ours.labels], atol=1e-5
+    )
+    for token, (start, end), special in zip(ours.tokens, ours.offsets, ours.special, strict=True):
+        assert special or text[start:end] == token
+    # Defaults: the predicted label, in probabilities, with 50 steps.
+    assert default.labels == [default.prediction.label] and default.output == "probability"
+    assert default.model_rows == 2 + 50 + 2
+    assert "integrated-gradients" in models[0].explainers and "lime" in models[0].explainers
+
+
+def test_stopping_worker_fails_waiting_requests_as_unavailable(classifier: Classifier) -> None:
+    worker = start_worker(classifier)
+    batcher = GradientBatcher(worker)
+    ids = classifier.encode(["the food was great"]).ids[0]
+    request = GradientRequest(
+        ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 8, OutputName.LOGIT
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            batcher.run(request, RequestContext(Priority.EXPLAIN))
+        except BaseException as exc:
+            errors.append(exc)
+
+    release = hold(worker)
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        wait_until(lambda: batcher.waiting == 1)
+        worker.stop(timeout=0.1)
+        thread.join(5)
+    finally:
+        release.set()
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], Unavailable)
