@@ -3,7 +3,6 @@ running in-process server that serves it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -98,6 +97,33 @@ async def tiny_server(tiny_model_dir: Path) -> AsyncIterator[object]:
         await server.stop(0)
 
 
+class ThreadedServer:
+    """A WhybertServer on its own event loop in a background thread, for blocking clients."""
+
+    def __init__(self, settings: object) -> None:
+        import asyncio
+        import threading
+
+        from whybert_service.grpc.server import WhybertServer
+
+        self.loop = asyncio.new_event_loop()
+        self.server = WhybertServer(settings)  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(120)
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
 @pytest.fixture
-def event_loop_policy() -> Iterator[asyncio.AbstractEventLoopPolicy]:
-    yield asyncio.DefaultEventLoopPolicy()
+def threaded_server(tiny_model_dir: Path) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(tiny_settings(tiny_model_dir))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -18,23 +18,8 @@ import numpy as np
 from ..context import RequestContext
 from ..models.classifier import Classifier
 from ..models.registry import ModelHandle
+from ..outputs import softmax, to_output_space
 from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, PredictionResult
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return out
-
-
-def to_output_space(logits: np.ndarray, output: OutputName) -> np.ndarray:
-    """Logits → the space explanations add up in (float64)."""
-    if output is OutputName.LOGIT:
-        return logits.astype(np.float64)
-    return softmax(logits)
 
 
 def prediction_from_logits(
@@ -107,8 +92,11 @@ class Explainer(abc.ABC):
         """Whether this method can explain the given model."""
         return True
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Pay one-off costs (JIT compilation, imports) at start-up, not in the first request."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what `warm_up` started (processes, threads)."""
 
     @abc.abstractmethod
     def explain(

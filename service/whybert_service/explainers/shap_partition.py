@@ -6,6 +6,9 @@ what `f` is: instead of calling the model, each round's strings go to the model'
 batching worker, where they share forward batches with the rounds of every other
 explanation in flight. When a request explains fewer outputs than the model has, `f`
 returns just those outputs, exactly as if shap explained a model with only those outputs.
+
+shap's own Python work runs in the calling explainer thread, or, with explainer processes
+(`--explain-processes`), in a warm child process so that it does not hold the server's GIL.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import time
 from typing import Any
 
 import numpy as np
-import shap
 
 from ..context import RequestContext
 from ..models.registry import ModelHandle
+from ..offload.partition import PartitionValues, partition_values, warm_up_shap
+from ..offload.pool import ExplainerProcesses
 from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
 from ..validation import resolve_targets
 from .base import Explainer, ModelFunction, prediction_from_logits, to_output_space
@@ -26,11 +30,20 @@ from .base import Explainer, ModelFunction, prediction_from_logits, to_output_sp
 class ShapPartitionExplainer(Explainer):
     name = ExplainerName.SHAP_PARTITION
 
+    def __init__(self, processes: int = 0) -> None:
+        self._process_count = processes
+        self._pool: ExplainerProcesses | None = None
+
     def warm_up(self) -> None:
-        """shap's numba kernels compile on first use (~10 s on a small CPU): do it now."""
-        masker = shap.maskers.Text()  # shap's regex tokenizer: same kernels, no model needed
-        constant = lambda texts: np.ones((len(texts), 2))  # noqa: E731
-        shap.PartitionExplainer(constant, masker)(["warm up the explainer now"], silent=True)
+        """Compile shap's numba kernels (here, or once in the processes' fork server)."""
+        if self._process_count > 0:
+            self._pool = ExplainerProcesses(self._process_count)
+        else:
+            warm_up_shap()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     def explain(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
@@ -40,32 +53,21 @@ class ShapPartitionExplainer(Explainer):
         f = ModelFunction(handle, context, params.output)
         encoded = classifier.encode([text])
         raw = f.logits([text])[0]
-        prediction = prediction_from_logits(
-            classifier.labels, raw, encoded.truncated[0], len(encoded.ids[0])
-        )
+        prediction = prediction_from_logits(classifier.labels, raw, encoded.truncated[0], len(encoded.ids[0]))
         targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
-        f.targets = targets
-        labels = [classifier.labels[t] for t in targets]
-
-        masker = shap.maskers.Text(classifier.tokenizer)
-        explainer = shap.PartitionExplainer(f, masker, output_names=labels)
-        explanation = explainer(
-            [text],
-            max_evals=params.shap.max_evals,
-            fixed_context=params.shap.fixed_context,
-            batch_size=params.shap.batch_size or "auto",
-            silent=True,
-        )
-        values = np.asarray(explanation.values[0], dtype=np.float64).reshape(-1, len(targets))
-        base_values = np.asarray(explanation.base_values[0], dtype=np.float64).reshape(len(targets))
+        args = (text, params.shap, params.output, targets)
+        if self._pool is None:
+            result: PartitionValues = partition_values(classifier.tokenizer, f.logits, *args)
+        else:
+            tokenizer = (f"{classifier.name}:{classifier.weights_sha256}", classifier.tokenizer)
+            result = self._pool.run(partition_values, args, tokenizer, f.logits, context)
         # shap's additivity is with respect to the unmasked string it rebuilds from the tokens.
-        unmasked = masker(np.ones(values.shape[0], dtype=bool), text)[0][0]
-        output_values = to_output_space(f.logits([unmasked]), params.output)[0, targets]
+        output_values = to_output_space(f.logits([result.unmasked]), params.output)[0, targets]
         return ExplanationResult(
-            tokens=token_spans(classifier.tokenizer, text, list(explanation.data[0])),
-            labels=labels,
-            values=values,
-            base_values=base_values,
+            tokens=token_spans(classifier.tokenizer, text, result.segments),
+            labels=[classifier.labels[t] for t in targets],
+            values=result.values,
+            base_values=result.base_values,
             output_values=output_values,
             prediction=prediction,
             explainer=self.name,
