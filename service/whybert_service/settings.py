@@ -92,6 +92,13 @@ class ServerSettings:
         default=32,
         metadata=_doc("Explanations computed at once; the rest wait their turn in order."),
     )
+    explain_processes: int = field(
+        default=0,
+        metadata=_doc(
+            "Child processes that run shap's Python work off the server's GIL (each runs one "
+            "explanation at a time); 0 runs it in the explainer threads."
+        ),
+    )
     cache_entries: int = field(
         default=4096, metadata=_doc("Finished explanations kept in memory; 0 turns the cache off.")
     )

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class ExplainerName(str, Enum):
+class ExplainerName(StrEnum):
     SHAP_PARTITION = "shap-partition"
     LIME = "lime"
     INTEGRATED_GRADIENTS = "integrated-gradients"
 
 
-class OutputName(str, Enum):
+class OutputName(StrEnum):
     PROBABILITY = "probability"
     LOGIT = "logit"
 
 
-class TargetModeName(str, Enum):
+class TargetModeName(StrEnum):
     PREDICTED = "predicted"
     ALL = "all"
     NAMED = "named"

@@ -6,7 +6,9 @@ its field (`texts[3]`, `shap.max_evals`), as google.rpc.BadRequest field violati
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from whybert.v1 import explainer_pb2 as pb
 
@@ -125,7 +127,7 @@ def predict_params(request: pb.PredictRequest, limits: Limits) -> PredictParams:
     return PredictParams(model=request.model, texts=tuple(texts))
 
 
-def _enum(value: int, table: dict[int, object], field: str, v: _Violations) -> object | None:
+def _enum(value: int, table: Mapping[Any, object], field: str, v: _Violations) -> object | None:
     if value not in table:
         v.add(field, f"unknown value {value}")
         return None

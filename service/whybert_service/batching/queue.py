@@ -9,9 +9,10 @@ they are taken. Not thread-safe: its owner (the model worker) guards it with a l
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -111,6 +112,10 @@ class RowQueue:
         heapq.heappush(self._heap, (sub.key, sub))
         self.queued_rows += sub.pending
 
+    def head_priority(self) -> int | None:
+        """Priority class of the submission that would be taken next (None when empty)."""
+        return self._heap[0][0][0] if self._heap else None
+
     def oldest_enqueued_at(self) -> float | None:
         return min((s.enqueued_at for _, s in self._heap), default=None)
 
@@ -186,19 +191,18 @@ def split_by_length(lengths: list[int], min_rows: int, max_ratio: float = 1.5) -
 
 def fail(sub: Submission, error: BaseException) -> None:
     """Fail a submission's future unless its caller already left."""
-    _settle(sub.future, exception=error)
+    settle(sub.future, exception=error)
 
 
-def _settle(future: Future[Any], *, result: Any = None, exception: BaseException | None = None) -> None:
+def settle(future: Future[Any], *, result: Any = None, exception: BaseException | None = None) -> None:
+    """Complete a future unless it is done already (its caller may cancel at any moment)."""
     if future.done():
         return
-    try:
+    with contextlib.suppress(InvalidStateError):  # cancelled between the check and the set
         if exception is not None:
             future.set_exception(exception)
         else:
             future.set_result(result)
-    except Exception:  # noqa: S110 - the caller cancelled between the check and the set
-        pass
 
 
 def deliver(sub: Submission, start: int, logits: np.ndarray, now: float) -> None:
@@ -209,4 +213,4 @@ def deliver(sub: Submission, start: int, logits: np.ndarray, now: float) -> None
     sub.done_rows += len(logits)
     if sub.done_rows == len(sub.rows):
         waited = (sub.taken_at or now) - sub.enqueued_at
-        _settle(sub.future, result=RowsResult(logits=sub.logits, queue_seconds=waited))
+        settle(sub.future, result=RowsResult(logits=sub.logits, queue_seconds=waited))

@@ -2,22 +2,26 @@
 
 Start-up order: metrics endpoint, then the gRPC server with health NOT_SERVING (so
 orchestrators can watch it load), then the models are loaded and warmed in a thread,
-then health turns SERVING. On SIGTERM/SIGINT: health NOT_SERVING, new calls refused,
-calls in flight get `grace_seconds` to finish, then the process exits 0.
+then health turns SERVING. On SIGTERM/SIGINT: health NOT_SERVING, new calls refused
+(UNAVAILABLE), calls in flight get `grace_seconds` to finish, the models' workers stop,
+then the process exits 0. A signal during loading stops at once: loading runs in daemon
+threads, and whatever they finish after the signal is released by them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -28,6 +32,8 @@ from ..metrics import Metrics
 from ..models.registry import ModelRegistry, build_registry
 from ..settings import ServerSettings, describe
 from ..validation import Limits
+from .auth import TokenAuthInterceptor, load_tokens
+from .decoding import DecodeErrorInterceptor
 from .interceptors import MetricsInterceptor
 from .servicer import ExplainerServicer
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 RegistryFactory = Callable[[Metrics, Callable[[bool], None]], ModelRegistry]
+T = TypeVar("T")
 
 
 def worker_config(settings: ServerSettings) -> WorkerConfig:
@@ -91,6 +98,11 @@ class WhybertServer:
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = asyncio.Event()
+        self._stop_task: asyncio.Future[None] | None = None
+        self._loading: asyncio.Future[None] | None = None
+        # Between the loading thread publishing the registry and stop() releasing it.
+        self._registry_lock = threading.Lock()
+        self._closing = False
 
     async def start(self) -> int:
         """Listen, then load the models; returns the bound gRPC port."""
@@ -120,22 +132,39 @@ class WhybertServer:
             raise RuntimeError(f"cannot listen on {address}")
         await self.server.start()
         log.info("listening", extra={"address": address, "port": self.port, "settings": dict(describe(s))})
-        await self._load_models()
+        self._loading = asyncio.ensure_future(self._load_models())
+        try:
+            await self._loading
+        except asyncio.CancelledError:
+            if not (self._stopped.is_set() and self._loading.cancelled()):
+                raise
+            log.warning("stopped while loading the models")
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [MetricsInterceptor(self.metrics)]
+        """Metrics outermost (they count refusals too), then authentication, then decoding."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        tokens = load_tokens(self.settings)
+        if tokens:
+            interceptors.append(TokenAuthInterceptor(tokens))
+        interceptors.append(DecodeErrorInterceptor())
+        return interceptors
 
     async def _load_models(self) -> None:
         """Load the models and warm the explainers up, side by side."""
-        explainers = create_explainers()
-        self.registry, _ = await asyncio.gather(
-            asyncio.to_thread(self._registry_factory, self.metrics, self._on_worker_health),
-            asyncio.to_thread(lambda: [e.warm_up() for e in explainers.values()]),
+        explainers = create_explainers(self.settings.explain_processes)
+
+        def warm_up() -> None:
+            for e in explainers.values():
+                e.warm_up()
+
+        registry, _ = await asyncio.gather(
+            _in_daemon_thread(self._build_registry, "whybert-load-models"),
+            _in_daemon_thread(warm_up, "whybert-warm-up"),
         )
         s = self.settings
         self.dataplane = DataPlane(
-            self.registry,
+            registry,
             self.metrics,
             explain_threads=s.explain_threads,
             max_concurrent_requests=s.max_concurrent_requests,
@@ -143,8 +172,18 @@ class WhybertServer:
             explainers=explainers,
         )
         self.servicer.dataplane = self.dataplane
-        await self._set_health(self.registry.all_healthy())
-        log.info("serving", extra={"models": [h.name for h in self.registry]})
+        await self._set_health(registry.all_healthy())
+        log.info("serving", extra={"models": [h.name for h in registry]})
+
+    def _build_registry(self) -> ModelRegistry:
+        """Load the models (on a loading thread); if the server stopped meanwhile, release them."""
+        registry = self._registry_factory(self.metrics, self._on_worker_health)
+        with self._registry_lock:
+            if not self._closing:
+                self.registry = registry
+                return registry
+        registry.stop()
+        raise RuntimeError("the server stopped while its models were loading")
 
     def _on_worker_health(self, _ok: bool) -> None:
         """Called from worker threads; recompute overall health on the loop."""
@@ -162,22 +201,38 @@ class WhybertServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let calls in flight finish, release models."""
-        if self._stopped.is_set():
-            return
+        """Health NOT_SERVING, refuse new calls, let calls in flight finish, release models.
+
+        Idempotent: a second call waits for the first shutdown to finish.
+        """
+        await asyncio.shield(self._begin_stop(grace))
+
+    def _begin_stop(self, grace: float | None) -> asyncio.Future[None]:
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._shutdown(grace))
+        return self._stop_task
+
+    async def _shutdown(self, grace: float | None) -> None:
         self._stopped.set()
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-        if self.registry is not None:
-            await asyncio.to_thread(self.registry.stop)
+        with self._registry_lock:
+            self._closing = True
+            registry = self.registry
+        if registry is not None:
+            await asyncio.to_thread(registry.stop)
         if self.dataplane is not None:
             self.dataplane.close()
+        self.metrics.close()
 
     async def wait_stopped(self) -> None:
+        """Return once a shutdown (a signal's, or `stop()`) has completed."""
         await self._stopped.wait()
-        if self.server is not None:
-            await self.server.wait_for_termination()
+        assert self._stop_task is not None
+        await asyncio.shield(self._stop_task)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,7 +241,24 @@ class WhybertServer:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.warning("shutting down", extra={"signal": sig.name, "grace_seconds": self.settings.grace_seconds})
-        asyncio.ensure_future(self.stop())
+        self._begin_stop(None)
+
+
+def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run `fn` on a daemon thread: unlike `asyncio.to_thread`, the process need not wait
+    for it to exit (a shutdown during a long model load stops at once)."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            done.set_result(fn())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return asyncio.wrap_future(done)
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

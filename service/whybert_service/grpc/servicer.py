@@ -12,7 +12,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -57,6 +56,11 @@ def handles_errors(method: Handler[Response]) -> Handler[Response]:
         try:
             return await method(self, request, context)
         except ServiceError as exc:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                # The caller already has DEADLINE_EXCEEDED and no status can be sent any
+                # more: end quietly, as a cancelled call does.
+                raise asyncio.CancelledError from exc
             await context.abort_with_status(to_status(exc))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -68,10 +72,15 @@ def handles_errors(method: Handler[Response]) -> Handler[Response]:
     return wrapper
 
 
-def request_context(context: grpc.aio.ServicerContext, priority: Priority) -> RequestContext:
-    """The RPC's deadline as a RequestContext that the worker can check before running rows."""
+def request_context(
+    context: grpc.aio.ServicerContext, priority: Priority, max_rows: int | None = None
+) -> RequestContext:
+    """The RPC's deadline (and the request's row budget) as a RequestContext that the worker
+    checks before running rows. grpc.aio cancels the handler when the deadline passes or
+    the caller leaves; `ModelWorker.run` and `DataPlane.explain` turn that cancellation
+    into `RequestContext.cancel()`, which explainer threads and the queue see."""
     remaining = context.time_remaining()
-    return RequestContext.with_timeout(priority, remaining)
+    return RequestContext.with_timeout(priority, remaining, max_rows)
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
@@ -91,7 +100,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         params = validation.predict_params(request, self.limits)
         plane = self._plane()
         with plane.admitted("Predict"):
-            model, predictions = await plane.predict(params, request_context(context, Priority.PREDICT))
+            ctx = request_context(context, Priority.PREDICT, self.limits.max_rows)
+            model, predictions = await plane.predict(params, ctx)
         return convert.predict_response(model, predictions)
 
     @handles_errors
@@ -99,7 +109,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         params = validation.explain_params(request, self.limits)
         plane = self._plane()
         with plane.admitted("Explain"):
-            model, results = await plane.explain(params, request_context(context, Priority.EXPLAIN))
+            ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
+            model, results = await plane.explain(params, ctx)
         return convert.explain_response(model, results)
 
     @handles_errors

@@ -1,0 +1,219 @@
+"""Test helpers: a whybert server on its own thread and event loop, and a classifier whose
+forward pass can be held, counted and made to fail on demand.
+
+A server on its own thread lets plain (sync) tests and module-scoped fixtures share one
+server, and keeps the callers' load off the server's event loop, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from whybert.v1 import explainer_pb2 as pb
+from whybert.v1 import explainer_pb2_grpc as pb_grpc
+from whybert_service.batching.worker import ModelWorker, WorkerCrash
+from whybert_service.grpc.server import WhybertServer, worker_config
+from whybert_service.metrics import Metrics
+from whybert_service.models.classifier import Classifier
+from whybert_service.models.registry import ModelHandle, ModelRegistry
+from whybert_service.settings import ServerSettings
+
+OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)"
+
+
+class FaultyClassifier(Classifier):
+    """The real classifier's model and tokenizer, with a forward pass that records every
+    row it runs and, on demand, blocks, runs out of memory, fails on one word, or crashes.
+
+    - `hold()` / `release()`: forward passes wait until released (`entered` is set once
+      one is waiting), so a queue builds up behind them.
+    - `oom_above`: a forward of more rows than this raises a CUDA-style OOM error.
+    - `poison`: a row holding this word's tokens raises, alone or not.
+    - `crashes`: the next so many forward passes raise `WorkerCrash`.
+    - `delay`: seconds every forward pass sleeps first (a slow device).
+    """
+
+    def __init__(self, base: Classifier, name: str | None = None) -> None:
+        super().__init__(
+            name=name or base.name,
+            model=base.model,
+            tokenizer=base.tokenizer,
+            labels=base.labels,
+            device=base.device,
+            weights_sha256=base.weights_sha256,
+            source=base.source,
+            max_length=base.max_length,
+        )
+        self.seen: list[tuple[int, ...]] = []
+        self.batches: list[int] = []
+        self.events: list[str] = []
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self.oom_above: int | None = None
+        self.crashes = 0
+        self.delay = 0.0
+        self._poison: tuple[int, ...] | None = None
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def set_poison(self, word: str | None) -> None:
+        self._poison = None if word is None else tuple(self.encode([word]).ids[0][1:-1])
+
+    def saw_text(self, text: str) -> bool:
+        """Whether any forwarded row was exactly this text's encoding."""
+        ids = tuple(self.encode([text]).ids[0])
+        with self._lock:
+            return ids in self.seen
+
+    def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        self.entered.set()
+        if not self._open.wait(timeout=30):
+            raise RuntimeError("the test never released the held forward pass")
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            if self.crashes > 0:
+                self.crashes -= 1
+                self.events.append("crash")
+                raise WorkerCrash("injected by the test")
+            if self.oom_above is not None and len(rows) > self.oom_above:
+                self.events.append("oom")
+                raise RuntimeError(OOM_MESSAGE)
+            if self._poison is not None and any(_holds(r, self._poison) for r in rows):
+                self.events.append("poison")
+                raise ValueError("the injected fault hit a poisoned row")
+            self.seen.extend(tuple(r) for r in rows)
+            self.batches.append(len(rows))
+            self.events.append("forward")
+        return super().forward(rows)
+
+
+def _holds(row: Sequence[int], part: tuple[int, ...]) -> bool:
+    n = len(part)
+    return any(tuple(row[i : i + n]) == part for i in range(len(row) - n + 1))
+
+
+def registry_factory(
+    classifier: Classifier, settings: ServerSettings
+) -> Callable[[Metrics, Callable[[bool], None]], ModelRegistry]:
+    """A registry serving just `classifier`, with the worker the settings describe."""
+
+    def factory(metrics: Metrics, on_health: Callable[[bool], None]) -> ModelRegistry:
+        registry = ModelRegistry(classifier.name)
+        worker = ModelWorker(classifier, worker_config(settings), metrics, on_health)
+        worker.start()
+        registry.add(ModelHandle(classifier, worker))
+        return registry
+
+    return factory
+
+
+class ServerThread:
+    """A `WhybertServer` running on its own thread and event loop; a context manager."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        registry_factory: Callable[[Metrics, Callable[[bool], None]], ModelRegistry] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._factory = registry_factory
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="test-server", daemon=True
+        )
+        self.server: WhybertServer | None = None
+        self.port = 0
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self.server = self.run(self._start())
+        self.port = self.server.port
+        return self
+
+    async def _start(self) -> WhybertServer:
+        server = WhybertServer(self.settings, self._factory)
+        await server.start()
+        return server
+
+    def run(self, coro: Any, timeout: float = 120.0) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self, grace: float = 0.0) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(grace))
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def worker(self) -> ModelWorker:
+        assert self.server is not None and self.server.registry is not None
+        return next(iter(self.server.registry)).worker
+
+
+def health(channel: grpc.Channel, timeout: float = 5.0) -> str:
+    """The overall grpc.health.v1 status, by name, through a plain channel."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    response = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=timeout
+    )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Poll until `predicate()` holds; False if it never did within `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def reference_probabilities(classifier: Classifier, text: str) -> np.ndarray:
+    """The model's probabilities for one text, straight from the model (no server)."""
+    logits = classifier.forward(classifier.encode([text]).ids)[0].astype(np.float64)
+    e = np.exp(logits - logits.max())
+    return np.asarray(e / e.sum())
+
+
+def predict_stub(channel: grpc.Channel) -> Any:
+    return pb_grpc.ExplainerStub(channel)
+
+
+__all__ = [
+    "OOM_MESSAGE",
+    "FaultyClassifier",
+    "ServerThread",
+    "health",
+    "pb",
+    "predict_stub",
+    "reference_probabilities",
+    "registry_factory",
+    "wait_for",
+]

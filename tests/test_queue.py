@@ -1,0 +1,171 @@
+"""The row queue: token-budget batch cutting, priority then deadline then arrival, and
+dropping rows whose caller left or whose deadline passed."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+from whybert_service.batching.queue import (
+    DropReason,
+    RowQueue,
+    Submission,
+    deliver,
+    fail,
+    split_by_length,
+)
+from whybert_service.context import Priority, RequestContext
+
+_seq = itertools.count()
+
+
+def submission(
+    lengths: list[int],
+    priority: Priority = Priority.EXPLAIN,
+    deadline: float | None = None,
+    tag: int = 1,
+) -> Submission:
+    """A submission of rows of the given lengths; every token of a row is `tag`."""
+    return Submission(
+        rows=[[tag] * n for n in lengths],
+        context=RequestContext(priority=priority, deadline=deadline),
+        future=Future(),
+        enqueued_at=time.monotonic(),
+        seq=next(_seq),
+    )
+
+
+def test_batches_stay_within_the_padded_token_budget() -> None:
+    queue = RowQueue()
+    queue.push(submission([10, 30, 20, 40, 5, 25, 35]))
+    queue.push(submission([12, 8, 50]))
+    total_rows = 10
+    taken = 0
+    while len(queue):
+        batch = queue.take_batch(max_tokens=100, now=time.monotonic())
+        assert batch.rows, "a non-empty queue must always give a non-empty batch"
+        assert batch.padded_tokens <= 100
+        assert batch.padded_tokens == max(len(r) for r in batch.rows) * len(batch.rows)
+        taken += len(batch.rows)
+    assert taken == total_rows
+    assert queue.queued_rows == 0
+
+
+def test_a_row_longer_than_the_budget_runs_alone_instead_of_waiting_forever() -> None:
+    # text-embeddings-inference#723: a budget below the longest input hung the queue.
+    queue = RowQueue()
+    queue.push(submission([500, 3]))
+    first = queue.take_batch(max_tokens=64, now=time.monotonic())
+    assert [len(r) for r in first.rows] == [500]
+    second = queue.take_batch(max_tokens=64, now=time.monotonic())
+    assert [len(r) for r in second.rows] == [3]
+    assert len(queue) == 0
+
+
+def test_predict_rows_go_before_explanation_rows_that_arrived_earlier() -> None:
+    queue = RowQueue()
+    explain = submission([4] * 6, Priority.EXPLAIN, tag=7)
+    predict = submission([4] * 2, Priority.PREDICT, tag=3)
+    queue.push(explain)
+    queue.push(predict)
+    assert queue.head_priority() == Priority.PREDICT
+    batch = queue.take_batch(max_tokens=4 * 4, now=time.monotonic())
+    assert [r[0] for r in batch.rows] == [3, 3, 7, 7]
+    assert batch.slices[0].submission is predict
+
+
+def test_earliest_deadline_first_within_a_class_then_arrival() -> None:
+    now = time.monotonic()
+    queue = RowQueue()
+    late = submission([2], deadline=now + 30, tag=1)
+    none_a = submission([2], deadline=None, tag=2)
+    soon = submission([2], deadline=now + 1, tag=3)
+    none_b = submission([2], deadline=None, tag=4)
+    for sub in (late, none_a, soon, none_b):
+        queue.push(sub)
+    order = []
+    while len(queue):
+        order += [r[0] for r in queue.take_batch(max_tokens=2, now=now).rows]
+    assert order == [3, 1, 2, 4]
+
+
+def test_sweep_drops_cancelled_and_expired_submissions_and_their_rows() -> None:
+    now = time.monotonic()
+    queue = RowQueue()
+    alive = submission([3, 3], deadline=now + 60)
+    expired = submission([3, 3, 3], deadline=now - 0.001)
+    cancelled = submission([3])
+    cancelled.context.cancel()
+    left = submission([3, 3])
+    left.future.cancel()  # the caller stopped waiting
+    for sub in (alive, expired, cancelled, left):
+        queue.push(sub)
+    assert queue.queued_rows == 8
+    dropped = dict((id(s), reason) for s, reason in queue.sweep(now))
+    assert dropped == {
+        id(expired): DropReason.DEADLINE,
+        id(cancelled): DropReason.CANCELLED,
+        id(left): DropReason.CANCELLED,
+    }
+    assert len(queue) == 1 and queue.queued_rows == 2
+    batch = queue.take_batch(max_tokens=1000, now=now)
+    assert batch.slices[0].submission is alive
+
+
+def test_a_submission_cut_across_batches_keeps_its_place_and_row_order() -> None:
+    queue = RowQueue()
+    big = submission([5] * 5, tag=1)
+    queue.push(big)
+    queue.push(submission([5], tag=2))
+    first = queue.take_batch(max_tokens=15, now=time.monotonic())
+    assert (first.slices[0].start, first.slices[0].stop) == (0, 3)
+    assert big.next_row == 3 and queue.queued_rows == 3
+    second = queue.take_batch(max_tokens=15, now=time.monotonic())
+    assert [(s.submission is big, s.start, s.stop) for s in second.slices] == [
+        (True, 3, 5),
+        (False, 0, 1),
+    ]
+
+
+def test_the_future_completes_once_every_row_is_delivered_in_row_order() -> None:
+    sub = submission([2, 2, 2])
+    deliver(sub, 2, np.array([[2.0, 2.5]], dtype=np.float32), time.monotonic())
+    assert not sub.future.done()
+    deliver(sub, 0, np.array([[0.0, 0.5], [1.0, 1.5]], dtype=np.float32), time.monotonic())
+    result = sub.future.result(timeout=0)
+    np.testing.assert_array_equal(result.logits[:, 0], [0.0, 1.0, 2.0])
+    assert result.queue_seconds >= 0
+
+
+def test_replying_to_a_caller_who_left_is_not_an_error() -> None:
+    sub = submission([2])
+    sub.future.cancel()
+    fail(sub, RuntimeError("too late"))  # must not raise
+    deliver(sub, 0, np.zeros((1, 2), dtype=np.float32), time.monotonic())  # nor this
+    assert sub.future.cancelled()
+
+
+def test_drain_empties_the_queue() -> None:
+    queue = RowQueue()
+    subs = [submission([4, 4]), submission([4])]
+    for sub in subs:
+        queue.push(sub)
+    assert queue.drain() == subs
+    assert len(queue) == 0 and queue.queued_rows == 0 and queue.head_priority() is None
+
+
+@pytest.mark.parametrize(
+    ("lengths", "min_rows", "groups"),
+    [
+        ([10, 10, 10], 1, [[0, 1, 2]]),
+        ([10, 100, 11, 110], 1, [[0, 2], [1, 3]]),
+        ([10, 100, 11, 110], 3, [[0, 2, 1], [3]]),
+    ],
+)
+def test_rows_are_grouped_by_similar_length(
+    lengths: list[int], min_rows: int, groups: list[list[int]]
+) -> None:
+    assert split_by_length(lengths, min_rows) == groups

@@ -1,0 +1,467 @@
+"""Nobody let in uninvited: TLS, mutual TLS and bearer tokens (with certificates made here),
+health and reflection readable without a token, reflection that can be switched off,
+message size limits, and model loading that never unpickles."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import pickle
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import whybert
+from _servers import ServerThread, health
+from conftest import tiny_settings
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from whybert import cli as client_cli
+from whybert.v1 import explainer_pb2 as pb
+from whybert.v1 import explainer_pb2_grpc as pb_grpc
+from whybert_service import settings as settings_mod
+from whybert_service.grpc.auth import REFUSAL, TokenAuthInterceptor, load_tokens
+from whybert_service.models.loading import ModelLoadError, load_directory
+
+# ---- certificates -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A certificate and its key, as PEM files."""
+
+    cert: Path
+    key: Path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write(
+    directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> Pair:
+    pair = Pair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pair
+
+
+class CertificateAuthority:
+    """A throw-away CA that issues server and client certificates for one test run."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(_name(name))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = _write(directory, name, self.cert, self.key).cert
+
+    def issue(self, common_name: str, *, server: bool) -> Pair:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if server:
+            sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            usage = ExtendedKeyUsageOID.SERVER_AUTH
+        else:
+            usage = ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        return _write(self.directory, f"{self.name}-{common_name}", cert, key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("pki")
+    ca, rogue = CertificateAuthority(directory, "ca"), CertificateAuthority(directory, "rogue")
+    return {
+        "ca": ca.pem,
+        "rogue_ca": rogue.pem,
+        "server": ca.issue("server", server=True),
+        "client": ca.issue("client", server=False),
+        "rogue_client": rogue.issue("client", server=False),
+    }
+
+
+def predict_ok(client: whybert.Client) -> None:
+    (prediction,) = client.predict(["a secure hello"])
+    assert abs(sum(prediction.scores.values()) - 1) < 1e-6
+
+
+def refused(client: whybert.Client) -> whybert.WhybertError:
+    with pytest.raises(whybert.WhybertError) as exc:
+        client.predict(["hello"], timeout=5)
+    return exc.value
+
+
+# ---- TLS and mutual TLS -------------------------------------------------------------------
+
+
+def test_tls_serves_clients_that_trust_its_ca_only(
+    tiny_model_dir: Path, pki: dict[str, Any]
+) -> None:
+    settings = tiny_settings(
+        tiny_model_dir, tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key)
+    )
+    with ServerThread(settings) as server:
+        with whybert.Client(
+            server.target, tls=whybert.TLSConfig(ca_cert=str(pki["ca"])), retries=0
+        ) as client:
+            predict_ok(client)
+        with whybert.Client(server.target, retries=0) as plaintext:
+            assert refused(plaintext).code == grpc.StatusCode.UNAVAILABLE
+        with whybert.Client(
+            server.target, tls=whybert.TLSConfig(ca_cert=str(pki["rogue_ca"])), retries=0
+        ) as wrong:
+            assert refused(wrong).code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tiny_model_dir: Path, pki: dict[str, Any]) -> Iterator[ServerThread]:
+    settings = tiny_settings(
+        tiny_model_dir,
+        tls_cert=str(pki["server"].cert),
+        tls_key=str(pki["server"].key),
+        tls_client_ca=str(pki["ca"]),
+    )
+    with ServerThread(settings) as server:
+        yield server
+
+
+def test_mutual_tls_requires_a_client_certificate_from_its_ca(
+    mtls_server: ServerThread, pki: dict[str, Any]
+) -> None:
+    ca = str(pki["ca"])
+    good = whybert.TLSConfig(ca, str(pki["client"].cert), str(pki["client"].key))
+    with whybert.Client(mtls_server.target, tls=good, retries=0) as client:
+        predict_ok(client)
+    with whybert.Client(mtls_server.target, tls=whybert.TLSConfig(ca), retries=0) as anonymous:
+        assert refused(anonymous).code == grpc.StatusCode.UNAVAILABLE
+    rogue = whybert.TLSConfig(ca, str(pki["rogue_client"].cert), str(pki["rogue_client"].key))
+    with whybert.Client(mtls_server.target, tls=rogue, retries=0) as impostor:
+        assert refused(impostor).code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_cli_speaks_mutual_tls(
+    mtls_server: ServerThread, pki: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tls = [
+        "--tls-ca",
+        str(pki["ca"]),
+        "--tls-cert",
+        str(pki["client"].cert),
+        "--tls-key",
+        str(pki["client"].key),
+    ]
+    code = client_cli.main(
+        ["predict", "a secure hello", "--target", mtls_server.target, "--json", *tls]
+    )
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["text"] == "a secure hello" and row["label"] in row["scores"]
+    assert client_cli.main(["health", "--target", mtls_server.target, *tls]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert (
+        client_cli.main(
+            [
+                "predict",
+                "hello",
+                "--target",
+                mtls_server.target,
+                "--tls-ca",
+                str(pki["ca"]),
+                "--timeout",
+                "5",
+            ]
+        )
+        == 1
+    )
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+# ---- bearer tokens --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    tokens_file = tmp_path_factory.mktemp("auth") / "tokens"
+    tokens_file.write_text("# who may call\nalpha-token-1\n\n  beta-token-2  \n")
+    settings = tiny_settings(
+        tiny_model_dir,
+        auth_tokens_file=str(tokens_file),
+        auth_tokens="gamma-token-3",
+        max_message_bytes=1024 * 1024,
+    )
+    with ServerThread(settings) as server:
+        yield server
+
+
+def raw_call(
+    target: str, method: str, data: bytes, metadata: list[tuple[str, str]] | None = None
+) -> bytes:
+    with grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
+        stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        response: bytes = stub(data, timeout=10, metadata=metadata)
+        return response
+
+
+PREDICT = "/whybert.v1.Explainer/Predict"
+HELLO = pb.PredictRequest(texts=["hello"]).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        None,
+        [("authorization", "Bearer wrong-token")],
+        [("authorization", "Bearer alpha-token-")],  # a prefix of a real one
+        [("authorization", "Basic alpha-token-1")],
+        [("authorization", "alpha-token-1")],
+        [("authorization", "Bearer")],
+        [("authorization", "Bearer alpha-token-1"), ("authorization", "Bearer wrong-token")],
+        [("x-api-key", "alpha-token-1")],
+    ],
+    ids=[
+        "none",
+        "wrong",
+        "prefix",
+        "basic-scheme",
+        "no-scheme",
+        "empty",
+        "two-headers",
+        "other-header",
+    ],
+)
+def test_calls_without_a_valid_token_are_unauthenticated(
+    token_server: ServerThread, metadata: list[tuple[str, str]] | None
+) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        raw_call(token_server.target, PREDICT, HELLO, metadata)
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert exc.value.details() == REFUSAL
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer alpha-token-1", "Bearer beta-token-2", "bearer gamma-token-3"]
+)
+def test_every_configured_token_is_accepted(token_server: ServerThread, header: str) -> None:
+    response = pb.PredictResponse.FromString(
+        raw_call(token_server.target, PREDICT, HELLO, [("authorization", header)])
+    )
+    assert len(response.predictions) == 1
+
+
+def test_unauthenticated_bytes_are_never_decoded(token_server: ServerThread) -> None:
+    garbage = b"\xff\xff\xff\xff"
+    with pytest.raises(grpc.RpcError) as anonymous:
+        raw_call(token_server.target, PREDICT, garbage)
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as authenticated:
+        raw_call(token_server.target, PREDICT, garbage, [("authorization", "Bearer alpha-token-1")])
+    assert authenticated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection_stay_readable_without_a_token(token_server: ServerThread) -> None:
+    with grpc.insecure_channel(token_server.target) as channel:
+        assert health(channel) == "SERVING"
+        assert "whybert.v1.Explainer" in reflected_services(channel)
+    with whybert.Client(token_server.target, retries=0) as client:
+        assert client.health() == "SERVING"
+        with pytest.raises(whybert.UnauthenticatedError):
+            client.list_models()
+    with whybert.Client(token_server.target, token="beta-token-2") as client:
+        assert [m.name for m in client.list_models()] == ["tiny"]
+
+
+def test_the_cli_sends_the_token_from_the_environment(
+    token_server: ServerThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", token_server.target]
+    assert client_cli.main(["predict", "hello", *target]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    monkeypatch.setenv("WHYBERT_TOKEN", "gamma-token-3")
+    assert client_cli.main(["predict", "hello", "--json", *target]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["text"] == "hello"
+
+
+def test_refusals_are_counted_in_the_grpc_metrics(token_server: ServerThread) -> None:
+    assert token_server.server is not None
+    registry = token_server.server.metrics.registry
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "whybert.v1.Explainer",
+        "grpc_method": "Predict",
+    }
+    before = (
+        registry.get_sample_value(
+            "grpc_server_handled_total", {**labels, "grpc_code": "UNAUTHENTICATED"}
+        )
+        or 0
+    )
+    with pytest.raises(grpc.RpcError):
+        raw_call(token_server.target, PREDICT, HELLO)
+    after = registry.get_sample_value(
+        "grpc_server_handled_total", {**labels, "grpc_code": "UNAUTHENTICATED"}
+    )
+    assert after == before + 1
+
+
+def test_messages_beyond_the_configured_size_are_resource_exhausted(
+    token_server: ServerThread,
+) -> None:
+    big = pb.PredictRequest(texts=["word " * 300_000]).SerializeToString()  # 1.5 MB > 1 MiB
+    with pytest.raises(grpc.RpcError) as exc:
+        raw_call(token_server.target, PREDICT, big, [("authorization", "Bearer alpha-token-1")])
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (exc.value.details() or "")
+
+
+def test_tokens_come_from_the_file_the_flag_and_the_environment(tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("from-file\n# a comment\n")
+    env = {"WHYBERT_AUTH_TOKENS": "env-one, env-two", "WHYBERT_AUTH_TOKENS_FILE": str(tokens_file)}
+    settings = settings_mod.from_sources(None, env)
+    assert load_tokens(settings) == {"from-file", "env-one", "env-two"}
+    assert load_tokens(settings_mod.ServerSettings()) == frozenset()  # open server
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read it"),
+        ("", "holds no token"),
+        ("# only a comment\n\n", "holds no token"),
+        ("two words\n", "printable ASCII without spaces"),
+        ("tökén\n", "printable ASCII without spaces"),
+    ],
+)
+def test_an_unusable_tokens_file_stops_the_server_from_starting(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    tokens_file = tmp_path / "tokens"
+    if content is not None:
+        tokens_file.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_tokens(settings_mod.ServerSettings(auth_tokens_file=str(tokens_file)))
+
+
+def test_the_token_check_needs_tokens_and_compares_whole_tokens() -> None:
+    with pytest.raises(ValueError):
+        TokenAuthInterceptor([])
+    auth = TokenAuthInterceptor(["s3cret"])
+    assert auth.authorized([("authorization", "Bearer s3cret")])
+    assert auth.authorized([("authorization", "  BEARER   s3cret ")])
+    assert not auth.authorized([("authorization", "Bearer s3cret2")])
+    assert not auth.authorized([("authorization", "Bearer s3cre")])
+    assert not auth.authorized([])
+
+
+# ---- reflection -----------------------------------------------------------------------------
+
+
+def reflected_services(channel: grpc.Channel) -> list[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    return [s.name for s in response.list_services_response.service]
+
+
+def test_reflection_can_be_switched_off(tiny_model_dir: Path) -> None:
+    with (
+        ServerThread(tiny_settings(tiny_model_dir, reflection=False)) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        with pytest.raises(grpc.RpcError) as exc:
+            reflected_services(channel)
+        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert (
+            pb_grpc.ExplainerStub(channel)
+            .Predict(pb.PredictRequest(texts=["hi"]), timeout=10)
+            .predictions
+        )
+
+
+# ---- model loading never unpickles -------------------------------------------------------------
+
+
+class _Trap:
+    """Unpickling this writes a file: proof that a loader ran pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (shutil.copyfile, (__file__, str(self.marker)))
+
+
+def test_model_loading_never_unpickles(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    marker = tmp_path / "unpickled"
+    trapped = tmp_path / "trapped"
+    shutil.copytree(tiny_model_dir, trapped)
+    (trapped / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    (trapped / "training_args.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    classifier = load_directory("trapped", trapped, torch.device("cpu"), torch.float32)
+    assert classifier.labels == ["negative", "neutral", "positive"]
+    assert not marker.exists()
+
+    for weights in trapped.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(
+        ModelLoadError, match=r"no \.safetensors weights .*pytorch_model\.bin.*never unpickles"
+    ):
+        load_directory("trapped", trapped, torch.device("cpu"), torch.float32)
+    assert not marker.exists()
+
+
+def test_model_loading_refuses_remote_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, remote)
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
+    (remote / "config.json").write_text(json.dumps(config))
+    (remote / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    with pytest.raises(ModelLoadError, match="remote code"):
+        load_directory("remote", remote, torch.device("cpu"), torch.float32)
+    assert not (tmp_path / "ran").exists()

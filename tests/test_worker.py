@@ -1,0 +1,329 @@
+"""The model worker under faults: rows of callers who left never reach the model, queues
+are bounded, failed batches are split and retried, a crashed worker restarts, and nobody
+is ever left waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import pytest
+from _servers import FaultyClassifier, wait_for
+from whybert_service.batching.worker import ModelWorker, WorkerConfig
+from whybert_service.context import Priority, RequestContext
+from whybert_service.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelFailure,
+    ResourceExhausted,
+    Unavailable,
+)
+from whybert_service.metrics import Metrics
+
+WorkerFactory = Callable[..., tuple[ModelWorker, FaultyClassifier]]
+
+
+@pytest.fixture
+def make_worker(tiny_classifier: Any) -> Iterator[WorkerFactory]:
+    """Start workers over a FaultyClassifier; every one is stopped after the test."""
+    started: list[ModelWorker] = []
+
+    def make(
+        health: list[bool] | None = None, **config: Any
+    ) -> tuple[ModelWorker, FaultyClassifier]:
+        faulty = FaultyClassifier(tiny_classifier)
+        cfg = WorkerConfig(**{"max_batch_delay_s": 0.001, **config})
+        worker = ModelWorker(faulty, cfg, Metrics(), health.append if health is not None else None)
+        worker.start()
+        faulty.seen.clear()  # forget the warm-up pass
+        faulty.events.clear()
+        started.append(worker)
+        return worker, faulty
+
+    yield make
+    for worker in started:
+        worker.classifier.release()  # type: ignore[attr-defined]
+        worker.stop()
+
+
+def ids(classifier: FaultyClassifier, *texts: str) -> list[list[int]]:
+    return classifier.encode(list(texts)).ids
+
+
+def hold_worker(worker: ModelWorker, faulty: FaultyClassifier) -> Future[Any]:
+    """Keep the worker busy in a forward pass until `faulty.release()`."""
+    faulty.hold()
+    blocker = worker.submit(ids(faulty, "the worker is busy with this row"), RequestContext())
+    assert faulty.entered.wait(10), "the worker never started the blocking batch"
+    return blocker
+
+
+def served(worker: ModelWorker, rows: list[list[int]]) -> int:
+    """Submit rows for a fresh request and return how many rows of logits came back."""
+    logits = worker.submit(rows, RequestContext()).result(10).logits
+    assert logits.shape[1] == 3
+    return int(logits.shape[0])
+
+
+def metric(worker: ModelWorker, name: str, **labels: str) -> float:
+    value = worker.metrics.registry.get_sample_value(
+        name, {"model": worker.classifier.name, **labels}
+    )
+    return float(value or 0.0)
+
+
+def test_rows_of_expired_and_cancelled_callers_never_reach_the_model(
+    make_worker: WorkerFactory,
+) -> None:
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    expiring = RequestContext.with_timeout(Priority.PREDICT, 0.05)
+    leaving = RequestContext()
+    f_expiring = worker.submit(ids(faulty, "a text whose deadline passes in the queue"), expiring)
+    f_leaving = worker.submit(ids(faulty, "a text whose caller cancels in the queue"), leaving)
+    f_staying = worker.submit(ids(faulty, "a text whose caller waits"), RequestContext())
+    leaving.cancel()
+    time.sleep(0.1)
+    faulty.release()
+    blocker.result(10)
+    assert f_staying.result(10).logits.shape == (1, 3)
+    with pytest.raises(DeadlineExceeded):
+        f_expiring.result(10)
+    with pytest.raises(Cancelled):
+        f_leaving.result(10)
+    assert faulty.saw_text("a text whose caller waits")
+    assert not faulty.saw_text("a text whose deadline passes in the queue")
+    assert not faulty.saw_text("a text whose caller cancels in the queue")
+    assert metric(worker, "whybert_dropped_rows_total", reason="deadline") == 1
+    assert metric(worker, "whybert_dropped_rows_total", reason="cancelled") == 1
+    assert worker.queued_rows() == 0
+
+
+def test_work_for_a_caller_already_gone_is_refused_at_submit(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    expired = RequestContext.with_timeout(Priority.PREDICT, -1.0)
+    cancelled = RequestContext()
+    cancelled.cancel()
+    with pytest.raises(DeadlineExceeded):
+        worker.submit(ids(faulty, "too late"), expired)
+    with pytest.raises(Cancelled):
+        worker.submit(ids(faulty, "gone"), cancelled)
+    with pytest.raises(Cancelled):
+        worker.call(lambda classifier: None, cancelled)
+    assert worker.queued_rows() == 0 and faulty.seen == []
+
+
+def test_run_blocking_gives_up_at_the_deadline_and_its_rows_are_dropped(
+    make_worker: WorkerFactory,
+) -> None:
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    ctx = RequestContext.with_timeout(Priority.EXPLAIN, 0.2)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        worker.run_blocking(ids(faulty, "an explanation round that waits too long"), ctx)
+    assert time.monotonic() - started < 2.0
+    faulty.release()
+    blocker.result(10)
+    assert wait_for(lambda: worker.queued_rows() == 0)
+    assert not faulty.saw_text("an explanation round that waits too long")
+
+
+async def test_cancelling_an_awaited_run_cancels_the_request(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    ctx = RequestContext()
+    task = asyncio.ensure_future(worker.run(ids(faulty, "an awaited row whose caller leaves"), ctx))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ctx.cancelled
+    faulty.release()
+    await asyncio.wrap_future(blocker)
+    assert wait_for(lambda: worker.queued_rows() == 0)
+    assert not faulty.saw_text("an awaited row whose caller leaves")
+
+
+def test_predict_rows_are_not_starved_by_queued_explanation_rows(
+    make_worker: WorkerFactory,
+) -> None:
+    worker, faulty = make_worker(max_batch_tokens=64)
+    blocker = hold_worker(worker, faulty)
+    explain = [
+        worker.submit(
+            ids(faulty, *[f"explanation round {i} row {j}" for j in range(8)]),
+            RequestContext(priority=Priority.EXPLAIN),
+        )
+        for i in range(4)
+    ]
+    predict = worker.submit(
+        ids(faulty, "an urgent prediction"), RequestContext(priority=Priority.PREDICT)
+    )
+    faulty.release()
+    for f in [blocker, predict, *explain]:
+        f.result(10)
+    first_after_block = faulty.seen[1]  # seen[0] is the blocking row
+    assert first_after_block == tuple(ids(faulty, "an urgent prediction")[0])
+
+
+def test_gradient_jobs_do_not_go_before_queued_predict_rows(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    job = worker.call(
+        lambda classifier: faulty.events.append("job"), RequestContext(priority=Priority.EXPLAIN)
+    )
+    predict = worker.submit(ids(faulty, "a prediction behind a job"), RequestContext())
+    faulty.release()
+    job.result(10)
+    predict.result(10)
+    blocker.result(10)
+    assert faulty.events == ["forward", "forward", "job"]
+
+
+def test_a_full_queue_refuses_at_once_and_says_what_is_full(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker(max_queued_rows=4)
+    blocker = hold_worker(worker, faulty)
+    accepted = worker.submit(ids(faulty, "one", "two", "three"), RequestContext())
+    with pytest.raises(ResourceExhausted) as refused:
+        worker.submit(ids(faulty, "four", "five"), RequestContext())
+    assert "queue of model 'tiny' is full" in refused.value.message
+    assert "3 of 4 rows queued" in refused.value.message
+    assert worker.queued_rows() == 3
+    faulty.release()
+    accepted.result(10)
+    blocker.result(10)
+    assert served(worker, ids(faulty, "four", "five")) == 2
+
+
+def test_rows_of_callers_who_left_hold_no_places_in_a_full_queue(
+    make_worker: WorkerFactory,
+) -> None:
+    worker, faulty = make_worker(max_queued_rows=4)
+    blocker = hold_worker(worker, faulty)
+    gone = RequestContext()
+    abandoned = worker.submit(ids(faulty, "one", "two", "three", "four"), gone)
+    gone.cancel()  # the worker is busy and has not swept the queue yet
+    accepted = worker.submit(ids(faulty, "five", "six"), RequestContext())
+    with pytest.raises(Cancelled):
+        abandoned.result(10)
+    faulty.release()
+    assert accepted.result(10).logits.shape == (2, 3)
+    blocker.result(10)
+    assert not faulty.saw_text("one")
+
+
+def test_a_request_cannot_spend_more_rows_than_its_budget(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    ctx = RequestContext(max_rows=5)
+    worker.submit(ids(faulty, "a", "b", "c"), ctx).result(10)
+    with pytest.raises(InvalidArgument) as over:
+        worker.submit(ids(faulty, "d", "e", "f"), ctx)
+    assert over.value.violations[0][0] == "texts"
+    assert "limit of 5 model rows" in over.value.violations[0][1]
+    assert ctx.rows == 3
+    worker.submit(ids(faulty, "d", "e"), ctx).result(10)  # exactly at the budget is fine
+
+
+def test_out_of_memory_batches_are_split_until_they_fit(
+    make_worker: WorkerFactory, tiny_classifier: Any
+) -> None:
+    worker, faulty = make_worker(max_batch_delay_s=0.2)
+    faulty.oom_above = 2
+    texts = [f"sentence number {i} about food" for i in range(8)]
+    futures = [worker.submit(ids(faulty, t), RequestContext()) for t in texts]
+    results = [f.result(10).logits[0] for f in futures]
+    expected = tiny_classifier.forward(tiny_classifier.encode(texts).ids)
+    np.testing.assert_allclose(np.stack(results), expected, rtol=1e-4, atol=1e-5)
+    assert "oom" in faulty.events
+    assert max(faulty.batches) <= 2
+    assert metric(worker, "whybert_batch_failures_total", kind="oom") >= 1
+    assert worker.healthy and worker.restarts == 0
+
+
+def test_a_row_that_fails_alone_fails_only_its_own_request(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker(max_batch_delay_s=0.2)
+    faulty.set_poison("xylophone")
+    good = [
+        worker.submit(ids(faulty, f"a fine text {i}", f"another fine text {i}"), RequestContext())
+        for i in range(3)
+    ]
+    bad = worker.submit(ids(faulty, "fine words", "the xylophone breaks it"), RequestContext())
+    for f in good:
+        assert f.result(10).logits.shape == (2, 3)
+    with pytest.raises(ModelFailure) as failed:
+        bad.result(10)
+    assert "the model failed on this request's input" in failed.value.message
+    assert "poisoned row" in failed.value.message
+    assert worker.healthy and worker.restarts == 0
+    assert served(worker, ids(faulty, "life goes on")) == 1
+
+
+def test_a_single_row_out_of_memory_fails_with_a_clear_message(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    faulty.oom_above = 0
+    with pytest.raises(ModelFailure) as failed:
+        worker.submit(ids(faulty, "too big even alone"), RequestContext()).result(10)
+    assert failed.value.message == (
+        "the model ran out of device memory on this text even alone; send a shorter text"
+    )
+    faulty.oom_above = None
+    assert served(worker, ids(faulty, "fits again")) == 1
+
+
+def test_a_crashed_worker_restarts_and_nobody_is_left_waiting(make_worker: WorkerFactory) -> None:
+    health: list[bool] = []
+    worker, faulty = make_worker(health=health)
+    blocker = hold_worker(worker, faulty)
+    queued = [
+        worker.submit(ids(faulty, f"queued behind the crash {i}"), RequestContext())
+        for i in range(5)
+    ]
+    faulty.crashes = 2  # the running batch, then the first warm-up after the restart
+    faulty.release()
+    for f in [blocker, *queued]:
+        with pytest.raises(Unavailable) as unavailable:
+            f.result(10)
+        assert "restarted; retry" in unavailable.value.message
+    assert wait_for(lambda: worker.healthy, timeout=10)
+    assert worker.restarts == 1
+    assert health[0] is True and False in health and health[-1] is True
+    assert metric(worker, "whybert_worker_restarts_total") == 1
+    assert served(worker, ids(faulty, "after the restart")) == 1
+    assert worker.queued_rows() == 0
+
+
+def test_while_restarting_new_work_is_refused_as_unavailable(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    faulty.crashes = 1000  # every warm-up fails: the worker stays down, retrying
+    with pytest.raises(Unavailable):
+        worker.submit(ids(faulty, "this crashes the worker"), RequestContext()).result(10)
+    assert wait_for(lambda: not worker.healthy)
+    with pytest.raises(Unavailable, match="not serving right now; retry"):
+        worker.submit(ids(faulty, "refused meanwhile"), RequestContext())
+    with faulty._lock:
+        faulty.crashes = 0
+    assert wait_for(lambda: worker.healthy, timeout=15)
+    assert served(worker, ids(faulty, "served again")) == 1
+
+
+def test_stopping_fails_queued_work_and_refuses_new(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    queued = worker.submit(ids(faulty, "queued at shutdown"), RequestContext())
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    with pytest.raises(Unavailable, match="shutting down"):
+        queued.result(10)
+    faulty.release()
+    stopper.join(10)
+    assert blocker.result(10).logits.shape == (1, 3)  # the batch already running finished
+    with pytest.raises(Unavailable):
+        worker.submit(ids(faulty, "after stop"), RequestContext())
+    assert not worker.healthy
