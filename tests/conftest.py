@@ -24,7 +24,13 @@ def encoder_dir() -> Path:
 
 
 def make_tiny_bert(path: Path, labels: list[str] = LABELS, seed: int = 0, layers: int = 2) -> Path:
-    """A random-weight BERT classifier (hidden 32) with the real uncased WordPiece tokenizer."""
+    """A random-weight BERT classifier (hidden 32) with the real uncased WordPiece tokenizer.
+
+    BERT's initial weights (std 0.02) make a model whose outputs barely depend on the
+    text (probabilities move ~1e-4): attention, feed-forward and pooler weights are scaled
+    up so that words move the outputs by tenths and comparisons with the libraries mean
+    something.
+    """
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
@@ -40,9 +46,11 @@ def make_tiny_bert(path: Path, labels: list[str] = LABELS, seed: int = 0, layers
         label2id={label: i for i, label in enumerate(labels)},
     )
     model = BertForSequenceClassification(config).eval()
-    # Larger classifier weights, so that outputs differ visibly between texts.
     with torch.no_grad():
-        model.classifier.weight.mul_(20)
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ("encoder" in name or "pooler" in name):
+                module.weight.mul_(8.0)
+        model.classifier.weight.mul_(4.0)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
     tokenizer.model_max_length = 128

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import whybert
-from _responsive import make_responsive_bert
 from _servers import ServerThread
 from conftest import tiny_settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -63,8 +62,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_responsive_bert(tmp_path_factory.mktemp("responsive-bert"))
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

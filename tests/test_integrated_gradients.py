@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import whybert
-from _responsive import make_responsive_bert
 from _servers import ServerThread
 from captum.attr import LayerIntegratedGradients
 from conftest import tiny_settings
@@ -79,8 +78,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_responsive_bert(tmp_path_factory.mktemp("responsive-bert"))
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
