@@ -204,6 +204,7 @@ async def test_explainer_processes_give_the_same_values(tiny_model_dir: Path, re
             pool = server.dataplane.explainers["shap-partition"]._pool
             for child in list(pool._idle.queue):
                 child.process.kill()
+                child.process.join(5)
             async with whybert.AsyncClient(f"127.0.0.1:{server.port}", retries=0) as no_retry:
                 (again,) = await no_retry.explain([TEXTS[1]], targets="all", max_evals=200)
             assert_same(again, reference.explain(TEXTS[1], [0, 1, 2], max_evals=200))

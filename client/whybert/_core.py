@@ -175,7 +175,7 @@ class BaseClient:
                 raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
             req.output = OUTPUTS[output]
         _set_targets(req, options.get("targets"))
-        if options.get("fixed_context", None) not in FIXED_CONTEXTS:
+        if options.get("fixed_context") not in FIXED_CONTEXTS:
             raise ValueError("fixed_context must be None, 0 or 1")
         req.shap.fixed_context = FIXED_CONTEXTS[options.get("fixed_context")]
         for name, message in (

@@ -111,14 +111,13 @@ class Explanation:
             import shap
         except ImportError as exc:
             raise ImportError("to_shap() needs the shap package: pip install shap") from exc
-        values = self.values[:, 0] if self.values.shape[1] == 1 else self.values
-        base = float(self.base_values[0]) if self.values.shape[1] == 1 else self.base_values
+        # The shape shap gives one row of a text explanation: (tokens × outputs).
         return shap.Explanation(
-            values=values,
-            base_values=base,
+            values=self.values,
+            base_values=self.base_values,
             data=np.asarray(self.tokens, dtype=object),
             feature_names=[t.strip() for t in self.tokens],
-            output_names=self.labels if self.values.shape[1] > 1 else self.labels[0],
+            output_names=list(self.labels),
         )
 
     def top_tokens(self, label: str | None = None, k: int = 10) -> list[tuple[str, float]]:

@@ -1,4 +1,4 @@
-"""The `whybert` command: talk to a server (predict, explain, models, health) or, with the
+"""The `whybert` command: talk to a server (predict, explain, models, health, ui) or, with the
 server extra installed, run one (serve, train, export-model)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SERVER_HINT = (
 )
 
 
-def _client_options(parser: argparse.ArgumentParser) -> None:
+def _client_options(parser: argparse.ArgumentParser, json_output: bool = True) -> None:
     parser.add_argument(
         "--target",
         action="append",
@@ -36,7 +36,8 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", default=None, help="PEM CA that signed the server: use TLS")
     parser.add_argument("--tls-cert", default=None, help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", default=None, help="PEM client key (mutual TLS)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _make_client(args: argparse.Namespace) -> Client:
@@ -123,9 +124,18 @@ def _write_pictures(args: argparse.Namespace, explanations: list[Explanation]) -
     from . import render
 
     if html_out:
-        render.write_html(explanations, html_out)  # type: ignore[attr-defined]
+        render.write_html(explanations, html_out)
     if png_out:
-        render.write_png(explanations[0], png_out)  # type: ignore[attr-defined]
+        render.write_png(explanations[0], png_out)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the local web page; it reaches the server through this command's client."""
+    from .ui import serve
+
+    with _make_client(args) as client:
+        serve(client, host=args.host, port=args.port)
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -186,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_health)
 
+    p = sub.add_parser("ui", help="a local web page to try explanations (type, compare, see)")
+    p.add_argument("--host", default="127.0.0.1", help="the page's address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="the page's port (default 8080; 0: any)")
+    _client_options(p, json_output=False)
+    p.set_defaults(func=cmd_ui)
+
     for name in SERVER_COMMANDS:
         sub.add_parser(name, help=f"(server) {name}; see 'whybert {name} --help'", add_help=False)
     return parser
@@ -215,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for field, description in exc.field_violations:
             print(f"  {field}: {description}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

@@ -86,17 +86,17 @@ class Classifier:
 
     def input_embeddings(self) -> torch.nn.Module:
         """The token-embedding layer, which integrated gradients attributes to."""
-        layer: torch.nn.Module = self.model.get_input_embeddings()
+        layer: torch.nn.Module = getattr(self.model, "get_input_embeddings")()  # noqa: B009 - typed as Module
         return layer
 
 
 def _model_max_length(model: torch.nn.Module, tokenizer: Any) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
-    usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        # RoBERTa's position ids start after the padding index.
-        usable = [min(usable)] if usable else [512]
-        usable[0] = min(usable[0], int(model.config.max_position_embeddings) - 2)
+    """The most tokens the model reads: its position table or the tokenizer's limit."""
+    config: Any = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # RoBERTa's position ids start after the padding index
+    usable = [v for v in (positions, tokenizer.model_max_length) if isinstance(v, int) and 0 < v < 1_000_000]
     return min(usable) if usable else 512
 
 

@@ -114,14 +114,26 @@ class ExplainerProcesses:
         logits: Logits,
         context: RequestContext,
     ) -> Any:
-        """Run `fn(tokenizer, remote_logits, *args)` in a child; answer its evaluations with `logits`."""
-        child = self._checkout(context)
+        """Run `fn(tokenizer, remote_logits, *args)` in a child; answer its evaluations with `logits`.
+
+        A child found dead before it took the job is replaced and the job goes to another
+        one; a child that dies mid-job fails the job with UNAVAILABLE (clients retry it).
+        """
+        while True:
+            child = self._checkout(context)
+            try:
+                child.conn.send((fn, tokenizer[0], None if tokenizer[0] in child.tokenizers else tokenizer[1], args))
+            except OSError:
+                self._checkin(child, healthy=False)
+                continue
+            child.tokenizers.add(tokenizer[0])
+            return self._serve_job(child, logits)
+
+    def _serve_job(self, child: _Child, logits: Logits) -> Any:
+        """Answer the child's evaluations until it reports the job's end."""
         finished = False  # the child answered the job and waits for the next one
-        key, tok = tokenizer
         failure: ServiceError | None = None
         try:
-            child.conn.send((fn, key, None if key in child.tokenizers else tok, args))
-            child.tokenizers.add(key)
             while True:
                 kind, payload = child.conn.recv()
                 if kind == "eval":
