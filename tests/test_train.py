@@ -1,0 +1,178 @@
+"""`whybert train` end to end on a tiny CSV and a tiny random BERT, and the data split."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from whybert_service.training import cli, data, lora
+
+POSITIVE = ["good", "great", "love", "lovely", "happy", "nice", "superb", "excellent"]
+NEGATIVE = ["bad", "awful", "hate", "terrible", "sad", "nasty", "poor", "dreadful"]
+FILLER = ["the", "movie", "was", "food", "service", "really", "so", "day"]
+
+
+def tiny_base(path: Path) -> Path:
+    """A random 2-layer BERT (hidden 32) with a WordPiece vocabulary of the test's words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+    wordpiece = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    specials = {f"{n}_token": f"[{n.upper()}]" for n in ("unk", "pad", "cls", "sep", "mask")}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, model_max_length=64, **specials)
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def tiny_csv(path: Path, rows: int = 120) -> Path:
+    """Positive and negative sentences; a few with a byte that is not UTF-8."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(rows):
+        words = POSITIVE if i % 2 else NEGATIVE
+        text = " ".join([*rng.choice(FILLER, 3), *rng.choice(words, 2)])
+        lines.append({"review": text, "stars": "pos" if i % 2 else "neg", "conf": f"{0.5 + (i % 5) / 10}"})
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["review", "stars", "conf"])
+        writer.writeheader()
+        writer.writerows(lines)
+    with path.open("ab") as fh:
+        fh.write(b"the food \xd1 was great great,pos,0.9\r\n")
+    return path
+
+
+def train_args(csv_path: Path, base: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(csv_path), "--text-column", "review", "--label-column", "stars",
+        "--confidence-column", "conf", "--confidence-weighting", "--base", str(base),
+        "--out", str(out), "--epochs", "10", "--batch-size", "8", "--max-length", "16",
+        "--lr", "3e-3", "--device", "cpu", "--threads", "1", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    base = tiny_base(root / "base")
+    csv_path = tiny_csv(root / "reviews.csv")
+    hf_out, adapter_out = root / "hf", root / "adapter"
+    assert cli.main(train_args(csv_path, base, hf_out)) == 0
+    assert cli.main(train_args(csv_path, base, adapter_out, "--format", "adapter")) == 0
+    return {"base": base, "csv": csv_path, "hf": hf_out, "adapter": adapter_out}
+
+
+def test_train_writes_a_loadable_model(tiny_run: dict[str, Path]) -> None:
+    from whybert_service.models.loading import load_directory
+
+    classifier = load_directory("tiny", tiny_run["hf"], torch.device("cpu"), torch.float32)
+    assert classifier.labels == ["neg", "pos"]
+    assert not any("lora" in name for name, _ in classifier.model.named_parameters())
+    logits = classifier.forward(classifier.encode(["great lovely day", "awful dreadful food"]).ids)
+    assert logits.shape == (2, 2) and np.isfinite(logits).all()
+    report = json.loads((tiny_run["hf"] / "training_report.json").read_text())
+    assert report["labels"] == ["neg", "pos"]
+    assert report["split"]["train"] + report["split"]["validation"] + report["split"]["test"] == 121
+    assert report["best"] is not None and report["test"]["rows"] == report["split"]["test"]
+    assert report["validations"][-1]["epoch"] == 10
+    assert "reviews.csv" in report["command"] and str(tiny_run["base"].parent) not in report["data"]["csv"]
+
+
+def test_the_model_learns_the_tiny_task(tiny_run: dict[str, Path]) -> None:
+    from whybert_service.models.loading import load_directory
+
+    classifier = load_directory("tiny", tiny_run["hf"], torch.device("cpu"), torch.float32)
+    texts = ["so good great", "love happy nice", "bad awful", "terrible hate sad"]
+    pred = classifier.forward(classifier.encode(texts).ids).argmax(axis=1)
+    assert pred.tolist() == [1, 1, 0, 0]
+
+
+def test_adapter_format_merges_onto_its_base_like_the_hf_output(tiny_run: dict[str, Path]) -> None:
+    """The same seeded run written both ways: base + adapter must equal the merged model."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+    from whybert_service.models.builtin import file_hashes
+
+    config = json.loads((tiny_run["adapter"] / "adapter_config.json").read_text())
+    assert config["labels"] == ["neg", "pos"] and config["lora"]["rank"] == 16
+    assert config["encoder"]["sha256"] == file_hashes(tiny_run["base"])
+    merged = AutoModelForSequenceClassification.from_pretrained(tiny_run["hf"]).eval()
+    rebuilt = AutoModelForSequenceClassification.from_pretrained(tiny_run["base"], num_labels=2).eval()
+    lora.merge_adapter(rebuilt, load_file(tiny_run["adapter"] / "adapter.safetensors"), config["lora"]["scaling"])
+    ids = torch.tensor([[2, 5, 6, 3], [2, 13, 14, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(input_ids=ids).logits, merged(input_ids=ids).logits)
+
+
+def test_full_fine_tune_with_rank_zero(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    from whybert_service.models.loading import load_directory
+
+    out = tmp_path / "full"
+    assert cli.main(train_args(tiny_run["csv"], tiny_run["base"], out, "--lora-rank", "0", "--epochs", "1")) == 0
+    assert load_directory("full", out, torch.device("cpu"), torch.float32).labels == ["neg", "pos"]
+
+
+def test_bad_input_is_a_clear_error(
+    tiny_run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = train_args(tiny_run["csv"], tiny_run["base"], tmp_path / "x")
+    args[args.index("review")] = "body"
+    assert cli.main(args) == 2
+    assert "no column body" in capsys.readouterr().err
+    rank0 = train_args(tiny_run["csv"], tiny_run["base"], tmp_path / "y", "--format", "adapter", "--lora-rank", "0")
+    assert cli.main(rank0) == 2
+
+
+def test_merge_adapter_refuses_what_does_not_fit(tiny_run: dict[str, Path]) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_run["base"], num_labels=2)
+    with pytest.raises(lora.AdapterError, match="shape"):
+        lora.merge_adapter(model, {"classifier.weight": torch.zeros(3, 32)}, 1.0)
+    with pytest.raises(lora.AdapterError, match="no parameter"):
+        lora.merge_adapter(model, {"head.weight": torch.zeros(2, 32)}, 1.0)
+    with pytest.raises(lora.AdapterError, match="lora_B"):
+        lora.merge_adapter(model, {"bert.encoder.layer.0.attention.self.query.lora_A": torch.zeros(4, 32)}, 1.0)
+
+
+def test_split_is_fixed_stratified_and_disjoint() -> None:
+    examples = [data.Example(f"text {i}", i % 3) for i in range(300)]
+    examples += [data.Example("text 7", 1)]  # a duplicate is kept once
+    split = data.split_stratified(examples, seed=5)
+    again = data.split_stratified(list(reversed(examples)), seed=5)
+    assert split.sizes() == {"train": 240, "validation": 30, "test": 30}
+    assert [e.text for e in split.test] == [e.text for e in again.test]
+    assert sorted(e.label for e in split.test) == [0] * 10 + [1] * 10 + [2] * 10
+    texts = [{e.text for e in part} for part in (split.train, split.validation, split.test)]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert [e.text for e in data.split_stratified(examples, seed=6).test] != [e.text for e in split.test]
+
+
+def test_default_corpus_split_is_documented() -> None:
+    """The numbers the model card gives for the corpus and its split."""
+    dataset, split = data.default_split()
+    assert dataset.labels == ["negative", "neutral", "positive"]
+    assert len(dataset.examples) == 38158
+    assert split.sizes() == {"train": 29795, "validation": 3724, "test": 3724}
