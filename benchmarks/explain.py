@@ -181,7 +181,9 @@ def load_model(model_dir: Path, device: str, dtype: str) -> Any:
     return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
 
 
-def model_limit(model_dir: Path, rows: list[list[str]], device: str, dtype: str) -> tuple[float, int]:
+def model_limit(
+    model_dir: Path, rows: list[list[str]], device: str, dtype: str, batch_sizes: list[int]
+) -> tuple[float, int]:
     """(b) The model alone on those rows, at its best batch size; seconds per explanation."""
     import torch
     from transformers import AutoTokenizer
@@ -190,7 +192,7 @@ def model_limit(model_dir: Path, rows: list[list[str]], device: str, dtype: str)
     model = load_model(model_dir, device, dtype)
     flat = [s for text_rows in rows for s in text_rows]
     best = (float("inf"), 0)
-    for batch_size in (16, 32, 64, 128, 256, 512):
+    for batch_size in batch_sizes:
         with torch.inference_mode():
             model(**tokenizer(flat[:batch_size], padding=True, return_tensors="pt").to(device))
             if device.startswith("cuda"):
@@ -274,6 +276,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=50571)
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for whybert serve")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--only-whybert", action="store_true", help="measure (c) alone")
+    parser.add_argument("--batch-sizes", default="16,32,64,128,256,512", help="batch sizes tried for (b)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -300,12 +304,15 @@ def main() -> int:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
 
-        print("[shap] shap's Partition explainer over a plain batched f, one text after another", flush=True)
-        plain, rows = shap_plain(model_dir, texts, args.max_evals, args.device, args.dtype)
-        print("[b] the model alone on the same rows", flush=True)
-        b, best_batch = model_limit(model_dir, rows, args.device, args.dtype)
-        a = float("nan")
-        if not args.skip_baseline:
+        a = b = plain = float("nan")
+        best_batch, rows = 0, [[""]]
+        if not args.only_whybert:
+            print("[shap] shap's Partition explainer over a plain batched f, one text after another", flush=True)
+            plain, rows = shap_plain(model_dir, texts, args.max_evals, args.device, args.dtype)
+            print("[b] the model alone on the same rows", flush=True)
+            sizes = [int(x) for x in args.batch_sizes.split(",")]
+            b, best_batch = model_limit(model_dir, rows, args.device, args.dtype, sizes)
+        if not args.skip_baseline and not args.only_whybert:
             print(f"[a] shap.Explainer(transformers.pipeline) on {args.baseline_texts} texts", flush=True)
             a = baseline_pipeline(model_dir, texts[: args.baseline_texts], args.max_evals, args.device)
 

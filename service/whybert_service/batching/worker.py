@@ -54,8 +54,9 @@ class WorkerConfig:
     max_batch_delay_s: float = 0.004
     max_queued_rows: int = 200_000
     # Rows a length group keeps at least before a longer row may start a new group; None:
-    # 8 on a CPU (padding costs in proportion), 256 on a GPU (each extra forward costs a
-    # fixed ~8 ms of kernel launches, measured on an H200, which dwarfs padding).
+    # 64 on a CPU (measured: 8, 32, 64, 128 and no split gave 2.01, 1.84, 1.70, 1.84 and
+    # 1.88 s per explanation in benchmarks/explain.py), 256 on a GPU (each extra forward
+    # costs a fixed ~8 ms of kernel launches on an H200, which dwarfs padding).
     min_group_rows: int | None = None
 
 
@@ -402,7 +403,7 @@ class ModelWorker:
 
     def _forward_grouped(self, rows: list[list[int]]) -> np.ndarray:
         """One forward per group of similar lengths; logits back in the rows' order."""
-        min_rows = self.config.min_group_rows or (8 if self.classifier.device.type == "cpu" else 256)
+        min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
         groups = split_by_length([len(r) for r in rows], min_rows)
         out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
         padded = 0
