@@ -39,9 +39,9 @@ TEXT = "The food was great, but the service was unbelievably slow."
 class Reference:
     """The model's probabilities straight from transformers, no server involved."""
 
-    def __init__(self, model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    def __init__(self, tiny_model_dir: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
@@ -62,18 +62,13 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir: Path) -> Path:
-    return tiny_model_dir
+def reference(tiny_model_dir: Path) -> Reference:
+    return Reference(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir: Path) -> Reference:
-    return Reference(model_dir)
-
-
-@pytest.fixture(scope="module")
-def handle(model_dir: Path) -> Iterator[ModelHandle]:
-    classifier = load_directory("tiny", model_dir, torch.device("cpu"), torch.float32)
+def handle(tiny_model_dir: Path) -> Iterator[ModelHandle]:
+    classifier = load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
     worker = ModelWorker(classifier)
     worker.start()
     yield ModelHandle(classifier, worker)
@@ -203,8 +198,8 @@ def test_faithfulness_adds_its_rows_and_time(handle: ModelHandle) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(model_dir: Path) -> Iterator[whybert.Client]:
-    with ServerThread(tiny_settings(model_dir)) as server, whybert.Client(server.target) as c:
+def client(tiny_model_dir: Path) -> Iterator[whybert.Client]:
+    with ServerThread(tiny_settings(tiny_model_dir)) as server, whybert.Client(server.target) as c:
         yield c
 
 

@@ -45,9 +45,9 @@ TEXTS = [
 class Reference:
     """What a user writes: Captum's LayerIntegratedGradients on the word embeddings."""
 
-    def __init__(self, model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    def __init__(self, tiny_model_dir: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
     def explain(
@@ -78,18 +78,13 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir: Path) -> Path:
-    return tiny_model_dir
+def classifier(tiny_model_dir: Path) -> Classifier:
+    return load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")
-def classifier(model_dir: Path) -> Classifier:
-    return load_directory("tiny", model_dir, torch.device("cpu"), torch.float32)
-
-
-@pytest.fixture(scope="module")
-def reference(model_dir: Path) -> Reference:
-    return Reference(model_dir)
+def reference(tiny_model_dir: Path) -> Reference:
+    return Reference(tiny_model_dir)
 
 
 class EmbeddingCalls:
@@ -285,9 +280,9 @@ def test_a_request_that_left_never_runs(
     assert isinstance(errors[0], Cancelled if how == "cancel" else DeadlineExceeded)
 
 
-def test_explain_over_grpc(model_dir: Path) -> None:
+def test_explain_over_grpc(tiny_model_dir: Path) -> None:
     text = TEXTS[0]
-    with ServerThread(tiny_settings(model_dir)) as server, whybert.Client(server.target) as client:
+    with ServerThread(tiny_settings(tiny_model_dir)) as server, whybert.Client(server.target) as client:
         (ours,) = client.explain(
             [text],
             explainer="integrated-gradients",

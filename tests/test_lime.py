@@ -24,9 +24,9 @@ TEXT = "The food was great, but the service was painfully slow... the FOOD thoug
 class Reference:
     """What a user writes: LimeTextExplainer over a plain function of strings."""
 
-    def __init__(self, model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    def __init__(self, tiny_model_dir: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
     def f(self, output: str) -> Any:
@@ -53,18 +53,13 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir: Path) -> Path:
-    return tiny_model_dir
+def reference(tiny_model_dir: Path) -> Reference:
+    return Reference(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir: Path) -> Reference:
-    return Reference(model_dir)
-
-
-@pytest.fixture(scope="module")
-def client(model_dir: Path) -> Iterator[whybert.Client]:
-    with ServerThread(tiny_settings(model_dir)) as server, whybert.Client(server.target) as c:
+def client(tiny_model_dir: Path) -> Iterator[whybert.Client]:
+    with ServerThread(tiny_settings(tiny_model_dir)) as server, whybert.Client(server.target) as c:
         yield c
 
 
