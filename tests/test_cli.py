@@ -89,3 +89,16 @@ def test_server_commands_without_torch_say_how_to_install_it(tmp_path: Any) -> N
     )
     assert result.returncode == 2, result.stderr
     assert 'pip install "whybert[server]"' in result.stderr and "torch" in result.stderr
+
+
+def test_serve_refuses_a_pickled_model_with_a_clear_message(tmp_path: Any) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    result = subprocess.run(
+        [sys.executable, "-m", "whybert_service.cli", "serve", "--no-builtin-model", "--model", f"bad={tmp_path}",
+         "--port", "0", "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "no .safetensors weights" in result.stderr and "never unpickles" in result.stderr
+    assert "Traceback" not in result.stderr

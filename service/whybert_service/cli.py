@@ -26,11 +26,16 @@ SERVER_MODULES = {"torch", "transformers", "shap", "lime", "captum", "grpc_healt
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import logs
     from .grpc.server import serve
+    from .models.loading import ModelLoadError
 
     settings = settings_mod.from_sources(args)
     logs.configure(settings.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except ModelLoadError as exc:  # a model that cannot be served: say why, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
