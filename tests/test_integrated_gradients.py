@@ -18,7 +18,7 @@ from conftest import tiny_settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from whybert_service.batching.worker import ModelWorker, WorkerConfig
 from whybert_service.context import Priority, RequestContext
-from whybert_service.errors import Cancelled, DeadlineExceeded, Unavailable
+from whybert_service.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 from whybert_service.explainers.integrated_gradients import (
     GradientBatcher,
     GradientRequest,
@@ -337,3 +337,53 @@ def test_stopping_worker_fails_waiting_requests_as_unavailable(classifier: Class
         release.set()
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], Unavailable)
+
+
+def test_gradient_rows_share_the_bound_on_queued_rows(classifier: Classifier) -> None:
+    # 1 target × (8 steps + 2) = 10 rows each: two fit under a bound of 25, a third does not.
+    worker = start_worker(classifier, max_queued_rows=25)
+    batcher = GradientBatcher(worker)
+    ids = classifier.encode(["the food was great"]).ids[0]
+    request = GradientRequest(
+        ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 8, OutputName.LOGIT
+    )
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    leaving = RequestContext(Priority.EXPLAIN)
+
+    def run(context: RequestContext) -> None:
+        try:
+            results.append(batcher.run(request, context))
+        except BaseException as exc:
+            errors.append(exc)
+
+    release = hold(worker)
+    threads = [
+        threading.Thread(target=run, args=(context,))
+        for context in (RequestContext(Priority.EXPLAIN), leaving)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: batcher.waiting == 2)
+        assert worker.queued_rows() == 20
+        with pytest.raises(ResourceExhausted, match=r"queue of model 'tiny' is full \(20 of 25"):
+            batcher.run(request, RequestContext(Priority.EXPLAIN))
+        # Rows in the worker's own queue count against the same bound.
+        with pytest.raises(ResourceExhausted):
+            worker.submit([ids] * 6, RequestContext(Priority.PREDICT))
+        # A caller who left gives its place back without waiting for the worker.
+        leaving.cancel()
+        threads[1].join(5)
+        worker.submit([ids] * 5, RequestContext(Priority.PREDICT))
+        assert worker.queued_rows() == 10 + 5
+        release.set()
+        threads[0].join(30)
+        # Once the first has run, there is room again.
+        run(RequestContext(Priority.EXPLAIN))
+        assert worker.queued_rows() == 0
+    finally:
+        release.set()
+        worker.stop()
+    assert len(results) == 2 and len(errors) == 1 and isinstance(errors[0], Cancelled)
+    np.testing.assert_allclose(results[0].attributions, results[1].attributions, atol=1e-6)

@@ -87,6 +87,9 @@ class ModelWorker:
         # id(request context) → its submissions in the queue: the queue depth in requests.
         self._queued_requests: dict[int, int] = {}
         self._jobs: list[_Job] = []
+        # Rows of work queued outside the row queue (integrated gradients waiting for a
+        # drain): they hold places under the same `max_queued_rows` bound.
+        self._reserved_rows = 0
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -166,22 +169,40 @@ class ModelWorker:
             self._cond.notify()
         return future
 
-    def queued_rows(self) -> int:
+    def reserve(self, n_rows: int) -> None:
+        """Hold places under the queue bound for rows queued elsewhere (gradient work);
+        RESOURCE_EXHAUSTED as for `submit` when they do not fit."""
         with self._cond:
-            return self._queue.queued_rows
+            self._admit(n_rows)
+            self._reserved_rows += n_rows
+            self._publish_depth()
+
+    def release(self, n_rows: int) -> None:
+        """Give back places taken by `reserve`, once those rows have left their queue."""
+        if n_rows:
+            with self._cond:
+                self._reserved_rows = max(0, self._reserved_rows - n_rows)
+                self._publish_depth()
+
+    def queued_rows(self) -> int:
+        """Rows waiting for the model: the row queue's and those reserved by gradient work."""
+        with self._cond:
+            return self._queue.queued_rows + self._reserved_rows
 
     def _admit(self, n_rows: int) -> None:
         if not self.healthy:
             self.metrics.dropped_rows.labels(self.classifier.name, "rejected").inc(n_rows)
             raise Unavailable(f"model {self.classifier.name!r} is not serving right now; retry")
-        if self._queue.queued_rows + n_rows > self.config.max_queued_rows:
+        limit = self.config.max_queued_rows
+        if self._queue.queued_rows + self._reserved_rows + n_rows > limit:
             # Rows of callers who left hold no places, even while a long batch runs.
             self._drop_dead(time.monotonic())
-        if self._queue.queued_rows + n_rows > self.config.max_queued_rows:
+        queued = self._queue.queued_rows + self._reserved_rows
+        if queued + n_rows > limit:
             self.metrics.dropped_rows.labels(self.classifier.name, "rejected").inc(n_rows)
             raise ResourceExhausted(
                 f"the queue of model {self.classifier.name!r} is full "
-                f"({self._queue.queued_rows} of {self.config.max_queued_rows} rows queued); retry later"
+                f"({queued} of {limit} rows queued, {n_rows} more asked); retry later"
             )
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -320,7 +341,7 @@ class ModelWorker:
 
     def _publish_depth(self) -> None:
         name = self.classifier.name
-        self.metrics.queue_rows.labels(name).set(self._queue.queued_rows)
+        self.metrics.queue_rows.labels(name).set(self._queue.queued_rows + self._reserved_rows)
         self.metrics.queue_submissions.labels(name).set(len(self._queue))
         self.metrics.queue_requests.labels(name).set(len(self._queued_requests))
 

@@ -62,6 +62,12 @@ class GradientRequest:
     n_steps: int
     output: OutputName
 
+    @property
+    def rows(self) -> int:
+        """Model rows it costs: each target's n_steps interpolation points, plus the text
+        and its baseline (Captum's convergence delta)."""
+        return len(self.targets) * (self.n_steps + 2)
+
 
 @dataclass(frozen=True)
 class GradientResult:
@@ -119,7 +125,7 @@ class GradientBatcher:
 
     def run(self, request: GradientRequest, context: RequestContext) -> GradientResult:
         """Queue one text's work and wait for it (explainer threads); honours cancel/deadline."""
-        rows = len(request.targets) * (request.n_steps + 2)
+        rows = request.rows
         if not context.charge(rows):
             raise InvalidArgument(
                 [
@@ -131,13 +137,19 @@ class GradientBatcher:
                     )
                 ]
             )
+        self._prune()
+        self.worker.reserve(rows)  # RESOURCE_EXHAUSTED when the model's queue is full
         waiting = _Waiting(request, context, Future(), time.monotonic())
         with self._lock:
             self._waiting.append(waiting)
             schedule, self._scheduled = not self._scheduled, True
         if schedule:
             self._schedule()
-        return _wait(waiting.future, context)
+        try:
+            return _wait(waiting.future, context)
+        except (Cancelled, DeadlineExceeded):
+            self._prune()  # its place under the queue bound goes back at once
+            raise
 
     def _schedule(self) -> None:
         """Ask the worker for one drain (the caller has set `_scheduled`)."""
@@ -158,7 +170,20 @@ class GradientBatcher:
     def _fail_waiting(self, error: ServiceError) -> None:
         with self._lock:
             waiting, self._waiting, self._scheduled = self._waiting, [], False
+        self.worker.release(sum(w.request.rows for w in waiting))
         for w in waiting:
+            _fail(w, error)
+
+    def _prune(self) -> None:
+        """Requests whose callers left give their places back before the next drain."""
+        now = time.monotonic()
+        with self._lock:
+            dead = [(w, e) for w in self._waiting if (e := w.dead(now)) is not None]
+            if dead:
+                gone = {id(w) for w, _ in dead}
+                self._waiting = [w for w in self._waiting if id(w) not in gone]
+        self.worker.release(sum(w.request.rows for w, _ in dead))
+        for w, error in dead:
             _fail(w, error)
 
     # ---- on the worker thread --------------------------------------------------------
@@ -175,8 +200,11 @@ class GradientBatcher:
                     _fail(w, error)
             live = [w for w in self._waiting if not w.future.done()]
             taken = take_one_batch(live, budget)
-            self._waiting = [w for w in live if w not in taken]
+            kept = [w for w in live if w not in taken]
+            freed = sum(w.request.rows for w in self._waiting) - sum(w.request.rows for w in kept)
+            self._waiting = kept
             self._scheduled = more = bool(self._waiting)
+        self.worker.release(freed)
         if more:
             self._schedule()
         try:
@@ -216,7 +244,7 @@ class GradientBatcher:
             w.filled += 1
             if w.filled == len(w.request.targets):
                 queued = (w.started_at or now) - w.enqueued_at
-                rows = len(w.request.targets) * (w.request.n_steps + 2)
+                rows = w.request.rows
                 with contextlib.suppress(InvalidStateError):  # its caller left meanwhile
                     w.future.set_result(GradientResult(w.attributions, rows, queued))
 
