@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -22,11 +23,14 @@ import grpc
 import pytest
 import whybert
 import yaml
+from _servers import ServerThread, wait_for
 from conftest import free_port, tiny_settings
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from test_deploy import PROMETHEUS, RULES, dashboard_exprs
+from whybert.v1 import explainer_pb2 as pb
+from whybert.v1 import explainer_pb2_grpc as pb_grpc
 from whybert_service.batching.worker import ModelWorker, WorkerConfig
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import Unavailable
@@ -331,3 +335,27 @@ def test_metrics_endpoint_closes_and_frees_its_port() -> None:
     again = Metrics()
     again.serve(port, "127.0.0.1")  # would fail with "address in use" if still bound
     again.close()
+
+
+def test_a_call_whose_deadline_passes_in_the_handler_counts_as_deadline_exceeded(
+    tiny_model_dir: Path,
+) -> None:
+    with ServerThread(tiny_settings(tiny_model_dir)) as server:
+        assert server.server is not None
+        registry = server.server.metrics.registry
+        labels = {"grpc_type": "unary", "grpc_service": "whybert.v1.Explainer", "grpc_method": "Predict"}
+
+        def handled(code: str) -> float:
+            return registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code}) or 0
+
+        before = {code: handled(code) for code in ("DEADLINE_EXCEEDED", "CANCELLED")}
+        release = threading.Event()
+        server.worker.call(lambda _c: release.wait(10), RequestContext())  # the model is busy
+        try:
+            with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as exc:
+                pb_grpc.ExplainerStub(channel).Predict(pb.PredictRequest(texts=["hello"]), timeout=0.3)
+        finally:
+            release.set()
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_for(lambda: handled("DEADLINE_EXCEEDED") == before["DEADLINE_EXCEEDED"] + 1, timeout=5)
+        assert handled("CANCELLED") == before["CANCELLED"]

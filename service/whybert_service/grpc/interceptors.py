@@ -98,7 +98,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             yield
             code = context.code() or grpc.StatusCode.OK
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            # grpc.aio cancels the handler both when the caller leaves and when the
+            # deadline passes; the caller sees DEADLINE_EXCEEDED in the second case.
+            remaining = context.time_remaining()
+            late = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
