@@ -7,8 +7,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,3 +475,22 @@ def test_model_loading_refuses_remote_code(tiny_model_dir: Path, tmp_path: Path)
     with pytest.raises(ModelLoadError, match="remote code"):
         load_directory("remote", remote, torch.device("cpu"), torch.float32)
     assert not (tmp_path / "ran").exists()
+
+
+def test_the_cli_tls_flag_trusts_the_default_roots(
+    tiny_model_dir: Path, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """`--tls` alone uses gRPC's default roots; a fresh process pointed at our CA as its
+    default roots file stands in for a server with a publicly trusted certificate."""
+    settings = tiny_settings(
+        tiny_model_dir, tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key)
+    )
+    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(pki["ca"])}
+    command = [sys.executable, "-m", "whybert.cli", "predict", "hello", "--json", "--timeout", "20"]
+    with ServerThread(settings) as server:
+        target = ["--target", server.target]
+        ok = subprocess.run([*command, *target, "--tls"], env=env, capture_output=True, text=True)
+        plain = subprocess.run([*command, *target], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)[0]["text"] == "hello"
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr

@@ -33,6 +33,9 @@ def _client_options(parser: argparse.ArgumentParser, json_output: bool = True) -
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
     parser.add_argument("--token", default=None, help="bearer token [env WHYBERT_TOKEN]")
+    parser.add_argument(
+        "--tls", action="store_true", help="use TLS, trusting the system's root CAs (implied by --tls-ca)"
+    )
     parser.add_argument("--tls-ca", default=None, help="PEM CA that signed the server: use TLS")
     parser.add_argument("--tls-cert", default=None, help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", default=None, help="PEM client key (mutual TLS)")
@@ -45,7 +48,7 @@ def _make_client(args: argparse.Namespace) -> Client:
         t.strip() for t in os.environ.get("WHYBERT_TARGET", "localhost:50051").split(",") if t.strip()
     ]
     tls = None
-    if args.tls_ca or args.tls_cert:
+    if args.tls or args.tls_ca or args.tls_cert:
         tls = TLSConfig(ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
     return Client(targets, timeout=args.timeout, token=args.token or os.environ.get("WHYBERT_TOKEN"), tls=tls)
 
