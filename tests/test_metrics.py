@@ -306,7 +306,8 @@ def test_queue_gauges_follow_the_queue_and_drops_count_by_reason(tiny_classifier
                 future.result(timeout=30)
         assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="deadline") == 2
         assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="cancelled") == 2
-        assert sample(metrics, "whybert_rows_total", model="tiny") == 5
+        # The batch is counted just after its rows are delivered.
+        assert wait_for(lambda: sample(metrics, "whybert_rows_total", model="tiny") == 5, timeout=5)
         for gauge in ("whybert_queue_rows", "whybert_queue_submissions", "whybert_queue_requests"):
             assert sample(metrics, gauge, model="tiny") == 0, gauge
 
