@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TypeVar
+
+from .errors import Cancelled, DeadlineExceeded
+
+T = TypeVar("T")
+_POLL_S = 0.05  # how often a blocked waiter looks whether its caller left
 
 
 class Priority(IntEnum):
@@ -21,7 +28,7 @@ class RequestContext:
     """Deadline (monotonic seconds) and cancellation of one request, shared by all its rows.
 
     Thread-safe: the transport sets `cancel()` when the caller leaves, the worker reads
-    `alive()` before each batch.
+    `cancelled` and `expired()` before each batch.
     """
 
     priority: Priority = Priority.PREDICT
@@ -68,3 +75,26 @@ class RequestContext:
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or None without one."""
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def ensure_alive(self, when: str) -> None:
+        """Raise when the caller left or the deadline passed; `when` ends the deadline's
+        message ("before the model could run")."""
+        if self.cancelled:
+            raise Cancelled("the caller cancelled")
+        if self.expired():
+            raise DeadlineExceeded(f"the deadline passed {when}")
+
+    def wait(self, future: Future[T], waiting_for: str) -> T:
+        """Block on `future` (threads, not the event loop) until it is done, or until the
+        caller leaves or the deadline passes: then cancel it and raise."""
+        while True:
+            remaining = self.remaining()
+            try:
+                return future.result(_POLL_S if remaining is None else max(0.0, min(remaining, _POLL_S)))
+            except TimeoutError:
+                if self.cancelled:
+                    future.cancel()
+                    raise Cancelled("the caller cancelled") from None
+                if self.expired():
+                    future.cancel()
+                    raise DeadlineExceeded(f"the deadline passed while waiting for {waiting_for}") from None

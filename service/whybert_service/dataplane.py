@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .cache import ExplanationCache
 from .context import RequestContext
-from .errors import Cancelled, DeadlineExceeded, InvalidArgument, ResourceExhausted, ServiceError
+from .errors import InvalidArgument, ResourceExhausted, ServiceError
 from .explainers import Explainer, create_explainers
 from .explainers.base import prediction_from_logits
 from .explainers.faithfulness import with_faithfulness
@@ -124,10 +124,7 @@ class DataPlane:
         self, explainer: Explainer, handle: ModelHandle, text: str, params: ExplainParams, ctx: RequestContext
     ) -> ExplanationResult:
         """One text's explanation, on an explainer thread; the cache first."""
-        if ctx.cancelled:
-            raise Cancelled("the caller cancelled")
-        if ctx.expired():
-            raise DeadlineExceeded("the deadline passed before the explanation started")
+        ctx.ensure_alive("before the explanation started")
         name = params.explainer.value
         key = self.cache.key(handle.classifier, text, params)
         cached = self.cache.get(key)

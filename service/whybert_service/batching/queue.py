@@ -27,6 +27,15 @@ class DropReason(Enum):
     DEADLINE = "deadline"
 
 
+def drop_reason(future: Future[Any], context: RequestContext, now: float) -> DropReason | None:
+    """Why work for this caller must not reach the model, or None while it still may."""
+    if future.cancelled() or context.cancelled:
+        return DropReason.CANCELLED
+    if context.expired(now):
+        return DropReason.DEADLINE
+    return None
+
+
 @dataclass(frozen=True)
 class RowsResult:
     """Logits of one submission's rows and how long its rows waited in the queue."""
@@ -59,11 +68,7 @@ class Submission:
         return len(self.rows) - self.next_row
 
     def drop_reason(self, now: float) -> DropReason | None:
-        if self.future.cancelled() or self.context.cancelled:
-            return DropReason.CANCELLED
-        if self.context.expired(now):
-            return DropReason.DEADLINE
-        return None
+        return drop_reason(self.future, self.context, now)
 
 
 @dataclass(frozen=True)

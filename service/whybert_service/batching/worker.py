@@ -37,7 +37,18 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..models.classifier import Classifier
-from .queue import Batch, DropReason, RowQueue, RowsResult, Submission, deliver, fail, settle, split_by_length
+from .queue import (
+    Batch,
+    DropReason,
+    RowQueue,
+    RowsResult,
+    Submission,
+    deliver,
+    drop_reason,
+    fail,
+    settle,
+    split_by_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +125,7 @@ class ModelWorker:
         if not rows:
             future.set_result(RowsResult(np.zeros((0, self.classifier.num_labels), np.float32), 0.0))
             return future
-        _check_alive(context)
+        context.ensure_alive("before the model could run")
         if not context.charge(len(rows)):
             raise InvalidArgument([("texts", _over_budget(context, len(rows)))])
         sub = Submission(
@@ -135,18 +146,12 @@ class ModelWorker:
     def run_blocking(self, rows: Sequence[Sequence[int]], context: RequestContext) -> RowsResult:
         """Submit and wait, from a thread that is not the event loop (explainers)."""
         future = self.submit(rows, context)
-        while True:
-            remaining = context.remaining()
-            try:
-                return future.result(timeout=0.05 if remaining is None else max(0.0, min(remaining, 0.05)))
-            except TimeoutError:
-                if context.cancelled or context.expired():
-                    future.cancel()
-                    with self._cond:
-                        self._cond.notify()
-                    raise Cancelled("the caller cancelled") if context.cancelled else DeadlineExceeded(
-                        "the deadline passed while waiting for the model"
-                    ) from None
+        try:
+            return context.wait(future, "the model")
+        except (Cancelled, DeadlineExceeded):
+            with self._cond:
+                self._cond.notify()  # the worker drops the rows at once
+            raise
 
     async def run(self, rows: Sequence[Sequence[int]], context: RequestContext) -> RowsResult:
         """Submit and await, from the event loop; cancelling the await drops the rows."""
@@ -161,7 +166,7 @@ class ModelWorker:
     def call(self, fn: Callable[[Classifier], T], context: RequestContext) -> Future[T]:
         """Run `fn(classifier)` on the worker thread between batches (gradient work)."""
         future: Future[T] = Future()
-        _check_alive(context)
+        context.ensure_alive("before the model could run")
         with self._cond:
             if not self.healthy:
                 raise Unavailable(f"model {self.classifier.name!r} is not serving right now; retry")
@@ -314,18 +319,14 @@ class ModelWorker:
         for sub, reason in swept:
             self.metrics.dropped_rows.labels(self.classifier.name, reason.value).inc(sub.pending)
             self._count_request(sub, -1)
-            if reason is DropReason.DEADLINE:
-                fail(sub, DeadlineExceeded("the deadline passed before the model could run"))
-            else:
-                fail(sub, Cancelled("the caller cancelled"))
-        live = []
+            fail(sub, _dropped_error(reason))
+        live: list[_Job] = []
         for job in self._jobs:
-            if job.future.cancelled() or job.context.cancelled:
-                fail_job(job, Cancelled("the caller cancelled"))
-            elif job.context.expired(now):
-                fail_job(job, DeadlineExceeded("the deadline passed before the model could run"))
-            else:
+            why = drop_reason(job.future, job.context, now)
+            if why is None:
                 live.append(job)
+            else:
+                fail_job(job, _dropped_error(why))
         self._jobs = live
         if swept:
             self._publish_depth()
@@ -453,14 +454,6 @@ class ModelWorker:
 
 def fail_job(job: _Job, error: BaseException) -> None:
     settle(job.future, exception=error)
-
-
-def _check_alive(context: RequestContext) -> None:
-    """Refuse work for a caller who left or whose deadline passed: it never reaches the model."""
-    if context.cancelled:
-        raise Cancelled("the caller cancelled")
-    if context.expired():
-        raise DeadlineExceeded("the deadline passed before the model could run")
 
 
 def _dropped_error(reason: DropReason) -> ServiceError:

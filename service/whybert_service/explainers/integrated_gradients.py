@@ -49,7 +49,6 @@ from ..validation import resolve_targets
 from .base import Explainer, prediction_from_logits
 
 METHOD = "gausslegendre"  # Captum's default approximation
-_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class GradientBatcher:
         if schedule:
             self._schedule()
         try:
-            return _wait(waiting.future, context)
+            return context.wait(waiting.future, "the gradients")
         except (Cancelled, DeadlineExceeded):
             self._prune()  # its place under the queue bound goes back at once
             raise
@@ -360,23 +359,6 @@ def _gradients_on(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def _wait(future: Future[GradientResult], context: RequestContext) -> GradientResult:
-    while True:
-        remaining = context.remaining()
-        timeout = _POLL_S if remaining is None else max(0.0, min(remaining, _POLL_S))
-        try:
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            if context.cancelled:
-                future.cancel()
-                raise Cancelled("the caller cancelled") from None
-            if context.expired():
-                future.cancel()
-                raise DeadlineExceeded(
-                    "the deadline passed while waiting for the gradients"
-                ) from None
 
 
 def _fail(w: _Waiting, error: ServiceError) -> None:

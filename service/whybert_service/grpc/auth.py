@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import grpc
 
 from ..settings import ServerSettings
+from .interceptors import handler_factory, split_method
 
 # Services anyone may call: health (probes) and reflection (service discovery, no data).
 OPEN_SERVICES = frozenset(
@@ -81,7 +82,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        service = handler_call_details.method.lstrip("/").rpartition("/")[0]
+        service, _ = split_method(handler_call_details.method)
         if handler is None or service in self._open:
             return handler
         if self.authorized(handler_call_details.invocation_metadata):
@@ -106,14 +107,7 @@ async def _refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Asy
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same shape that answers UNAUTHENTICATED; the request bytes are
     never decoded (no deserializer), so an unauthenticated caller reaches no parser."""
-    streams_in, streams_out = bool(handler.request_streaming), bool(handler.response_streaming)
-    behavior = _refuse_stream if streams_out else _refuse
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(streams_in, streams_out)]
-    return factory(
+    behavior = _refuse_stream if handler.response_streaming else _refuse
+    return handler_factory(handler)(
         behavior, request_deserializer=None, response_serializer=handler.response_serializer
     )

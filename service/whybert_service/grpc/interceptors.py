@@ -20,6 +20,12 @@ def split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
+def handler_factory(handler: grpc.RpcMethodHandler) -> Callable[..., grpc.RpcMethodHandler]:
+    """The grpc factory that builds a handler of `handler`'s streaming shape (interceptors
+    that wrap a handler must return one of the same shape)."""
+    return _FACTORIES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """grpc_server_* counters and latency for every RPC, unary or streaming, by final status.
 
@@ -78,8 +84,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
         observed = observed_generator if inspect.isasyncgenfunction(behavior) else observed_call
-        factory = _FACTORIES[(streams_in, streams_out)]
-        return factory(
+        return handler_factory(handler)(
             observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

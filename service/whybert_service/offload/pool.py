@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..context import RequestContext
-from ..errors import Cancelled, DeadlineExceeded, ServiceError, Unavailable
+from ..errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ExplainerProcesses:
         while True:
             if self._closed:
                 raise Unavailable("the server is shutting down")
-            _raise_if_gone(context)
+            context.ensure_alive("while waiting for an explainer process")
             try:
                 child = self._idle.get(timeout=0.05)
             except queue.Empty:
@@ -180,9 +180,3 @@ class ExplainerProcesses:
             child = self._spawn()
         self._idle.put(child)
 
-
-def _raise_if_gone(context: RequestContext) -> None:
-    if context.cancelled:
-        raise Cancelled("the caller cancelled")
-    if context.expired():
-        raise DeadlineExceeded("the deadline passed while waiting for an explainer process")
