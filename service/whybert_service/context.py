@@ -3,6 +3,7 @@ its caller is still there."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
@@ -89,12 +90,8 @@ class RequestContext:
         caller leaves or the deadline passes: then cancel it and raise."""
         while True:
             remaining = self.remaining()
-            try:
+            with contextlib.suppress(TimeoutError):
                 return future.result(_POLL_S if remaining is None else max(0.0, min(remaining, _POLL_S)))
-            except TimeoutError:
-                if self.cancelled:
-                    future.cancel()
-                    raise Cancelled("the caller cancelled") from None
-                if self.expired():
-                    future.cancel()
-                    raise DeadlineExceeded(f"the deadline passed while waiting for {waiting_for}") from None
+            if self.cancelled or self.expired():
+                future.cancel()
+                self.ensure_alive(f"while waiting for {waiting_for}")

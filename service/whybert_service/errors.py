@@ -3,7 +3,6 @@
     ServiceError                 (INTERNAL unless a subclass says otherwise)
     ├── InvalidArgument          INVALID_ARGUMENT, with BadRequest field violations
     ├── NotFound                 NOT_FOUND       (unknown model)
-    ├── Unauthenticated          UNAUTHENTICATED
     ├── ResourceExhausted        RESOURCE_EXHAUSTED (a queue or a limit is full)
     ├── Unavailable              UNAVAILABLE     (loading, draining, worker restarting)
     ├── DeadlineExceeded         DEADLINE_EXCEEDED (the caller's deadline passed in queue)
@@ -41,10 +40,6 @@ class InvalidArgument(ServiceError):
 
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
-
-
-class Unauthenticated(ServiceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class ResourceExhausted(ServiceError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ class ServerSettings:
         default=False, metadata=_doc("Do not load the built-in 'sentiment' model.")
     )
     device: str = field(
-        default="auto", metadata=_doc("auto, cpu, cuda or cuda:N.", choices=("auto", "cpu", "cuda"))
+        default="auto", metadata=_doc("auto, cpu, cuda or cuda:N.")
     )
     dtype: str = field(
         default="auto",
@@ -142,6 +142,11 @@ class ServerSettings:
         return out
 
 
+# Field types are strings (postponed annotations); those that argparse and the
+# environment must convert.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -149,13 +154,9 @@ def _flag(name: str) -> str:
 def _env_value(f: dataclasses.Field[Any], raw: str) -> Any:
     if f.metadata.get("repeat"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if f.type in ("bool", bool):
+    if f.type == "bool":
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if f.type in ("int", int):
-        return int(raw)
-    if f.type in ("float", float):
-        return float(raw)
-    return raw
+    return _CONVERTERS.get(str(f.type), str)(raw)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,14 +166,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if f.metadata.get("repeat"):
             parser.add_argument(_flag(f.name), action="append", metavar="NAME=PATH", **kwargs)
-        elif f.type in ("bool", bool):
+        elif f.type == "bool":
             action = argparse.BooleanOptionalAction if f.metadata.get("negatable") else "store_const"
             if action == "store_const":
                 kwargs["const"] = True
             parser.add_argument(_flag(f.name), action=action, **kwargs)
         else:
-            type_ = {"int": int, "float": float}.get(str(f.type), str)
-            if "choices" in f.metadata and f.name != "device":
+            type_ = _CONVERTERS.get(str(f.type), str)
+            if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             parser.add_argument(_flag(f.name), type=type_, **kwargs)
 

@@ -18,17 +18,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
+from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
 
 from ..settings import ServerSettings
 from .interceptors import handler_factory, split_method
 
 # Services anyone may call: health (probes) and reflection (service discovery, no data).
 OPEN_SERVICES = frozenset(
-    {
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-        "grpc.reflection.v1.ServerReflection",
-    }
+    {health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
 )
 REFUSAL = "a valid bearer token is required: send the metadata 'authorization: Bearer <token>'"
 
@@ -56,11 +54,10 @@ def load_tokens(settings: ServerSettings) -> frozenset[str]:
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with a valid bearer token, except to the open services."""
 
-    def __init__(self, tokens: Iterable[str], open_services: Iterable[str] = OPEN_SERVICES) -> None:
+    def __init__(self, tokens: Iterable[str]) -> None:
         self._digests = [_digest(t) for t in tokens]
         if not self._digests:
             raise ValueError("TokenAuthInterceptor needs at least one token")
-        self._open = frozenset(open_services)
 
     def authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
         """Whether the call metadata carries one of the accepted tokens."""
@@ -83,7 +80,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         service, _ = split_method(handler_call_details.method)
-        if handler is None or service in self._open:
+        if handler is None or service in OPEN_SERVICES:
             return handler
         if self.authorized(handler_call_details.invocation_metadata):
             return handler

@@ -23,7 +23,13 @@ def split_method(full: str) -> tuple[str, str]:
 def handler_factory(handler: grpc.RpcMethodHandler) -> Callable[..., grpc.RpcMethodHandler]:
     """The grpc factory that builds a handler of `handler`'s streaming shape (interceptors
     that wrap a handler must return one of the same shape)."""
-    return _FACTORIES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return _SHAPES[_shape(handler)][1]
+
+
+def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline is behind it (its caller already has DEADLINE_EXCEEDED)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -45,7 +51,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         service, method = split_method(handler_call_details.method)
-        kind = _RPC_TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        kind = _SHAPES[_shape(handler)][0]
         return self._observed(handler, (kind, service, method))
 
     def _observed(
@@ -60,7 +66,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             or handler.stream_unary
             or handler.stream_stream
         )
-        streams_in, streams_out = bool(handler.request_streaming), bool(handler.response_streaming)
+        streams_in, streams_out = _shape(handler)
 
         def inbound(request: Any) -> Any:
             if streams_in:
@@ -105,8 +111,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         except asyncio.CancelledError:
             # grpc.aio cancels the handler both when the caller leaves and when the
             # deadline passes; the caller sees DEADLINE_EXCEEDED in the second case.
-            remaining = context.time_remaining()
-            late = remaining is not None and remaining <= 0
+            late = deadline_passed(context)
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
@@ -118,18 +123,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 # (request streaming, response streaming) → the grpc_type label and the handler factory.
-_RPC_TYPES = {
-    (False, False): "unary",
-    (False, True): "server_stream",
-    (True, False): "client_stream",
-    (True, True): "bidi_stream",
+_SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {
+    (False, False): ("unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("server_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("client_stream", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("bidi_stream", grpc.stream_stream_rpc_method_handler),
 }
-_FACTORIES = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
+
+
+def _shape(handler: grpc.RpcMethodHandler) -> tuple[bool, bool]:
+    return bool(handler.request_streaming), bool(handler.response_streaming)
 
 
 async def _counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
@@ -139,8 +142,4 @@ async def _counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[
 
 
 def _code_name(code: Any) -> str:
-    if isinstance(code, grpc.StatusCode):
-        return str(code.name)
-    if isinstance(code, int):
-        return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
-    return "UNKNOWN"
+    return str(code.name) if isinstance(code, grpc.StatusCode) else "UNKNOWN"

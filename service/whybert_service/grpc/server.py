@@ -119,8 +119,7 @@ class WhybertServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self._set_health(False)
         if s.reflection:
-            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                     reflection.SERVICE_NAME)
+            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
         address = f"{s.host}:{s.port}"
         credentials = server_credentials(s)

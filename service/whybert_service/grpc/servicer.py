@@ -20,6 +20,7 @@ from ..context import Priority, RequestContext
 from ..dataplane import DataPlane
 from ..errors import InvalidArgument, ServiceError, Unavailable
 from . import convert
+from .interceptors import deadline_passed
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,12 @@ def handles_errors(method: Handler[Response]) -> Handler[Response]:
         try:
             return await method(self, request, context)
         except ServiceError as exc:
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
+            if deadline_passed(context):
                 # The caller already has DEADLINE_EXCEEDED and no status can be sent any
                 # more: end quietly, as a cancelled call does.
                 raise asyncio.CancelledError from exc
             await context.abort_with_status(to_status(exc))
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
@@ -73,7 +73,7 @@ def handles_errors(method: Handler[Response]) -> Handler[Response]:
 
 
 def request_context(
-    context: grpc.aio.ServicerContext, priority: Priority, max_rows: int | None = None
+    context: grpc.aio.ServicerContext, priority: Priority, max_rows: int | None
 ) -> RequestContext:
     """The RPC's deadline (and the request's row budget) as a RequestContext that the worker
     checks before running rows. grpc.aio cancels the handler when the deadline passes or
