@@ -8,13 +8,11 @@ from typing import Any
 
 import grpc
 
-from ._core import USE_CLIENT_DEFAULT, BaseClient
+from ._core import DEFAULT_TARGET, USE_CLIENT_DEFAULT, BaseClient
 from ._exceptions import WhybertError, from_rpc_error
 from ._types import Explanation, ModelInfo, Prediction
 from .v1 import explainer_pb2 as pb
-from .v1 import explainer_pb2_grpc as pb_grpc
 
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _SERVING = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
@@ -45,19 +43,9 @@ class Client(BaseClient):
     ...     client.predict(["the food was great"])[0].label
     """
 
-    def __init__(self, target: str | Sequence[str] = "localhost:50051", **kwargs: Any) -> None:
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
-        creds = self.credentials()
-        options = self.channel_options()
-        self._channel = (
-            grpc.secure_channel(self.target, creds, options=options)
-            if creds is not None
-            else grpc.insecure_channel(self.target, options=options)
-        )
-        self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = self._channel.unary_unary(
-            _HEALTH_CHECK, request_serializer=None, response_deserializer=None
-        )
+        self._open(grpc.secure_channel, grpc.insecure_channel)
 
     def __enter__(self) -> Client:
         return self
@@ -112,19 +100,9 @@ class AsyncClient(BaseClient):
     ...     (await client.predict(["the food was great"]))[0].label
     """
 
-    def __init__(self, target: str | Sequence[str] = "localhost:50051", **kwargs: Any) -> None:
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
-        creds = self.credentials()
-        options = self.channel_options()
-        self._channel = (
-            grpc.aio.secure_channel(self.target, creds, options=options)
-            if creds is not None
-            else grpc.aio.insecure_channel(self.target, options=options)
-        )
-        self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = self._channel.unary_unary(
-            _HEALTH_CHECK, request_serializer=None, response_deserializer=None
-        )
+        self._open(grpc.aio.secure_channel, grpc.aio.insecure_channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self

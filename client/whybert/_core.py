@@ -1,11 +1,12 @@
-"""The client's core, shared by `Client` and `AsyncClient`: configuration, channel options,
-request building and response parsing. It does no I/O."""
+"""The client's core, shared by `Client` and `AsyncClient`: configuration, channel options
+and opening, request building and response parsing. It does no I/O (channels connect
+lazily, on the first call)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ import grpc
 
 from ._types import Explanation, ModelInfo, Prediction
 from .v1 import explainer_pb2 as pb
+from .v1 import explainer_pb2_grpc as pb_grpc
 
 SERVICE = "whybert.v1.Explainer"
+DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 120.0
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class _UseClientDefault:
@@ -70,7 +74,7 @@ def channel_target(targets: str | Sequence[str]) -> str:
     Several IP addresses become an `ipv4:`/`ipv6:` list, which the round-robin policy
     spreads calls over; a single name is passed as is (DNS may give several addresses).
     """
-    items = [targets] if isinstance(targets, str) else list(targets)
+    items = _as_list(targets)
     if not items:
         raise ValueError("no target given")
     if len(items) == 1:
@@ -118,7 +122,7 @@ class BaseClient:
 
     def __init__(
         self,
-        target: str | Sequence[str] = "localhost:50051",
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         token: str | None = None,
@@ -132,6 +136,21 @@ class BaseClient:
         self.tls = TLSConfig() if tls is True else (tls or None)
         self.retries = retries
         self.max_message_bytes = max_message_bytes
+
+    def _open(self, secure: Callable[..., Any], insecure: Callable[..., Any]) -> None:
+        """Open the channel, its stub and the health call, with `grpc.*` or `grpc.aio.*`
+        channel constructors (`secure_channel`, `insecure_channel`)."""
+        creds = self.credentials()
+        options = self.channel_options()
+        self._channel = (
+            secure(self.target, creds, options=options)
+            if creds is not None
+            else insecure(self.target, options=options)
+        )
+        self._stub = pb_grpc.ExplainerStub(self._channel)
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return [
@@ -206,8 +225,13 @@ class BaseClient:
         return [ModelInfo.from_proto(m) for m in response.models]
 
 
+def _as_list(items: str | Sequence[str]) -> list[Any]:
+    """One string as a list of one; any other iterable as a list."""
+    return [items] if isinstance(items, str) else list(items)
+
+
 def _texts(texts: Sequence[str] | str) -> list[str]:
-    items = [texts] if isinstance(texts, str) else list(texts)
+    items = _as_list(texts)
     bad = [type(t).__name__ for t in items if not isinstance(t, str)]
     if bad:
         raise TypeError(f"texts must be strings, got {', '.join(sorted(set(bad)))}")
@@ -220,6 +244,6 @@ def _set_targets(req: pb.ExplainRequest, targets: Any) -> None:
     elif targets == "all":
         req.target_mode = pb.TARGET_MODE_ALL
     else:
-        names = [targets] if isinstance(targets, str) else list(targets)
+        names = _as_list(targets)
         req.target_mode = pb.TARGET_MODE_NAMED
         req.target_labels.extend(names)

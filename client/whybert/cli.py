@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._client import Client
-from ._core import TLSConfig
+from ._core import DEFAULT_TARGET, DEFAULT_TIMEOUT, OUTPUTS, TLSConfig
 from ._exceptions import WhybertError
-from ._types import Explanation, Prediction
-from .render import print_terminal
+from ._types import EXPLAINER_NAMES, Explanation, Prediction
+from .render import print_terminal, write_html, write_png
 
 SERVER_COMMANDS = ("serve", "train", "export-model")
 SERVER_HINT = (
@@ -29,9 +29,11 @@ def _client_options(parser: argparse.ArgumentParser, json_output: bool = True) -
         action="append",
         default=None,
         help="server address host:port; repeat for round-robin over replicas "
-        "[env WHYBERT_TARGET, comma-separated; default localhost:50051]",
+        f"[env WHYBERT_TARGET, comma-separated; default {DEFAULT_TARGET}]",
     )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per call (default {DEFAULT_TIMEOUT:g})"
+    )
     parser.add_argument("--token", default=None, help="bearer token [env WHYBERT_TOKEN]")
     parser.add_argument(
         "--tls", action="store_true", help="use TLS, trusting the system's root CAs (implied by --tls-ca)"
@@ -45,7 +47,7 @@ def _client_options(parser: argparse.ArgumentParser, json_output: bool = True) -
 
 def _make_client(args: argparse.Namespace) -> Client:
     targets = args.target or [
-        t.strip() for t in os.environ.get("WHYBERT_TARGET", "localhost:50051").split(",") if t.strip()
+        t.strip() for t in os.environ.get("WHYBERT_TARGET", DEFAULT_TARGET).split(",") if t.strip()
     ]
     tls = None
     if args.tls or args.tls_ca or args.tls_cert:
@@ -97,16 +99,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {}
-    for name in ("max_evals", "batch_size", "num_samples", "n_steps", "output"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    if args.fixed_context is not None:
-        options["fixed_context"] = args.fixed_context
-    if args.targets:
-        options["targets"] = args.targets[0] if args.targets in (["all"], ["predicted"]) else args.targets
-    if args.faithfulness:
-        options["faithfulness"] = True
+    # Options left out on the command line are None (faithfulness False), which the client
+    # treats exactly as absent.
+    options = {
+        name: getattr(args, name)
+        for name in ("max_evals", "batch_size", "num_samples", "n_steps", "output", "fixed_context", "faithfulness")
+    }
+    targets = args.targets
+    options["targets"] = targets[0] if targets in (["all"], ["predicted"]) else targets
     with _make_client(args) as client:
         explanations = client.explain(args.texts, model=args.model, explainer=args.explainer, **options)
     if args.json:
@@ -121,15 +121,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _write_pictures(args: argparse.Namespace, explanations: list[Explanation]) -> None:
-    html_out, png_out = getattr(args, "html", None), getattr(args, "png", None)
-    if not (html_out or png_out):
-        return
-    from . import render
-
-    if html_out:
-        render.write_html(explanations, html_out)
-    if png_out:
-        render.write_png(explanations[0], png_out)
+    if args.html:
+        write_html(explanations, args.html)
+    if args.png:  # matplotlib is imported only here, by render, when a PNG is asked for
+        write_png(explanations[0], args.png)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -175,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--explainer", default="shap-partition",
-                   choices=("shap-partition", "lime", "integrated-gradients"))
+                   choices=tuple(EXPLAINER_NAMES.values()))
     p.add_argument("--targets", nargs="+", default=None,
                    help="'predicted' (default), 'all', or label names")
-    p.add_argument("--output", choices=("probability", "logit"), default=None)
+    p.add_argument("--output", choices=tuple(OUTPUTS), default=None)
     p.add_argument("--max-evals", type=int, default=None, help="shap-partition: evaluations per text")
     p.add_argument("--fixed-context", type=int, choices=(0, 1), default=None)
     p.add_argument("--batch-size", type=int, default=None, help="shap-partition: nodes per round")

@@ -41,10 +41,9 @@ def terminal(e: Explanation, label: str | None = None, colour: bool = True, top:
     """The text with each token's background coloured by its attribution, and the top tokens."""
     j = e.labels.index(label) if label is not None else 0
     column = e.values[:, j]
-    visible = [i for i in range(len(e.tokens)) if not e.special[i]]
-    scale = float(np.max(np.abs(column[visible]))) if visible else 0.0
+    scale = _text_scale(e, j)
     parts = []
-    for i in visible:
+    for i in _visible(e):
         token = e.tokens[i]
         if colour:
             r, g, b = blend(float(column[i]), scale)
@@ -118,9 +117,14 @@ def _number(value: float) -> str:
     return f"{value:+.2e}" if value and abs(value) < 1e-4 else f"{value:+.4f}"
 
 
+def _visible(e: Explanation) -> list[int]:
+    """The indices of the tokens shown (not special ones such as [CLS])."""
+    return [i for i in range(len(e.tokens)) if not e.special[i]]
+
+
 def _text_scale(e: Explanation, j: int) -> float:
     """The largest |attribution| of one label over the tokens shown."""
-    visible = [i for i in range(len(e.tokens)) if not e.special[i]]
+    visible = _visible(e)
     return float(np.max(np.abs(e.values[visible, j]))) if visible else 0.0
 
 
@@ -194,15 +198,18 @@ def html_fragment(explanations: Sequence[Explanation], shared_scale: bool = Fals
     With `shared_scale`, a colour means the same value in every text (for comparing texts);
     otherwise each text and label is scaled to its own largest attribution.
     """
-    shared: dict[str, float] = {}
-    for e in explanations:
-        for j, label in enumerate(e.labels):
-            shared[label] = max(shared.get(label, 0.0), _text_scale(e, j))
+    scales = [[_text_scale(e, j) for j in range(len(e.labels))] for e in explanations]
+    if shared_scale:
+        shared: dict[str, float] = {}
+        for e, own in zip(explanations, scales, strict=True):
+            for label, scale in zip(e.labels, own, strict=True):
+                shared[label] = max(shared.get(label, 0.0), scale)
+        scales = [[shared[label] for label in e.labels] for e in explanations]
     sections = []
-    for e in explanations:
+    for e, own in zip(explanations, scales, strict=True):
         blocks = [_prediction_header(e)]
-        for j, label in enumerate(e.labels):
-            blocks.append(_target_block(e, j, shared[label] if shared_scale else _text_scale(e, j)))
+        for j, scale in enumerate(own):
+            blocks.append(_target_block(e, j, scale))
         if e.prediction.truncated:
             blocks.append(
                 f'<div class="wb-note">the text is longer than the model reads: it read the '

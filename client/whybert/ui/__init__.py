@@ -20,6 +20,7 @@ loopback, only its own Host header (against DNS rebinding).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -66,6 +67,12 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+
+
+@functools.cache
+def _static_file(name: str) -> bytes:
+    """A file of the page (a name of `STATIC`), read from the package once."""
+    return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
 class BadRequest(Exception):
@@ -123,6 +130,8 @@ class UIServer:
         self.httpd = server_class((host, port), _Handler)
         self.httpd.ui = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
+        # The socket is bound: host and port are fixed from here on.
+        self._allowed_hosts = self._compute_allowed_hosts()
 
     @property
     def host(self) -> str:
@@ -139,9 +148,12 @@ class UIServer:
 
     def allowed_hosts(self) -> set[str] | None:
         """Host headers accepted: on loopback only our own names; elsewhere any."""
+        return None if self._allowed_hosts is None else set(self._allowed_hosts)
+
+    def _compute_allowed_hosts(self) -> frozenset[str] | None:
         if self.host not in LOOPBACK:
             return None
-        return {f"{name}:{self.port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+        return frozenset(f"{name}:{self.port}" for name in ("127.0.0.1", "localhost", "[::1]"))
 
     def serve_forever(self) -> None:
         self.httpd.serve_forever(poll_interval=0.2)
@@ -199,8 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path in STATIC:
             name, content_type = STATIC[path]
-            data = resources.files(__package__).joinpath("static", name).read_bytes()
-            self._send(HTTPStatus.OK, data, content_type)
+            self._send(HTTPStatus.OK, _static_file(name), content_type)
         elif path == "/render.css":
             self._send(HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8")
         elif path == "/api/models":
@@ -251,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, json.dumps(result).encode(), "application/json")
 
     def _host_allowed(self) -> bool:
-        allowed = self.ui.allowed_hosts()
+        allowed = self.ui._allowed_hosts
         if allowed is None or self.headers.get("Host", "") in allowed:
             return True
         self._send_error(HTTPStatus.MISDIRECTED_REQUEST, "WRONG_HOST", "unexpected Host header")
