@@ -66,16 +66,28 @@ class ModelFunction:
         texts = [str(t) for t in texts]
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
         if missing:
-            encoded = self.classifier.encode(missing)
-            result = self.handle.worker.run_blocking(encoded.ids, self.context)
-            with self._lock:
-                self.rows += len(missing)
-                self.queue_seconds += result.queue_seconds
-                for text, row in zip(missing, result.logits, strict=True):
-                    self._memo[text] = row
+            self._evaluate(missing, self.classifier.encode(missing).ids)
         if not texts:
             return np.zeros((0, self.classifier.num_labels), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
+
+    def prediction(self, text: str) -> tuple[np.ndarray, PredictionResult]:
+        """The model's raw logits and prediction on the text itself, tokenized once (the
+        explanation evaluates the text anyway: its row joins the memo)."""
+        encoded = self.classifier.encode([text])
+        if text not in self._memo:
+            self._evaluate([text], encoded.ids)
+        raw = self._memo[text]
+        labels = self.classifier.labels
+        return raw, prediction_from_logits(labels, raw, encoded.truncated[0], len(encoded.ids[0]))
+
+    def _evaluate(self, texts: list[str], ids: list[list[int]]) -> None:
+        result = self.handle.worker.run_blocking(ids, self.context)
+        with self._lock:
+            self.rows += len(texts)
+            self.queue_seconds += result.queue_seconds
+            for text, row in zip(texts, result.logits, strict=True):
+                self._memo[text] = row
 
     def __call__(self, texts: Any) -> np.ndarray:
         """The function explainers see: strings in, chosen outputs (rows × targets) out."""

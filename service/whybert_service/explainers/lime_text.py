@@ -26,7 +26,7 @@ from ..models.registry import ModelHandle
 from ..outputs import to_output_space
 from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
 from ..validation import resolve_targets
-from .base import Explainer, ModelFunction, prediction_from_logits
+from .base import Explainer, ModelFunction
 
 
 class LimeExplainer(Explainer):
@@ -50,11 +50,7 @@ class LimeExplainer(Explainer):
         classifier = handle.classifier
         # LIME's own first row is the text itself: the memo makes this prediction free.
         f = ModelFunction(handle, context, params.output)
-        raw = f.logits([text])[0]
-        encoded = classifier.encode([text])
-        prediction = prediction_from_logits(
-            classifier.labels, raw, encoded.truncated[0], len(encoded.ids[0])
-        )
+        raw, prediction = f.prediction(text)
         targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
 
         explainer = LimeTextExplainer(

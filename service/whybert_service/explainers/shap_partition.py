@@ -24,7 +24,7 @@ from ..offload.partition import PartitionValues, partition_values, warm_up_shap
 from ..offload.pool import ExplainerProcesses
 from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
 from ..validation import resolve_targets
-from .base import Explainer, ModelFunction, prediction_from_logits, to_output_space
+from .base import Explainer, ModelFunction, to_output_space
 
 
 class ShapPartitionExplainer(Explainer):
@@ -51,9 +51,7 @@ class ShapPartitionExplainer(Explainer):
         started = time.perf_counter()
         classifier = handle.classifier
         f = ModelFunction(handle, context, params.output)
-        encoded = classifier.encode([text])
-        raw = f.logits([text])[0]
-        prediction = prediction_from_logits(classifier.labels, raw, encoded.truncated[0], len(encoded.ids[0]))
+        raw, prediction = f.prediction(text)
         targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
         args = (text, params.shap, params.output, targets)
         if self._pool is None:
