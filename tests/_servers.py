@@ -15,9 +15,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-from whybert.v1 import explainer_pb2 as pb
-from whybert.v1 import explainer_pb2_grpc as pb_grpc
 from whybert_service.batching.worker import ModelWorker, WorkerCrash
+from whybert_service.context import RequestContext
 from whybert_service.grpc.server import WhybertServer, worker_config
 from whybert_service.metrics import Metrics
 from whybert_service.models.classifier import Classifier
@@ -195,6 +194,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float =
     return predicate()
 
 
+def hold_worker_thread(worker: ModelWorker) -> threading.Event:
+    """Keep the worker's thread busy (the model is taken) until the returned event is set."""
+    release = threading.Event()
+    worker.call(lambda _c: release.wait(10), RequestContext())
+    return release
+
+
 def reference_probabilities(classifier: Classifier, text: str) -> np.ndarray:
     """The model's probabilities for one text, straight from the model (no server)."""
     logits = classifier.forward(classifier.encode([text]).ids)[0].astype(np.float64)
@@ -202,17 +208,12 @@ def reference_probabilities(classifier: Classifier, text: str) -> np.ndarray:
     return np.asarray(e / e.sum())
 
 
-def predict_stub(channel: grpc.Channel) -> Any:
-    return pb_grpc.ExplainerStub(channel)
-
-
 __all__ = [
     "OOM_MESSAGE",
     "FaultyClassifier",
     "ServerThread",
     "health",
-    "pb",
-    "predict_stub",
+    "hold_worker_thread",
     "reference_probabilities",
     "registry_factory",
     "wait_for",

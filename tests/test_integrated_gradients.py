@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import whybert
-from _servers import ServerThread
+from _servers import ServerThread, hold_worker_thread, wait_for
 from captum.attr import LayerIntegratedGradients
 from conftest import tiny_settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -25,7 +24,6 @@ from whybert_service.explainers.integrated_gradients import (
     IntegratedGradientsExplainer,
 )
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.loading import load_directory
 from whybert_service.models.registry import ModelHandle
 from whybert_service.types import (
     ExplainerName,
@@ -78,11 +76,6 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_model_dir: Path) -> Classifier:
-    return load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path) -> Reference:
     return Reference(tiny_model_dir)
 
@@ -110,24 +103,10 @@ def start_worker(classifier: Classifier, **config: Any) -> ModelWorker:
 
 
 @pytest.fixture
-def worker(classifier: Classifier) -> Iterator[ModelWorker]:
-    w = start_worker(classifier)
+def worker(tiny_classifier: Classifier) -> Iterator[ModelWorker]:
+    w = start_worker(tiny_classifier)
     yield w
     w.stop()
-
-
-def hold(worker: ModelWorker) -> threading.Event:
-    """Keep the worker busy until the returned event is set."""
-    release = threading.Event()
-    worker.call(lambda _c: release.wait(10), RequestContext())
-    return release
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def explain(
@@ -183,16 +162,16 @@ def test_tokens_are_word_pieces_with_their_spans(worker: ModelWorker, reference:
 
 @pytest.mark.parametrize("budget", [8192, 48])
 def test_waiting_texts_share_forward_backward_batches(
-    reference: Reference, classifier: Classifier, budget: int
+    reference: Reference, tiny_classifier: Classifier, budget: int
 ) -> None:
-    worker = start_worker(classifier, max_batch_tokens=budget)
+    worker = start_worker(tiny_classifier, max_batch_tokens=budget)
     batcher = GradientBatcher(worker)
     requests = []
     for text in TEXTS:
         enc = reference.tokenizer(text, return_special_tokens_mask=True)
         ids = enc["input_ids"]
         baseline = [
-            i if s else classifier.pad_id
+            i if s else tiny_classifier.pad_id
             for i, s in zip(ids, enc["special_tokens_mask"], strict=True)
         ]
         requests.append(GradientRequest(ids, baseline, [0, 2], 10, OutputName.LOGIT))
@@ -201,13 +180,13 @@ def test_waiting_texts_share_forward_backward_batches(
     def run(i: int) -> None:
         results[i] = batcher.run(requests[i], RequestContext(Priority.EXPLAIN))
 
-    calls = EmbeddingCalls(classifier)
-    release = hold(worker)
+    calls = EmbeddingCalls(tiny_classifier)
+    release = hold_worker_thread(worker)
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     try:
         for t in threads:
             t.start()
-        wait_until(lambda: batcher.waiting == len(requests))
+        assert wait_for(lambda: batcher.waiting == len(requests), timeout=5, step=0.005)
         release.set()
         for t in threads:
             t.join(30)
@@ -225,9 +204,9 @@ def test_waiting_texts_share_forward_backward_batches(
         assert result.rows == 2 * (10 + 2)
 
 
-def test_steps_are_cut_to_the_token_budget(classifier: Classifier, reference: Reference) -> None:
-    worker = start_worker(classifier, max_batch_tokens=64)
-    calls = EmbeddingCalls(classifier)
+def test_steps_are_cut_to_the_token_budget(tiny_classifier: Classifier, reference: Reference) -> None:
+    worker = start_worker(tiny_classifier, max_batch_tokens=64)
+    calls = EmbeddingCalls(tiny_classifier)
     try:
         ours = explain(
             worker, TEXTS[0], OutputName.PROBABILITY, n_steps=20, mode=TargetModeName.PREDICTED
@@ -244,10 +223,10 @@ def test_steps_are_cut_to_the_token_budget(classifier: Classifier, reference: Re
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
 def test_a_request_that_left_never_runs(
-    worker: ModelWorker, classifier: Classifier, how: str
+    worker: ModelWorker, tiny_classifier: Classifier, how: str
 ) -> None:
     batcher = GradientBatcher(worker)
-    ids = classifier.encode(["the food was great"]).ids[0]
+    ids = tiny_classifier.encode(["the food was great"]).ids[0]
     request = GradientRequest(
         ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 16, OutputName.PROBABILITY
     )
@@ -260,12 +239,12 @@ def test_a_request_that_left_never_runs(
         except BaseException as exc:
             errors.append(exc)
 
-    calls = EmbeddingCalls(classifier)
-    release = hold(worker)
+    calls = EmbeddingCalls(tiny_classifier)
+    release = hold_worker_thread(worker)
     thread = threading.Thread(target=run)
     try:
         thread.start()
-        wait_until(lambda: batcher.waiting == 1)
+        assert wait_for(lambda: batcher.waiting == 1, timeout=5, step=0.005)
         if how == "cancel":
             context.cancel()
         thread.join(5)
@@ -311,10 +290,10 @@ def test_explain_over_grpc(tiny_model_dir: Path) -> None:
     assert "integrated-gradients" in models[0].explainers and "lime" in models[0].explainers
 
 
-def test_stopping_worker_fails_waiting_requests_as_unavailable(classifier: Classifier) -> None:
-    worker = start_worker(classifier)
+def test_stopping_worker_fails_waiting_requests_as_unavailable(tiny_classifier: Classifier) -> None:
+    worker = start_worker(tiny_classifier)
     batcher = GradientBatcher(worker)
-    ids = classifier.encode(["the food was great"]).ids[0]
+    ids = tiny_classifier.encode(["the food was great"]).ids[0]
     request = GradientRequest(
         ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 8, OutputName.LOGIT
     )
@@ -326,11 +305,11 @@ def test_stopping_worker_fails_waiting_requests_as_unavailable(classifier: Class
         except BaseException as exc:
             errors.append(exc)
 
-    release = hold(worker)
+    release = hold_worker_thread(worker)
     thread = threading.Thread(target=run)
     try:
         thread.start()
-        wait_until(lambda: batcher.waiting == 1)
+        assert wait_for(lambda: batcher.waiting == 1, timeout=5, step=0.005)
         worker.stop(timeout=0.1)
         thread.join(5)
     finally:
@@ -339,11 +318,11 @@ def test_stopping_worker_fails_waiting_requests_as_unavailable(classifier: Class
     assert len(errors) == 1 and isinstance(errors[0], Unavailable)
 
 
-def test_gradient_rows_share_the_bound_on_queued_rows(classifier: Classifier) -> None:
+def test_gradient_rows_share_the_bound_on_queued_rows(tiny_classifier: Classifier) -> None:
     # 1 target × (8 steps + 2) = 10 rows each: two fit under a bound of 25, a third does not.
-    worker = start_worker(classifier, max_queued_rows=25)
+    worker = start_worker(tiny_classifier, max_queued_rows=25)
     batcher = GradientBatcher(worker)
-    ids = classifier.encode(["the food was great"]).ids[0]
+    ids = tiny_classifier.encode(["the food was great"]).ids[0]
     request = GradientRequest(
         ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 8, OutputName.LOGIT
     )
@@ -357,7 +336,7 @@ def test_gradient_rows_share_the_bound_on_queued_rows(classifier: Classifier) ->
         except BaseException as exc:
             errors.append(exc)
 
-    release = hold(worker)
+    release = hold_worker_thread(worker)
     threads = [
         threading.Thread(target=run, args=(context,))
         for context in (RequestContext(Priority.EXPLAIN), leaving)
@@ -365,7 +344,7 @@ def test_gradient_rows_share_the_bound_on_queued_rows(classifier: Classifier) ->
     try:
         for thread in threads:
             thread.start()
-        wait_until(lambda: batcher.waiting == 2)
+        assert wait_for(lambda: batcher.waiting == 2, timeout=5, step=0.005)
         assert worker.queued_rows() == 20
         with pytest.raises(ResourceExhausted, match=r"queue of model 'tiny' is full \(20 of 25"):
             batcher.run(request, RequestContext(Priority.EXPLAIN))

@@ -9,7 +9,6 @@ import json
 import math
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ import grpc
 import pytest
 import whybert
 import yaml
-from _servers import ServerThread, wait_for
+from _servers import ServerThread, hold_worker_thread, wait_for
 from conftest import free_port, tiny_settings
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -350,8 +349,7 @@ def test_a_call_whose_deadline_passes_in_the_handler_counts_as_deadline_exceeded
             return registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code}) or 0
 
         before = {code: handled(code) for code in ("DEADLINE_EXCEEDED", "CANCELLED")}
-        release = threading.Event()
-        server.worker.call(lambda _c: release.wait(10), RequestContext())  # the model is busy
+        release = hold_worker_thread(server.worker)  # the model is busy
         try:
             with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as exc:
                 pb_grpc.ExplainerStub(channel).Predict(pb.PredictRequest(texts=["hello"]), timeout=0.3)

@@ -42,7 +42,7 @@ async def test_predict_returns_the_models_probabilities(tiny_server: Any, tiny_m
 
 
 def test_sync_client_and_named_model(threaded_server: Any) -> None:
-    with whybert.Client(address(threaded_server)) as client:
+    with whybert.Client(threaded_server.target) as client:
         (p,) = client.predict("a single text is fine too", model="tiny")
         models = client.list_models()
         assert client.health() == "SERVING"
@@ -119,20 +119,6 @@ async def test_health_and_reflection_over_raw_stubs(tiny_server: Any) -> None:
     # The reflection client is blocking: run it off the server's event loop.
     services = await asyncio.to_thread(_reflected_services, address(tiny_server))
     assert "whybert.v1.Explainer" in services and "grpc.health.v1.Health" in services
-
-
-async def test_reflection_can_be_switched_off(tiny_model_dir: Path) -> None:
-    from conftest import tiny_settings
-    from whybert_service.grpc.server import WhybertServer
-
-    server = WhybertServer(tiny_settings(tiny_model_dir, reflection=False))
-    await server.start()
-    try:
-        with pytest.raises(grpc.RpcError) as info:
-            await asyncio.to_thread(_reflected_services, address(server))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        await server.stop(0)
 
 
 async def test_health_is_not_serving_until_models_are_loaded(tiny_model_dir: Path) -> None:

@@ -333,25 +333,20 @@ def test_refusals_are_counted_in_the_grpc_metrics(token_server: ServerThread) ->
         "grpc_service": "whybert.v1.Explainer",
         "grpc_method": "Predict",
     }
-    before = (
-        registry.get_sample_value(
-            "grpc_server_handled_total", {**labels, "grpc_code": "UNAUTHENTICATED"}
-        )
-        or 0
-    )
 
-    def refused() -> float:
+    def unauthenticated_count() -> float:
         value = registry.get_sample_value(
             "grpc_server_handled_total", {**labels, "grpc_code": "UNAUTHENTICATED"}
         )
         return value or 0
 
+    before = unauthenticated_count()
     with pytest.raises(grpc.RpcError):
         raw_call(token_server.target, PREDICT, HELLO)
     # The status leaves the server before the interceptor's bookkeeping finishes, so
     # the count may trail the client's error by a moment.
-    assert wait_for(lambda: refused() >= before + 1, timeout=5.0)
-    assert refused() == before + 1
+    assert wait_for(lambda: unauthenticated_count() >= before + 1, timeout=5.0)
+    assert unauthenticated_count() == before + 1
 
 
 def test_messages_beyond_the_configured_size_are_resource_exhausted(
