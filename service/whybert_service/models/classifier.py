@@ -48,9 +48,8 @@ class Classifier:
         self.dtype: torch.dtype = next(model.parameters()).dtype
         self.max_length = max_length or _model_max_length(model, tokenizer)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-        empty = tokenizer("")["input_ids"]
-        # Special tokens a single text carries before and after its own tokens.
-        self._prefix, self._suffix = _special_layout(tokenizer, empty)
+        # Special tokens a single text carries after its own tokens (kept when a row is cut).
+        self._suffix = _special_suffix(tokenizer)
 
     @property
     def num_labels(self) -> int:
@@ -73,12 +72,7 @@ class Classifier:
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad rows into (ids, attention mask) tensors on the model's device."""
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
+        ids, mask = pad_rows(rows, self.pad_id)
         return (
             torch.from_numpy(ids).to(self.device, non_blocking=True),
             torch.from_numpy(mask).to(self.device, non_blocking=True),
@@ -100,11 +94,22 @@ def _model_max_length(model: torch.nn.Module, tokenizer: Any) -> int:
     return min(usable) if usable else 512
 
 
-def _special_layout(tokenizer: Any, empty_ids: list[int]) -> tuple[int, int]:
-    """How many special tokens come before and after a text's own tokens."""
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad rows of token ids to the longest: (ids, attention mask), both int64."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def _special_suffix(tokenizer: Any) -> int:
+    """How many special tokens come after a text's own tokens."""
     probe = tokenizer("a", add_special_tokens=True)["input_ids"]
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     if not bare:
-        return len(empty_ids), 0
+        return 0
     start = next((i for i in range(len(probe)) if probe[i : i + len(bare)] == bare), 0)
-    return start, len(probe) - start - len(bare)
+    return len(probe) - start - len(bare)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .loading import ModelLoadError, load_directory
-from .registry import BUILTIN_NAME
+from .builtin import BUILTIN_NAME
+from .loading import ModelLoadError, load_pretrained
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +66,8 @@ def run_export(args: argparse.Namespace) -> int:
 def _resolve(name: str, paths: dict[str, str], builtin: bool) -> tuple[Any, Any, Path | None]:
     """The named model in float32 on the CPU, its tokenizer, and a model card to copy."""
     if name in paths:
-        classifier = load_directory(name, paths[name], torch.device("cpu"), torch.float32)
-        return classifier.model, classifier.tokenizer, None
+        loaded = load_pretrained(name, paths[name], torch.device("cpu"), torch.float32)
+        return loaded.model, loaded.tokenizer, None
     if name == BUILTIN_NAME and builtin:
         from .builtin import ADAPTER_DIR, build_builtin
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,44 +81,63 @@ def labels_of(config: Any) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(n)]
 
 
-def attention_implementation(device: torch.device) -> str:
-    """The fastest attention that transformers offers without extra packages: PyTorch's SDPA."""
-    return "sdpa"
+# The fastest attention that transformers offers without extra packages: PyTorch's SDPA.
+ATTENTION_IMPLEMENTATION = "sdpa"
+# Local files only and no remote code, for every model and tokenizer whybert loads.
+_LOCAL: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
 
 
-def load_directory(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> Classifier:
-    """Load a sequence-classification directory as a `Classifier`."""
+def model_load_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    """`from_pretrained` arguments of a model: local files, no remote code, safetensors only, SDPA."""
+    return {**_LOCAL, "use_safetensors": True, "dtype": dtype, "attn_implementation": ATTENTION_IMPLEMENTATION}
+
+
+@dataclass(frozen=True)
+class LoadedDirectory:
+    """A checked model directory's model (on its device) and fast tokenizer."""
+
+    root: Path
+    weights: list[Path]
+    model: torch.nn.Module
+    tokenizer: Any
+
+
+def load_pretrained(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedDirectory:
+    """Check a sequence-classification directory and load its model and fast tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     root = Path(path).expanduser().resolve()
     weights = check_directory(root)
-    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(root, use_fast=True, **common)
-        model = _from_pretrained(AutoModelForSequenceClassification, root, dtype, device, common)
+        tokenizer = AutoTokenizer.from_pretrained(root, use_fast=True, **_LOCAL)
+        model = _from_pretrained(AutoModelForSequenceClassification, root, dtype, device)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model {name!r} from {root}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model {name!r}: whybert needs a fast (Rust) tokenizer in {root}")
+    return LoadedDirectory(root=root, weights=weights, model=model, tokenizer=tokenizer)
+
+
+def load_directory(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> Classifier:
+    """Load a sequence-classification directory as a `Classifier`."""
+    loaded = load_pretrained(name, path, device, dtype)
     return Classifier(
         name=name,
-        model=model,
-        tokenizer=tokenizer,
-        labels=labels_of(model.config),
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        labels=labels_of(loaded.model.config),
         device=device,
-        weights_sha256=sha256_files(weights),
-        source=str(root),
+        weights_sha256=sha256_files(loaded.weights),
+        source=str(loaded.root),
     )
 
 
-def _from_pretrained(
-    cls: Any, root: Path, dtype: torch.dtype, device: torch.device, common: dict[str, Any]
-) -> torch.nn.Module:
-    kwargs = {"use_safetensors": True, "dtype": dtype, **common}
+def _from_pretrained(cls: Any, root: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    kwargs = model_load_kwargs(dtype)
     try:
-        model = cls.from_pretrained(root, attn_implementation=attention_implementation(device), **kwargs)
+        model = cls.from_pretrained(root, **kwargs)
     except (ValueError, ImportError):
         log.info("model at %s has no SDPA attention; using the eager one", root)
-        model = cls.from_pretrained(root, attn_implementation="eager", **kwargs)
+        model = cls.from_pretrained(root, **{**kwargs, "attn_implementation": "eager"})
     module: torch.nn.Module = model.to(device).eval()
     return module

@@ -11,12 +11,11 @@ import torch
 from ..batching.worker import ModelWorker, WorkerConfig
 from ..errors import NotFound, Unavailable
 from ..metrics import Metrics
+from .builtin import BUILTIN_NAME  # and importable as registry.BUILTIN_NAME
 from .classifier import Classifier
 from .loading import load_directory, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-BUILTIN_NAME = "sentiment"
 
 
 @dataclass
@@ -34,7 +33,7 @@ class ModelHandle:
 class ModelRegistry:
     """Name → served model, and which one is the default."""
 
-    def __init__(self, default_model: str = "") -> None:
+    def __init__(self, default_model: str) -> None:
         self._models: dict[str, ModelHandle] = {}
         self.default_model = default_model
 
@@ -48,8 +47,6 @@ class ModelRegistry:
         if handle.name in self._models:
             raise ValueError(f"model {handle.name!r} is registered twice")
         self._models[handle.name] = handle
-        if not self.default_model:
-            self.default_model = handle.name
 
     def get(self, name: str) -> ModelHandle:
         """The named model (the default one for an empty name); NOT_FOUND otherwise."""
@@ -94,6 +91,8 @@ def build_registry(
     if not loaders:
         raise ValueError("no model to serve: give --model NAME=PATH or allow the built-in model")
     chosen_default = default_model or (BUILTIN_NAME if load_builtin else loaders[0][0])
+    if chosen_default not in {name for name, _ in loaders}:
+        raise ValueError(f"--default-model {chosen_default!r} is not among the loaded models")
     registry = ModelRegistry(chosen_default)
     for name, loader in loaders:
         metrics.model_loaded.labels(name).set(0)
@@ -105,9 +104,6 @@ def build_registry(
             "model loaded",
             extra={"model": name, "device": str(classifier.device), "dtype": str(classifier.dtype)},
         )
-    if chosen_default not in {h.name for h in registry}:
-        registry.stop()
-        raise ValueError(f"--default-model {chosen_default!r} is not among the loaded models")
     if device.type == "cpu":
         log.info("running on the CPU with %d threads", torch.get_num_threads())
     return registry

@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     best_state: dict[str, torch.Tensor] = {}
+    save = _BestWriter(model, tokenizer, out, _adapter_config(names, args, base, targets))
 
     def on_evaluation(evaluation: Evaluation, is_best: bool) -> None:
         mark = "  (best so far, saved)" if is_best else ""
@@ -169,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         if is_best:
             best_state.clear()
             best_state.update(_trainable_copy(model))
-            _save(model, tokenizer, names, args, base, targets, out)
+            save()
 
     bar = None if args.no_progress else (lambda n: tqdm(total=n, desc="train", unit="step"))
     train_rows = Tokenized(tokenizer, split.train, config.max_length)
@@ -287,7 +288,7 @@ def _load_base(base: Path, names: Sequence[str]) -> tuple[Any, torch.nn.Module]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from ..models.loading import ModelLoadError, check_directory
+    from ..models.loading import ModelLoadError, check_directory, model_load_kwargs
 
     try:
         check_directory(base)
@@ -299,15 +300,11 @@ def _load_base(base: Path, names: Sequence[str]) -> tuple[Any, torch.nn.Module]:
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             base,
-            local_files_only=True,
-            trust_remote_code=False,
-            use_safetensors=True,
-            dtype=torch.float32,
+            **model_load_kwargs(torch.float32),
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={name: i for i, name in enumerate(names)},
             ignore_mismatched_sizes=True,
-            attn_implementation="sdpa",
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -338,37 +335,46 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         params[name].copy_(value)
 
 
-def _save(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    names: Sequence[str],
-    args: argparse.Namespace,
-    base: Path,
-    targets: Sequence[str],
-    out: Path,
-) -> None:
-    if args.format == "adapter":
-        _save_adapter(model, names, args, base, targets, out)
-        return
-    plain = merge_in_place(copy.deepcopy(model)).to("cpu")
-    plain.save_pretrained(out, safe_serialization=True)  # type: ignore[operator]
-    tokenizer.save_pretrained(out)
+class _BestWriter:
+    """Writes the best state to --out: the weights at every new best; the files that never
+    change during a run (the tokenizer, or the adapter's config) only at the first."""
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, out: Path, adapter_config: dict[str, Any] | None
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.out = out
+        self.adapter_config = adapter_config  # None for --format hf
+        self.first = True
+
+    def __call__(self) -> None:
+        if self.adapter_config is None:
+            plain = merge_in_place(copy.deepcopy(self.model)).to("cpu")
+            plain.save_pretrained(self.out, safe_serialization=True)  # type: ignore[operator]
+            if self.first:
+                self.tokenizer.save_pretrained(self.out)
+        else:
+            from safetensors.torch import save_file
+
+            from ..models.builtin import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+            save_file(adapter_state(self.model), str(self.out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            if self.first:
+                (self.out / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config, indent=2) + "\n")
+        self.first = False
 
 
-def _save_adapter(
-    model: torch.nn.Module,
-    names: Sequence[str],
-    args: argparse.Namespace,
-    base: Path,
-    targets: Sequence[str],
-    out: Path,
-) -> None:
-    from safetensors.torch import save_file
-
-    from ..models.builtin import ADAPTER_CONFIG, ADAPTER_WEIGHTS, describe_encoder, file_hashes
+def _adapter_config(
+    names: Sequence[str], args: argparse.Namespace, base: Path, targets: Sequence[str]
+) -> dict[str, Any] | None:
+    """`adapter_config.json` for --format adapter (None for hf); hashes the base encoder's files."""
+    if args.format != "adapter":
+        return None
+    from ..models.builtin import describe_encoder, file_hashes
 
     encoder = describe_encoder(base) if not args.base else {"path": str(args.base), "sha256": file_hashes(base)}
-    config = {
+    return {
         "format": "whybert-lora-adapter/1",
         "labels": list(names),
         "lora": {
@@ -381,8 +387,6 @@ def _save_adapter(
         "encoder": encoder,
         "train_max_length": args.max_length,
     }
-    save_file(adapter_state(model), str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.classifier import pad_rows
 from .data import Example
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,7 @@ class Tokenized:
         return len(self.ids)
 
     def batch(self, rows: Sequence[int], device: torch.device | None = None) -> dict[str, torch.Tensor]:
-        width = max(len(self.ids[r]) for r in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(self.ids[r])] = self.ids[r]
-            mask[i, : len(self.ids[r])] = 1
+        ids, mask = pad_rows([self.ids[r] for r in rows], self.pad_id)
         tensors = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
