@@ -3,6 +3,7 @@ running in-process server that serves it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,8 @@ import torch
 
 if TYPE_CHECKING:
     from _servers import ServerThread
+    from whybert_service.grpc.server import WhybertServer
+    from whybert_service.settings import ServerSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -90,17 +93,24 @@ def tiny_settings(model_dir: Path, **overrides: object):  # type: ignore[no-unty
     return ServerSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def tiny_server(tiny_model_dir: Path) -> AsyncIterator[object]:
-    """A whybert server on a free loopback port serving the tiny model as 'tiny'."""
+@contextlib.asynccontextmanager
+async def running(settings: ServerSettings) -> AsyncIterator[WhybertServer]:
+    """A started in-process whybert server on this event loop, stopped afterwards."""
     from whybert_service.grpc.server import WhybertServer
 
-    server = WhybertServer(tiny_settings(tiny_model_dir))
+    server = WhybertServer(settings)
     await server.start()
     try:
         yield server
     finally:
         await server.stop(0)
+
+
+@pytest.fixture
+async def tiny_server(tiny_model_dir: Path) -> AsyncIterator[object]:
+    """A whybert server on a free loopback port serving the tiny model as 'tiny'."""
+    async with running(tiny_settings(tiny_model_dir)) as server:
+        yield server
 
 
 @pytest.fixture
@@ -110,3 +120,12 @@ def threaded_server(tiny_model_dir: Path) -> Iterator[ServerThread]:
 
     with ServerThread(tiny_settings(tiny_model_dir)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def target(tiny_model_dir: Path) -> Iterator[str]:
+    """The address of a tiny-model server shared by one test module's blocking clients."""
+    from _servers import ServerThread
+
+    with ServerThread(tiny_settings(tiny_model_dir)) as server:
+        yield server.target

@@ -23,7 +23,7 @@ import pytest
 import whybert
 import yaml
 from _servers import ServerThread, hold_worker_thread, wait_for
-from conftest import free_port, tiny_settings
+from conftest import free_port, running, tiny_settings
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -131,16 +131,9 @@ def start_prometheus(target: str, folder: Path) -> Prometheus:
 @pytest.fixture
 async def served(tiny_model_dir: Path) -> AsyncIterator[Any]:
     """An in-process whybert with a real /metrics port (and a small queue, to reject rows)."""
-    from whybert_service.grpc.server import WhybertServer
-
-    server = WhybertServer(
-        tiny_settings(tiny_model_dir, metrics_port=free_port(), max_queued_rows=MAX_QUEUED_ROWS)
-    )
-    await server.start()
-    try:
+    settings = tiny_settings(tiny_model_dir, metrics_port=free_port(), max_queued_rows=MAX_QUEUED_ROWS)
+    async with running(settings) as server:
         yield server
-    finally:
-        await server.stop(0)
 
 
 @pytest.fixture

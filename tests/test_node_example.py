@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import whybert
-from _servers import ServerThread
-from conftest import tiny_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
@@ -31,12 +28,6 @@ def node_client() -> Path:
             capture_output=True,
         )
     return EXAMPLE / "client.js"
-
-
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> Iterator[str]:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        yield server.target
 
 
 def run_node(client_js: Path, *args: str) -> subprocess.CompletedProcess[str]:

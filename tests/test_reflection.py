@@ -18,8 +18,6 @@ from typing import Any
 import grpc
 import pytest
 import whybert
-from _servers import ServerThread
-from conftest import tiny_settings
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -60,12 +58,6 @@ class Reflected:
         )
         response = rpc(json_format.Parse(body, request_type()), timeout=120)
         return json_format.MessageToDict(response)
-
-
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> Iterator[str]:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        yield server.target
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 import whybert
 from _chromium import CHROMIUM, browser
-from _servers import ServerThread
-from conftest import tiny_settings
 from whybert import cli, render
 from whybert.render import BLUE, RED, blend
 
@@ -23,12 +20,6 @@ TEXTS = [
     "The food was unbelievably great, but the service was slow.",
     'Rude staff & a "cosy" <b>place</b>!',
 ]
-
-
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> Iterator[str]:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        yield server.target
 
 
 @pytest.fixture(scope="module")

@@ -12,26 +12,17 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import whybert
 from _chromium import CHROMIUM, browser
-from _servers import ServerThread
-from conftest import tiny_settings
 from whybert.render import BLUE, RED
 from whybert.ui import UIServer
 
 TEXT = "The food was great, but the service was slow."
 OTHER = "Awful place, rude staff."
-
-
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> Iterator[str]:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        yield server.target
 
 
 @pytest.fixture(scope="module")
