@@ -37,6 +37,7 @@ CORRUPT = (
     "message with type 'whybert.v1.{method}Request': Wire format was corrupt"
 )
 EMPTY = "the text is empty or only white space"
+LABELS = "['negative', 'neutral', 'positive']"
 NORMAL_TEXT = "the service was quick and the food was lovely"
 
 
@@ -340,6 +341,23 @@ CASES = [
             )
         ],
     ),
+    # A caller's values are quoted back cut short: a few of them, 64 bytes each at most.
+    Case(
+        "unknown-label-of-16-kib",
+        "Explain",
+        explain("fine", target_mode=pb.TARGET_MODE_NAMED, target_labels=["x" * 16 * 1024]),
+        INVALID,
+        [("target_labels", f"unknown label(s) '{'x' * 64}'…; the model has {LABELS}")],
+    ),
+    Case(
+        "a-thousand-unknown-labels",
+        "Explain",
+        explain(
+            "fine", target_mode=pb.TARGET_MODE_NAMED, target_labels=[f"l{i}" for i in range(1000)]
+        ),
+        INVALID,
+        [("target_labels", f"unknown label(s) 'l0', 'l1', 'l2' and 997 more; the model has {LABELS}")],
+    ),
     Case(
         "lime-samples-zero",
         "Explain",
@@ -498,6 +516,53 @@ def assert_still_serving(channel: grpc.Channel, tiny_classifier: Any) -> None:
     np.testing.assert_allclose(
         got, reference_probabilities(tiny_classifier, NORMAL_TEXT), rtol=1e-4, atol=1e-6
     )
+
+
+# Each would echo far more than the 8 KiB of trailers a client accepts, if echoed in full.
+UNBOUNDED_ECHOES = {
+    "label-16-kib": ("Explain", explain("fine", target_mode=pb.TARGET_MODE_NAMED,
+                                        target_labels=["x" * 16 * 1024]), "target_labels"),
+    "emoji-label-16-kib": ("Explain", explain("fine", target_mode=pb.TARGET_MODE_NAMED,
+                                              target_labels=["😀" * 4096]), "target_labels"),
+    "1000-labels": ("Explain", explain("fine", target_mode=pb.TARGET_MODE_NAMED,
+                                       target_labels=[f"label-{i}" for i in range(1000)]),
+                    "target_labels"),
+    "1000-labels-of-1-kib": ("Explain", explain("fine", target_mode=pb.TARGET_MODE_NAMED,
+                                                target_labels=[f"{i:04d}" + "é" * 510
+                                                               for i in range(1000)]),
+                             "target_labels"),
+    "64-bad-texts": ("Predict", predict(*["bad\x00"] * 64), "texts[0]"),
+    "64-bad-texts-and-labels": ("Explain", explain(*["é\x01"] * 64, target_labels=["é" * 9000]),
+                                "texts[0]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", UNBOUNDED_ECHOES, ids=list(UNBOUNDED_ECHOES))
+def test_messages_never_echo_unbounded_input(
+    case: str, channel: grpc.Channel, tiny_classifier: Any
+) -> None:
+    """INVALID_ARGUMENT with the field named and a short message, never a trailer overflow
+    (which the client would see as RESOURCE_EXHAUSTED 'received metadata size exceeds')."""
+    method, request, first_field = UNBOUNDED_ECHOES[case]
+    with pytest.raises(grpc.RpcError) as exc:
+        call(channel, method, request)
+    error = from_rpc_error(exc.value)
+    assert error.code == INVALID, error
+    assert isinstance(error, whybert.InvalidArgumentError)
+    assert error.field_violations[0][0] == first_field
+    assert 1 <= len(error.field_violations) <= 8
+    assert len(error.message.encode()) <= 800
+    assert all(len(d.encode()) <= 256 for _, d in error.field_violations)
+    assert_still_serving(channel, tiny_classifier)
+
+
+def test_many_violations_are_counted_not_all_listed(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        call(channel, "Predict", predict(*["bad\x00"] * 64))
+    error = from_rpc_error(exc.value)
+    listed = [(f"texts[{i}]", "contains the control character U+0000") for i in range(8)]
+    assert error.field_violations == listed
+    assert error.message == "; ".join(f"{f}: {d}" for f, d in listed) + "; and 56 more violations"
 
 
 def test_there_are_at_least_forty_bad_input_cases() -> None:

@@ -234,6 +234,7 @@ async def test_prometheus_scrapes_the_calls_made(served: Any, prometheus: Promet
     assert p.value("whybert_cache_hits_total") == 1
     assert p.value("whybert_cache_misses_total") == 1
     assert p.value("whybert_cache_entries") == 1
+    assert p.number("whybert_cache_bytes") == served.dataplane.cache.bytes > 0
     assert p.value('whybert_dropped_rows_total{reason="rejected"}') == MAX_QUEUED_ROWS + 8
     assert p.value('whybert_model_loaded{model="tiny"}') == 1
     for idle in ("whybert_queue_rows", "whybert_queue_submissions", "whybert_queue_requests"):

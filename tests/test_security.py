@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from whybert import cli as client_cli
 from whybert.v1 import explainer_pb2 as pb
@@ -407,6 +408,49 @@ def reflected_services(channel: grpc.Channel) -> list[str]:
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
     return [s.name for s in response.list_services_response.service]
+
+
+def test_health_watch_streams_are_capped(tiny_model_dir: Path) -> None:
+    """Watch needs no token and holds its stream open: beyond --max-watch-streams a new one
+    is refused at once, and a closed one gives its place back."""
+    settings = tiny_settings(tiny_model_dir, auth_tokens="alpha-token-1", max_watch_streams=2)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with ServerThread(settings) as server, grpc.insecure_channel(server.target) as channel:
+        assert server.server is not None
+        limit = server.server.watch_limit
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        def watch() -> Any:
+            return stub.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+
+        streams = [watch(), watch()]
+        assert [next(s).status for s in streams] == [serving, serving]
+        assert limit.active == 2
+
+        with pytest.raises(grpc.RpcError) as refused:
+            next(watch())
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit of 2 open Watch streams" in (refused.value.details() or "")
+        assert health(channel) == "SERVING"  # Check is not a stream: never capped
+
+        streams[0].cancel()
+        assert wait_for(lambda: limit.active == 1)
+        again = watch()
+        assert next(again).status == serving
+        assert limit.active == 2
+
+        for stream in (streams[1], again):
+            stream.cancel()
+        assert wait_for(lambda: limit.active == 0)
+        registry = server.server.metrics.registry
+        labels = {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Watch"}
+        assert wait_for(
+            lambda: registry.get_sample_value(
+                "grpc_server_handled_total",
+                {"grpc_type": "server_stream", **labels, "grpc_code": "RESOURCE_EXHAUSTED"},
+            )
+            == 1
+        )
 
 
 def test_reflection_can_be_switched_off(tiny_model_dir: Path) -> None:

@@ -51,9 +51,21 @@ def test_flags_win_over_the_environment() -> None:
         (["--model", "a=/x", "--model", "a=/y"], {}, "twice"),
         (["--tls-cert", "c.pem"], {}, "--tls-key"),
         (["--device", "tpu"], {}, "--device"),
+        (["--cache-bytes", "-1"], {}, "--cache-bytes"),
+        ([], {"WHYBERT_CACHE_ENTRIES": "-5"}, "--cache-entries"),
+        (["--max-watch-streams", "0"], {}, "--max-watch-streams"),
         ([], {"WHYBERT_PORT": "not-a-number"}, "WHYBERT_PORT"),
     ],
 )
 def test_bad_settings_are_refused_with_the_flag_named(argv: list[str], env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse(argv, env)
+
+
+def test_the_cache_is_bounded_in_bytes_and_watch_streams_are_capped() -> None:
+    s = parse([])
+    assert s.cache_bytes == 256 * 1024 * 1024 and s.cache_entries == 4096
+    assert s.max_watch_streams == 64
+    s = parse(["--cache-bytes", "1048576"], {"WHYBERT_MAX_WATCH_STREAMS": "8"})
+    assert s.cache_bytes == 1_048_576 and s.max_watch_streams == 8
+    assert parse([], {"WHYBERT_CACHE_BYTES": "0"}).cache_bytes == 0  # the cache off

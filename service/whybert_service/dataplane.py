@@ -45,12 +45,13 @@ class DataPlane:
         explain_threads: int = 32,
         max_concurrent_requests: int = 512,
         cache_entries: int = 4096,
+        cache_bytes: int = 256 * 1024 * 1024,
         explainers: dict[str, Explainer] | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.explainers = explainers if explainers is not None else create_explainers()
-        self.cache = ExplanationCache(cache_entries, metrics)
+        self.cache = ExplanationCache(cache_entries, metrics, max_bytes=cache_bytes)
         self._pool = ThreadPoolExecutor(explain_threads, thread_name_prefix="whybert-explain")
         self._max_requests = max_concurrent_requests
         self._in_flight = 0

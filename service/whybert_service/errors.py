@@ -11,11 +11,55 @@
 
 Code below the transport raises these; only `whybert_service.grpc` turns them into
 statuses, in one place.
+
+A status travels in HTTP/2 trailers, which clients refuse beyond 8 KiB (grpc-message is
+percent-encoded, the BadRequest detail base64-encoded), so every message is bounded here,
+whatever the input it quotes: echoed values are cut with `clip`/`quote`, at most
+`MAX_VIOLATIONS` field violations are kept, and the message is cut to `MAX_MESSAGE_BYTES`.
+Worst case (all non-ASCII): 3 × 800 + 4/3 × (800 + 8 × (64 + 256 + 8)) ≈ 7.0 KB of trailers.
 """
 
 from __future__ import annotations
 
 import grpc
+
+ELLIPSIS = "…"
+MAX_ECHO_BYTES = 64  # of one value quoted back to the caller (a label, a name), UTF-8
+MAX_VIOLATIONS = 8
+MAX_FIELD_BYTES = 64
+MAX_DESCRIPTION_BYTES = 256
+MAX_MESSAGE_BYTES = 800
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _prefix(text: str, max_bytes: int) -> str:
+    """`text`'s longest prefix whose UTF-8 form fits in `max_bytes`."""
+    return text.encode("utf-8", "surrogatepass")[: max(0, max_bytes)].decode("utf-8", "ignore")
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """`text` cut so that its UTF-8 form fits in `max_bytes`, ending in an ellipsis if cut."""
+    if _utf8_size(text) <= max_bytes:
+        return text
+    return _prefix(text, max_bytes - _utf8_size(ELLIPSIS)) + ELLIPSIS
+
+
+def quote(value: str, max_bytes: int = MAX_ECHO_BYTES) -> str:
+    """A caller's value as it may appear in a message: repr'd, its first `max_bytes` bytes
+    (64 ASCII characters) at most, then an ellipsis."""
+    if _utf8_size(value) <= max_bytes:
+        return repr(value)
+    return repr(_prefix(value, max_bytes)) + ELLIPSIS
+
+
+def quote_some(values: list[str], shown: int = 3) -> str:
+    """At most `shown` values, quoted, and how many more there were."""
+    listed = ", ".join(quote(v) for v in values[:shown])
+    rest = len(values) - shown
+    return f"{listed} and {rest} more" if rest > 0 else listed
 
 
 class ServiceError(Exception):
@@ -24,18 +68,28 @@ class ServiceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
 
 
 class InvalidArgument(ServiceError):
-    """A request field is wrong; `violations` lists (field path, what is wrong)."""
+    """A request field is wrong; `violations` lists (field path, what is wrong): the first
+    `MAX_VIOLATIONS`, each cut to size, and `omitted` says how many more there were."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: list[tuple[str, str]]) -> None:
-        self.violations = violations
-        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = [
+            (clip(f, MAX_FIELD_BYTES), clip(d, MAX_DESCRIPTION_BYTES))
+            for f, d in violations[:MAX_VIOLATIONS]
+        ]
+        self.omitted = max(0, len(violations) - MAX_VIOLATIONS)
+        message = "; ".join(f"{f}: {d}" for f, d in self.violations)
+        if self.omitted:
+            more = f"; and {self.omitted} more violations"
+            message = clip(message, MAX_MESSAGE_BYTES - len(more)) + more
+        super().__init__(message)
 
 
 class NotFound(ServiceError):

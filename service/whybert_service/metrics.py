@@ -149,6 +149,11 @@ class Metrics:
         self.cache_entries = Gauge(
             "whybert_cache_entries", "Explanations held in the cache.", registry=r
         )
+        self.cache_bytes = Gauge(
+            "whybert_cache_bytes",
+            "Estimated memory held by the cached explanations (bounded by --cache-bytes).",
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "whybert_model_loaded",
             "1 when the model is loaded, warmed and its worker is running, else 0.",

@@ -102,6 +102,13 @@ class ServerSettings:
     cache_entries: int = field(
         default=4096, metadata=_doc("Finished explanations kept in memory; 0 turns the cache off.")
     )
+    cache_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata=_doc(
+            "Estimated memory the cached explanations may hold, in bytes (least recently used "
+            "go first); 0 turns the cache off."
+        ),
+    )
     reflection: bool = field(
         default=True, metadata=_doc("Serve gRPC server reflection.", negatable=True)
     )
@@ -122,7 +129,18 @@ class ServerSettings:
         metadata=_doc("Accepted bearer tokens, comma-separated (prefer the variable or a file)."),
     )
     max_message_bytes: int = field(
-        default=8 * 1024 * 1024, metadata=_doc("Largest gRPC message received or sent.")
+        default=8 * 1024 * 1024,
+        metadata=_doc(
+            "Largest gRPC message received or sent; an Explain whose reply could be larger is "
+            "refused before any work."
+        ),
+    )
+    max_watch_streams: int = field(
+        default=64,
+        metadata=_doc(
+            "grpc.health.v1 Watch streams open at once (health needs no token); beyond, "
+            "RESOURCE_EXHAUSTED at once."
+        ),
     )
     log_level: str = field(
         default="warning",
@@ -213,10 +231,14 @@ def validate(settings: ServerSettings) -> None:
         "max_rows_per_request",
         "explain_threads",
         "max_message_bytes",
+        "max_watch_streams",
     )
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ValueError(f"{_flag(name)} must be positive")
+    for name in ("cache_entries", "cache_bytes"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{_flag(name)} must not be negative (0 turns the cache off)")
     if settings.max_batch_delay_ms < 0 or settings.grace_seconds < 0:
         raise ValueError("--max-batch-delay-ms and --grace-seconds must not be negative")
     if not settings.device == "auto" and not settings.device.startswith(("cpu", "cuda")):

@@ -7,13 +7,13 @@ its field (`texts[3]`, `shap.max_evals`), as google.rpc.BadRequest field violati
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from whybert.v1 import explainer_pb2 as pb
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ResourceExhausted, quote_some
 from .settings import ServerSettings
 from .types import (
     ExplainerName,
@@ -65,6 +65,7 @@ class Limits:
     max_lime_samples: int
     max_ig_steps: int
     max_rows: int
+    max_message_bytes: int = 8 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, s: ServerSettings) -> Limits:
@@ -75,6 +76,7 @@ class Limits:
             max_lime_samples=s.max_lime_samples,
             max_ig_steps=s.max_ig_steps,
             max_rows=s.max_rows_per_request,
+            max_message_bytes=s.max_message_bytes,
         )
 
 
@@ -236,9 +238,99 @@ def resolve_targets(params: ExplainParams, labels: list[str], predicted: int) ->
 
 
 def check_target_labels(params: ExplainParams, labels: list[str]) -> None:
-    """Named targets must be labels of the model."""
-    unknown = [name for name in params.target_labels if name not in labels]
+    """Named targets must be labels of the model. The message quotes a few of the unknown
+    ones, each cut short: a caller may send thousands, or one of 16 KiB."""
+    known = set(labels)
+    unknown = [name for name in params.target_labels if name not in known]
     if unknown:
         raise InvalidArgument(
-            [("target_labels", f"unknown label(s) {', '.join(map(repr, unknown))}; the model has {labels}")]
+            [("target_labels", f"unknown label(s) {quote_some(unknown)}; the model has {labels}")]
+        )
+
+
+# ---- the size of an Explain reply ---------------------------------------------------------
+# Upper bounds, in bytes on the wire, of the parts of a TextExplanation (explainer.proto).
+# One Token: its framing (tag, length), its text's tag and length, start and end (tag and
+# varint each) and `special`; its text itself is counted apart (a slice of the request text).
+TOKEN_WIRE_BYTES = 26
+VALUE_BYTES = 8  # one packed double
+# Special tokens a tokenizer adds to one text ([CLS], [SEP], <s>, …) and the length of the
+# name each carries as its text, at most.
+SPECIAL_TOKENS = 4
+SPECIAL_TOKEN_TEXT_BYTES = 32
+# One TextExplanation's framing and scalars (additivity, rows, times, flags, enums,
+# truncation, faithfulness, the prediction's own), its packed arrays' framing: about 140
+# bytes today, with room for a few more fields.
+EXPLANATION_WIRE_BYTES = 256
+LABEL_WIRE_BYTES = 6  # a string's tag and length
+SCORE_WIRE_BYTES = 6 + 2 * (1 + VALUE_BYTES)  # a LabelScore's framing and its two doubles
+
+
+def explained_label_count(params: ExplainParams, labels: Sequence[str]) -> int:
+    """How many of the model's labels each text's explanation covers."""
+    if params.target_mode is TargetModeName.ALL:
+        return len(labels)
+    if params.target_mode is TargetModeName.NAMED:
+        return len(params.target_labels)
+    return 1
+
+
+def token_bound(text: str, max_tokens: int) -> int:
+    """At most how many tokens an explanation of `text` carries: the model reads (and
+    whybert explains) at most `max_tokens`, and a short text bounds them too, since every
+    token but the special ones covers at least one byte of the text."""
+    return min(max_tokens, len(text.encode("utf-8")) + SPECIAL_TOKENS)
+
+
+def reply_bytes_bound(params: ExplainParams, labels: Sequence[str], max_tokens: int) -> int:
+    """An upper bound of the serialized ExplainResponse: per text, its tokens × (a Token's
+    framing + one value per explained label), the tokens' texts (slices of the text, so at
+    most its UTF-8 bytes) and the per-explanation parts that grow with the labels."""
+    explained = explained_label_count(params, labels)
+    label_names = sum(len(label.encode("utf-8")) + LABEL_WIRE_BYTES for label in labels)
+    per_text = (
+        EXPLANATION_WIRE_BYTES
+        + 3 * label_names  # the explained labels, the prediction's label and its scores' labels
+        + len(labels) * SCORE_WIRE_BYTES
+        + 3 * explained * VALUE_BYTES  # base_values, output_values, convergence_delta
+        + SPECIAL_TOKENS * SPECIAL_TOKEN_TEXT_BYTES
+    )
+    per_token = TOKEN_WIRE_BYTES + explained * VALUE_BYTES
+    total = 2 * LABEL_WIRE_BYTES + len(params.model.encode("utf-8"))
+    for text in params.texts:
+        total += per_text + token_bound(text, max_tokens) * per_token + len(text.encode("utf-8"))
+    return total
+
+
+def check_reply_size(
+    params: ExplainParams, labels: Sequence[str], max_tokens: int, limits: Limits
+) -> None:
+    """Refuse, before any work, an Explain whose reply could exceed the message limit: it
+    would be computed in full and then fail to send."""
+    bound = reply_bytes_bound(params, labels, max_tokens)
+    if bound <= limits.max_message_bytes:
+        return
+    longest = max(token_bound(text, max_tokens) for text in params.texts)
+    explained = explained_label_count(params, labels)
+    raise InvalidArgument(
+        [
+            (
+                "texts",
+                f"the reply could reach {bound} bytes ({len(params.texts)} texts × up to "
+                f"{longest} tokens × {explained} labels), more than the server's message "
+                f"limit of {limits.max_message_bytes} bytes (--max-message-bytes); send "
+                "fewer or shorter texts, or explain fewer labels",
+            )
+        ]
+    )
+
+
+def check_reply_sent(size: int, limits: Limits) -> None:
+    """The backstop after the work: a reply the transport would refuse to send becomes a
+    clear RESOURCE_EXHAUSTED (not a failed send and a traceback in the log)."""
+    if size > limits.max_message_bytes:
+        raise ResourceExhausted(
+            f"the reply is {size} bytes, more than the server's message limit of "
+            f"{limits.max_message_bytes} bytes (--max-message-bytes); send fewer or shorter "
+            "texts, or explain fewer labels"
         )

@@ -1,4 +1,5 @@
-"""Server interceptors: the standard gRPC server metrics for every call."""
+"""Server interceptors: the standard gRPC server metrics for every call, and a cap on the
+long-lived health Watch streams that anyone may open."""
 
 from __future__ import annotations
 
@@ -120,6 +121,75 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         finally:
             m.grpc_handled.labels(*labels, _code_name(code)).inc()
             m.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+
+
+class StreamLimitInterceptor(grpc.aio.ServerInterceptor):
+    """At most `limit` calls of one streaming method open at once; beyond, RESOURCE_EXHAUSTED
+    at once. Health is open to callers without a token, and each Watch holds its stream for
+    as long as the caller likes, so without a cap anyone could pin the server's memory and
+    tasks. A stream gives its place back when it ends, however it ends. Runs on the event
+    loop only, so the count needs no lock.
+    """
+
+    def __init__(self, limit: int, method: str = HEALTH_WATCH) -> None:
+        self.limit = limit
+        self.method = method
+        self.active = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method != self.method:
+            return handler
+        return self._limited(handler)
+
+    def _limited(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        refusal = (
+            f"the server is at its limit of {self.limit} open {split_method(self.method)[1]} "
+            "streams; retry later or poll with Check"
+        )
+
+        @contextlib.contextmanager
+        def place() -> Iterator[None]:
+            self.active += 1
+            try:
+                yield
+            finally:
+                self.active -= 1
+
+        async def limited_generator(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            if self.active >= self.limit:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            with place():
+                async for response in behavior(request, context):
+                    yield response
+
+        async def limited_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.active >= self.limit:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            with place():
+                return await behavior(request, context)
+
+        limited = limited_generator if inspect.isasyncgenfunction(behavior) else limited_call
+        return handler_factory(handler)(
+            limited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 # (request streaming, response streaming) → the grpc_type label and the handler factory.

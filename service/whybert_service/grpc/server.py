@@ -34,7 +34,7 @@ from ..settings import ServerSettings, describe
 from ..validation import Limits
 from .auth import TokenAuthInterceptor, load_tokens
 from .decoding import DecodeErrorInterceptor
-from .interceptors import MetricsInterceptor
+from .interceptors import MetricsInterceptor, StreamLimitInterceptor
 from .servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class WhybertServer:
         self.dataplane: DataPlane | None = None
         self.health = health.aio.HealthServicer()
         self.servicer = ExplainerServicer(Limits.from_settings(settings))
+        self.watch_limit = StreamLimitInterceptor(settings.max_watch_streams)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,8 +142,12 @@ class WhybertServer:
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Metrics outermost (they count refusals too), then authentication, then decoding."""
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        """Metrics outermost (they count refusals too), the cap on health Watch streams (open
+        to all), then authentication, then decoding."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics),
+            self.watch_limit,
+        ]
         tokens = load_tokens(self.settings)
         if tokens:
             interceptors.append(TokenAuthInterceptor(tokens))
@@ -168,6 +173,7 @@ class WhybertServer:
             explain_threads=s.explain_threads,
             max_concurrent_requests=s.max_concurrent_requests,
             cache_entries=s.cache_entries,
+            cache_bytes=s.cache_bytes,
             explainers=explainers,
         )
         self.servicer.dataplane = self.dataplane

@@ -102,16 +102,24 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         with plane.admitted("Predict"):
             ctx = request_context(context, Priority.PREDICT, self.limits.max_rows)
             model, predictions = await plane.predict(params, ctx)
-        return convert.predict_response(model, predictions)
+        response = convert.predict_response(model, predictions)
+        validation.check_reply_sent(response.ByteSize(), self.limits)
+        return response
 
     @handles_errors
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         params = validation.explain_params(request, self.limits)
         plane = self._plane()
+        # Checks that need the model (its labels and token window), before any work.
+        classifier = plane.registry.get(params.model).classifier
+        validation.check_target_labels(params, classifier.labels)
+        validation.check_reply_size(params, classifier.labels, classifier.max_length, self.limits)
         with plane.admitted("Explain"):
             ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
             model, results = await plane.explain(params, ctx)
-        return convert.explain_response(model, results)
+        response = convert.explain_response(model, results)
+        validation.check_reply_sent(response.ByteSize(), self.limits)
+        return response
 
     @handles_errors
     async def ListModels(
