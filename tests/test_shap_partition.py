@@ -185,28 +185,3 @@ async def test_to_shap_gives_a_shap_explanation(tiny_server: Any) -> None:
     assert multi.values.shape == every.values.shape
     assert "sweet" in shap.plots.text(multi[:, 2], display=False)
     assert "sweet" in shap.plots.text(multi, display=False)
-
-
-async def test_explainer_processes_give_the_same_values(tiny_model_dir: Path, reference: Reference) -> None:
-    """With shap's Python work in child processes, values and batching are unchanged."""
-    from conftest import tiny_settings
-    from whybert_service.grpc.server import WhybertServer
-
-    server = WhybertServer(tiny_settings(tiny_model_dir, explain_processes=2, cache_entries=0))
-    await server.start()
-    try:
-        async with client_for(server) as client:
-            results = await asyncio.gather(*[client.explain([t], targets="all", max_evals=200) for t in TEXTS[:3]])
-            for text, (ours,) in zip(TEXTS[:3], results, strict=True):
-                assert_same(ours, reference.explain(text, [0, 1, 2], max_evals=200))
-                assert ours.additivity_error < 1e-6
-            # Children that died are replaced before they are given work: no call fails.
-            pool = server.dataplane.explainers["shap-partition"]._pool
-            for child in list(pool._idle.queue):
-                child.process.kill()
-                child.process.join(5)
-            async with whybert.AsyncClient(f"127.0.0.1:{server.port}", retries=0) as no_retry:
-                (again,) = await no_retry.explain([TEXTS[1]], targets="all", max_evals=200)
-            assert_same(again, reference.explain(TEXTS[1], [0, 1, 2], max_evals=200))
-    finally:
-        await server.stop(0)

@@ -73,6 +73,9 @@ class Explanation:
     cached: bool = False
     convergence_delta: np.ndarray | None = None
     faithfulness: Faithfulness | None = None
+    # Only text[:explained_chars] was explained: the prefix the model reads.
+    truncated: bool = False
+    explained_chars: int = 0
 
     @classmethod
     def from_proto(cls, text: str, msg: pb.TextExplanation) -> Explanation:
@@ -103,6 +106,8 @@ class Explanation:
                 if msg.HasField("faithfulness")
                 else None
             ),
+            truncated=msg.truncated,
+            explained_chars=msg.explained_chars if msg.explained_chars or msg.truncated else len(text),
         )
 
     def to_shap(self) -> Any:

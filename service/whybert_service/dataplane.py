@@ -96,16 +96,16 @@ class DataPlane:
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
         explainer = self._explainer_for(params, handle)
-        loop = asyncio.get_running_loop()
         tasks = [
-            loop.run_in_executor(self._pool, self._explain_one, explainer, handle, text, params, ctx)
-            for text in params.texts
+            asyncio.ensure_future(self._explain_one(explainer, handle, text, params, ctx)) for text in params.texts
         ]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
             # The caller left, its deadline passed or one text failed: stop the others.
             ctx.cancel()
+            for task in tasks:
+                task.cancel()
             raise
         return handle.name, list(results)
 
@@ -121,10 +121,11 @@ class DataPlane:
             raise InvalidArgument([("explainer", f"{name} cannot explain model {handle.name!r}")])
         return explainer
 
-    def _explain_one(
+    async def _explain_one(
         self, explainer: Explainer, handle: ModelHandle, text: str, params: ExplainParams, ctx: RequestContext
     ) -> ExplanationResult:
-        """One text's explanation, on an explainer thread; the cache first."""
+        """One text's explanation: from the cache on the event loop (a hit never waits
+        behind other requests' work), else by its explainer."""
         ctx.ensure_alive("before the explanation started")
         name = params.explainer.value
         key = self.cache.key(handle.classifier, text, params)
@@ -134,11 +135,15 @@ class DataPlane:
             return cached
         started = time.perf_counter()
         try:
-            result = explainer.explain(handle, text, params, ctx)
+            result = await explainer.explain_async(handle, text, params, ctx, self._pool)
             if params.faithfulness:
-                result = with_faithfulness(handle, text, result, ctx)
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._pool, with_faithfulness, handle, text, result, ctx)
         except ServiceError as exc:
             self.metrics.explanations.labels(handle.name, name, exc.code.name.lower()).inc()
+            raise
+        except asyncio.CancelledError:
+            self.metrics.explanations.labels(handle.name, name, "cancelled").inc()
             raise
         except Exception:
             self.metrics.explanations.labels(handle.name, name, "internal").inc()

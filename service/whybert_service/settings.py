@@ -90,13 +90,9 @@ class ServerSettings:
     )
     explain_threads: int = field(
         default=32,
-        metadata=_doc("Explanations computed at once; the rest wait their turn in order."),
-    )
-    explain_processes: int = field(
-        default=0,
         metadata=_doc(
-            "Child processes that run shap's Python work off the server's GIL (each runs one "
-            "explanation at a time); 0 runs it in the explainer threads."
+            "LIME, integrated-gradient and faithfulness explanations computed at once (SHAP "
+            "needs no thread: its rounds are scheduled work on the model's worker)."
         ),
     )
     cache_entries: int = field(

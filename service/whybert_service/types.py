@@ -127,6 +127,9 @@ class ExplanationResult:
     cached: bool = False
     convergence_delta: np.ndarray | None = None
     faithfulness: Faithfulness | None = None
+    # The explanation covers text[:explained_chars]: the prefix the model reads.
+    truncated: bool = False
+    explained_chars: int | None = None
 
     @property
     def additivity_error(self) -> float:

@@ -165,7 +165,7 @@ class Faithfulness(_message.Message):
     def __init__(self, comprehensiveness: _Optional[float] = ..., sufficiency: _Optional[float] = ...) -> None: ...
 
 class TextExplanation(_message.Message):
-    __slots__ = ("tokens", "labels", "values", "base_values", "output_values", "prediction", "additivity_error", "model_rows", "queue_seconds", "compute_seconds", "cached", "explainer", "output", "convergence_delta", "faithfulness")
+    __slots__ = ("tokens", "labels", "values", "base_values", "output_values", "prediction", "additivity_error", "model_rows", "queue_seconds", "compute_seconds", "cached", "explainer", "output", "convergence_delta", "faithfulness", "truncated", "explained_chars")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,8 @@ class TextExplanation(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     CONVERGENCE_DELTA_FIELD_NUMBER: _ClassVar[int]
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_CHARS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[Token]
     labels: _containers.RepeatedScalarFieldContainer[str]
     values: _containers.RepeatedScalarFieldContainer[float]
@@ -196,7 +198,9 @@ class TextExplanation(_message.Message):
     output: OutputSpace
     convergence_delta: _containers.RepeatedScalarFieldContainer[float]
     faithfulness: Faithfulness
-    def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., base_values: _Optional[_Iterable[float]] = ..., output_values: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., additivity_error: _Optional[float] = ..., model_rows: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., convergence_delta: _Optional[_Iterable[float]] = ..., faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ...) -> None: ...
+    truncated: bool
+    explained_chars: int
+    def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., base_values: _Optional[_Iterable[float]] = ..., output_values: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., additivity_error: _Optional[float] = ..., model_rows: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., convergence_delta: _Optional[_Iterable[float]] = ..., faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ..., truncated: _Optional[bool] = ..., explained_chars: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -14,11 +14,9 @@ EXPLAINERS: dict[ExplainerName, type[Explainer]] = {
     ExplainerName.INTEGRATED_GRADIENTS: IntegratedGradientsExplainer,
 }
 
-def create_explainers(explain_processes: int = 0) -> dict[str, Explainer]:
+def create_explainers() -> dict[str, Explainer]:
     """One instance of every explainer, by its name in the API."""
-    made: dict[str, Explainer] = {name.value: cls() for name, cls in EXPLAINERS.items()}
-    made[ExplainerName.SHAP_PARTITION.value] = ShapPartitionExplainer(processes=explain_processes)
-    return made
+    return {name.value: cls() for name, cls in EXPLAINERS.items()}
 
 
 __all__ = ["EXPLAINERS", "Explainer", "create_explainers"]

@@ -9,8 +9,10 @@ explanation and counts the rows and queue time it cost.
 from __future__ import annotations
 
 import abc
+import asyncio
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -109,6 +111,13 @@ class Explainer(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what `warm_up` started (processes, threads)."""
+
+    async def explain_async(
+        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext, executor: Executor
+    ) -> ExplanationResult:
+        """Explain from the event loop; by default `explain` on one of the executor's threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self.explain, handle, text, params, context)
 
     @abc.abstractmethod
     def explain(

@@ -1,89 +1,131 @@
-"""SHAP Partition explanations, computed by the shap library itself.
+"""SHAP Partition explanations by whybert's own engine, scheduled with every other request.
 
-The values are those of `shap.PartitionExplainer(f, shap.maskers.Text(tokenizer))`:
-the same token hierarchy, the same masked strings, the same rounds. whybert changes only
-what `f` is: instead of calling the model, each round's strings go to the model's shared
-batching worker, where they share forward batches with the rounds of every other
-explanation in flight. When a request explains fewer outputs than the model has, `f`
-returns just those outputs, exactly as if shap explained a model with only those outputs.
-
-shap's own Python work runs in the calling explainer thread, or, with explainer processes
-(`--explain-processes`), in a warm child process so that it does not hold the server's GIL.
+The values are those of `shap.PartitionExplainer(f, shap.maskers.Text(tokenizer))` on the
+prefix of the text that the model reads (see `partition/`): the same token hierarchy, the
+same masked rows, the same rounds and budget. When a request explains fewer outputs than
+the model has, they are the values shap gives for a model with only those outputs. The
+library itself is not on this path: each round's rows go to the model's worker as token
+ids, where they share forward batches with the rounds of every other explanation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from typing import Any
+from concurrent.futures import Executor
 
 import numpy as np
 
 from ..context import RequestContext
+from ..models.classifier import Classifier
 from ..models.registry import ModelHandle
-from ..offload.partition import PartitionValues, partition_values, warm_up_shap
-from ..offload.pool import ExplainerProcesses
 from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
 from ..validation import resolve_targets
-from .base import Explainer, ModelFunction, to_output_space
+from .base import Explainer, prediction_from_logits
+from .partition import MaskingSpec, PartitionEngine, PartitionResult, PreparedText, prepare_text
+from .partition.task import PartitionTask
 
 
 class ShapPartitionExplainer(Explainer):
     name = ExplainerName.SHAP_PARTITION
 
-    def __init__(self, processes: int = 0) -> None:
-        self._process_count = processes
-        self._pool: ExplainerProcesses | None = None
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], MaskingSpec] = {}
+        self._lock = threading.Lock()
 
-    def warm_up(self) -> None:
-        """Compile shap's numba kernels (here, or once in the processes' fork server)."""
-        if self._process_count > 0:
-            self._pool = ExplainerProcesses(self._process_count)
-        else:
-            warm_up_shap()
+    def spec(self, classifier: Classifier) -> MaskingSpec:
+        """How the model's tokenizer masks (worked out once per model)."""
+        key = (classifier.name, classifier.weights_sha256)
+        with self._lock:
+            spec = self._specs.get(key)
+        if spec is None:
+            spec = MaskingSpec.for_tokenizer(classifier.tokenizer)
+            with self._lock:
+                self._specs[key] = spec
+        return spec
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+    def prepare(self, handle: ModelHandle, text: str) -> PreparedText:
+        classifier = handle.classifier
+        return prepare_text(
+            classifier.tokenizer, self.spec(classifier), text, classifier.max_length, _encoder(classifier)
+        )
+
+    def engine(self, handle: ModelHandle, prepared: PreparedText, params: ExplainParams) -> PartitionEngine:
+        classifier = handle.classifier
+        return PartitionEngine(
+            prepared,
+            self.spec(classifier),
+            _encoder(classifier),
+            output=params.output,
+            targets=lambda logits: resolve_targets(params, classifier.labels, int(np.argmax(logits))),
+            max_evals=params.shap.max_evals,
+            fixed_context=params.shap.fixed_context,
+            batch_size=params.shap.batch_size,
+        )
+
+    async def explain_async(
+        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext, executor: Executor
+    ) -> ExplanationResult:
+        started = time.perf_counter()
+        prepared = await asyncio.to_thread(self.prepare, handle, text)
+        context.ensure_alive("before the explanation started")
+        task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
+        future = task.start()
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            context.cancel()
+            future.cancel()
+            raise
+        return self._result(handle, prepared, params, task, result, started)
 
     def explain(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
     ) -> ExplanationResult:
         started = time.perf_counter()
+        prepared = self.prepare(handle, text)
+        task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
+        result = context.wait(task.start(), "the explanation")
+        return self._result(handle, prepared, params, task, result, started)
+
+    def _result(
+        self,
+        handle: ModelHandle,
+        prepared: PreparedText,
+        params: ExplainParams,
+        task: PartitionTask,
+        result: PartitionResult,
+        started: float,
+    ) -> ExplanationResult:
         classifier = handle.classifier
-        f = ModelFunction(handle, context, params.output)
-        raw, prediction = f.prediction(text)
-        targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
-        args = (text, params.shap, params.output, targets)
-        if self._pool is None:
-            result: PartitionValues = partition_values(classifier.tokenizer, f.logits, *args)
-        else:
-            tokenizer = (f"{classifier.name}:{classifier.weights_sha256}", classifier.tokenizer)
-            result = self._pool.run(partition_values, args, tokenizer, f.logits, context)
-        # shap's additivity is with respect to the unmasked string it rebuilds from the tokens.
-        output_values = to_output_space(f.logits([result.unmasked]), params.output)[0, targets]
+        prediction = prediction_from_logits(
+            classifier.labels, result.unmasked_logits, prepared.truncated, prepared.size
+        )
         return ExplanationResult(
-            tokens=token_spans(classifier.tokenizer, text, result.segments),
-            labels=[classifier.labels[t] for t in targets],
+            tokens=token_spans(prepared),
+            labels=[classifier.labels[t] for t in result.targets],
             values=result.values,
             base_values=result.base_values,
-            output_values=output_values,
+            output_values=result.output_values,
             prediction=prediction,
             explainer=self.name,
             output=params.output,
-            model_rows=f.rows,
-            queue_seconds=f.queue_seconds,
+            model_rows=task.rows,
+            queue_seconds=task.queue_seconds,
             compute_seconds=time.perf_counter() - started,
+            truncated=prepared.truncated,
+            explained_chars=len(prepared.text),
         )
 
 
-def token_spans(tokenizer: Any, text: str, segments: list[str]) -> list[TokenSpan]:
-    """Each of shap's segments with the character span of its token in `text`."""
-    encoding = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-    offsets = encoding["offset_mapping"]
-    special = encoding["special_tokens_mask"]
-    if len(offsets) != len(segments):
-        raise RuntimeError("the tokenizer and shap's masker disagree on the tokens of a text")
+def _encoder(classifier: Classifier):  # type: ignore[no-untyped-def]
+    return lambda strings: classifier.encode(list(strings)).ids
+
+
+def token_spans(prepared: PreparedText) -> list[TokenSpan]:
+    """Each of shap's segments with the character span of its token in the text."""
     return [
-        TokenSpan(text=seg, start=int(start), end=int(end), special=bool(sp))
-        for seg, (start, end), sp in zip(segments, offsets, special, strict=True)
+        TokenSpan(text=seg, start=start, end=end, special=special)
+        for seg, (start, end), special in zip(prepared.segments, prepared.offsets, prepared.special, strict=True)
     ]

@@ -54,6 +54,8 @@ def explanation(e: ExplanationResult) -> pb.TextExplanation:
         cached=e.cached,
         explainer=EXPLAINER_KINDS[e.explainer],
         output=OUTPUT_SPACES[e.output],
+        truncated=e.truncated,
+        explained_chars=e.explained_chars or 0,
     )
     if e.convergence_delta is not None:
         msg.convergence_delta.extend(e.convergence_delta.tolist())

@@ -156,7 +156,7 @@ class WhybertServer:
 
     async def _load_models(self) -> None:
         """Load the models and warm the explainers up, side by side."""
-        explainers = create_explainers(self.settings.explain_processes)
+        explainers = create_explainers()
 
         def warm_up() -> None:
             for e in explainers.values():

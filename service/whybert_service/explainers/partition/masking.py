@@ -1,0 +1,226 @@
+"""How shap's Text masker hides tokens, reproduced as token-id rows for the worker.
+
+shap builds every masked row as a string (a hidden piece becomes ` [MASK]`, white space
+collapsed) that the model function tokenises again. For a WordPiece tokenizer with BERT's
+pre-tokenizer that string's ids are the original ids with the mask id at the hidden
+positions, except where a kept piece continues a word whose previous piece is hidden
+(`play` hidden, `##ing` kept: re-tokenised, `ing` is a word of its own). Only those rows
+are built as shap's strings and tokenised; the others are edited in place. Any other
+tokenizer, or a text whose unmasked or fully masked string does not give back the
+edited ids, is masked as strings throughout: the values are shap's either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .tree import text_clustering
+
+Encode = Callable[[Sequence[str]], list[list[int]]]
+_SPACES = re.compile(r"[\s]+")
+# Slow tokenizer classes whose `▁` shap turns back into spaces (shap/utils/transformers.py).
+_SENTENCEPIECE = ("MarianTokenizer", "T5Tokenizer", "XLNetTokenizer", "AlbertTokenizer")
+
+
+@dataclass(frozen=True)
+class MaskingSpec:
+    """What shap's `Text(tokenizer)` masker decides once per tokenizer."""
+
+    mask_token: str
+    mask_id: int
+    collapse: bool
+    keep_prefix: int
+    keep_suffix: int
+    sep_token: str | None
+    sentencepiece: bool
+    edit_ids: bool  # rows may be built by editing ids (see the module docstring)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any) -> MaskingSpec:
+        keep_prefix, keep_suffix = _prefix_suffix(tokenizer)
+        mask_token = getattr(tokenizer, "mask_token", None)
+        if mask_token is not None:
+            mask_id = getattr(tokenizer, "mask_token_id", None)
+            collapse = False
+        else:
+            mask_token, mask_id, collapse = "...", None, True
+        if mask_id is None:
+            mask_id = tokenizer(mask_token)["input_ids"][keep_prefix]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        wordpiece = (
+            backend is not None
+            and type(backend.model).__name__ == "WordPiece"
+            and type(backend.pre_tokenizer).__name__ == "BertPreTokenizer"
+        )
+        return cls(
+            mask_token=str(mask_token),
+            mask_id=int(mask_id),
+            collapse=collapse,
+            keep_prefix=keep_prefix,
+            keep_suffix=keep_suffix,
+            sep_token=getattr(tokenizer, "sep_token", None),
+            sentencepiece=_is_sentencepiece(tokenizer),
+            edit_ids=wordpiece and not collapse,
+        )
+
+
+def _prefix_suffix(tokenizer: Any) -> tuple[int, int]:
+    """shap's `parse_prefix_suffix_for_tokenizer`: special tokens kept around a text."""
+    null = tokenizer("")["input_ids"]
+    if len(null) == 1:
+        special = getattr(tokenizer, "special_tokens_map", {})
+        decoded = tokenizer.decode(null[0])
+        if "eos_token" in special and decoded == special["eos_token"]:
+            return 0, 1
+        if "bos_token" in special and decoded == special["bos_token"]:
+            return 1, 0
+        raise ValueError("the tokenizer adds one special token that is neither BOS nor EOS")
+    if len(null) % 2:
+        raise ValueError("the tokenizer adds an odd number of special tokens to an empty text")
+    return len(null) // 2, len(null) // 2
+
+
+def _is_sentencepiece(tokenizer: Any) -> bool:
+    import transformers
+
+    classes = [getattr(transformers, name, None) for name in _SENTENCEPIECE]
+    return any(isinstance(tokenizer, c) for c in classes if isinstance(c, type))
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    """One text as the masker sees it: the prefix the model reads, its pieces and tree."""
+
+    text: str  # the explained text: the prefix of the request's text that the model reads
+    truncated: bool  # the request's text went on past `text`
+    segments: list[str]  # shap's per-token substrings (a token and the white space after it)
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    ids: np.ndarray  # int64 token ids, special tokens included
+    keep: np.ndarray  # positions never masked: prefix, suffix, a separator's own segment
+    continues: np.ndarray  # the piece continues the word of the piece before it
+    invariant: np.ndarray  # shap's `Text.invariants`: prefix, suffix and separator-id pieces
+    clustering: np.ndarray
+    edit_ids: bool  # rows by editing ids (False: every row as shap's string)
+
+    @property
+    def size(self) -> int:
+        return len(self.segments)
+
+
+def prepare_text(tokenizer: Any, spec: MaskingSpec, text: str, max_tokens: int, encode: Encode) -> PreparedText:
+    """Tokenise a text, cut it to the prefix the model reads, and build its hierarchy."""
+    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    truncated = False
+    while len(enc["input_ids"]) > max_tokens:
+        # keep the pieces that fit before the suffix; cut the text where the last one ends
+        last = enc["offset_mapping"][max_tokens - spec.keep_suffix - 1]
+        cut = min(0 if last is None else int(last[1]), len(text) - 1)
+        text, truncated = text[:cut], True
+        enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    offsets = [(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"]]
+    segments = [text[offsets[i][0] : max(offsets[i][1], offsets[i + 1][0])] for i in range(len(offsets) - 1)]
+    segments.append(text[offsets[-1][0] : offsets[-1][1]])
+    m = len(ids)
+    keep = np.zeros(m, dtype=bool)
+    keep[: spec.keep_prefix] = True
+    if spec.keep_suffix:
+        keep[m - spec.keep_suffix :] = True
+    if spec.sep_token is not None:
+        keep |= np.array([s == spec.sep_token for s in segments], dtype=bool)
+    invariant = np.zeros(m, dtype=bool)
+    invariant[: spec.keep_prefix] = True
+    if spec.keep_suffix:
+        invariant[m - spec.keep_suffix :] = True
+    sep_id = getattr(tokenizer, "sep_token_id", None)
+    if sep_id is not None:
+        invariant |= np.asarray(ids) == sep_id
+    continues = np.zeros(m, dtype=bool)
+    word_ids = _word_ids(enc)
+    if word_ids is not None:
+        for i in range(1, m):
+            continues[i] = word_ids[i] is not None and word_ids[i] == word_ids[i - 1]
+    prepared = PreparedText(
+        text=text,
+        truncated=truncated,
+        segments=segments,
+        offsets=offsets,
+        special=[bool(s) for s in enc["special_tokens_mask"]],
+        ids=np.asarray(ids, dtype=np.int64),
+        keep=keep,
+        continues=continues,
+        invariant=invariant,
+        clustering=text_clustering(segments, spec.sep_token),
+        edit_ids=spec.edit_ids and word_ids is not None,
+    )
+    if prepared.edit_ids and not _edits_agree(prepared, spec, encode):
+        prepared = dataclasses.replace(prepared, edit_ids=False)
+    return prepared
+
+
+def _word_ids(enc: Any) -> list[int | None] | None:
+    try:
+        return list(enc.word_ids())
+    except (AttributeError, ValueError):  # a slow tokenizer: no word ids
+        return None
+
+
+def _edits_agree(p: PreparedText, spec: MaskingSpec, encode: Encode) -> bool:
+    """Whether the unmasked and the fully masked strings give back the edited ids (a
+    text whose white space or characters the tokenizer treats unlike shap does not)."""
+    ones = np.ones((1, p.size), dtype=bool)
+    masks = np.concatenate([~ones, ones])
+    strings = [mask_string(p, spec, row) for row in masks]
+    edited = edit_rows(p, spec, masks)
+    return all(list(e) == got for e, got in zip(edited, encode(strings), strict=True))
+
+
+def mask_string(p: PreparedText, spec: MaskingSpec, mask: np.ndarray) -> str:
+    """The string shap's Text masker builds for `mask` (True: the piece is kept)."""
+    parts: list[str] = []
+    previous_masked = False
+    kept = mask | p.keep
+    for i, seg in enumerate(p.segments):
+        if kept[i]:
+            parts.append(seg)
+            previous_masked = False
+        elif not spec.collapse or not previous_masked:
+            parts.append(" " + spec.mask_token)
+            previous_masked = True
+    out = "".join(parts)
+    if spec.sentencepiece:
+        out = out.replace("▁", " ")
+    return _SPACES.sub(" ", out).strip()
+
+
+def edit_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray) -> np.ndarray:
+    """Token-id rows for boolean masks (rows × pieces): hidden pieces become the mask id."""
+    return np.where(masks | p.keep, p.ids, spec.mask_id)
+
+
+def needs_string(p: PreparedText, masks: np.ndarray) -> np.ndarray:
+    """Rows whose edited ids may differ from shap's string: a kept piece right after a
+    hidden piece of the same word."""
+    kept = masks | p.keep
+    return np.any(kept[:, 1:] & ~kept[:, :-1] & p.continues[1:], axis=1)
+
+
+def build_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: Encode) -> list[np.ndarray]:
+    """The model's input ids for each mask, equal to tokenising shap's masked strings."""
+    if not p.edit_ids:
+        return [np.asarray(r, dtype=np.int64) for r in encode([mask_string(p, spec, m) for m in masks])]
+    edited = edit_rows(p, spec, masks)
+    rows = list(edited)
+    risky = np.flatnonzero(needs_string(p, masks))
+    if len(risky):
+        encoded = encode([mask_string(p, spec, masks[i]) for i in risky])
+        for i, ids in zip(risky, encoded, strict=True):
+            rows[i] = np.asarray(ids, dtype=np.int64)
+    return rows

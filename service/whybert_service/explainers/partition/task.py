@@ -1,0 +1,68 @@
+"""One explanation's rounds, fed through the model's worker without a thread of its own.
+
+Each round's rows go to the worker as one submission; when their logits arrive (on the
+worker thread, as the submission's future completes) the engine takes them and the next
+round is submitted at once. So an explanation waits only in the worker's queue, where the
+scheduler orders it fairly among every other request's work, and it stops at the first
+round after its caller left or its deadline passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+
+from ...batching.queue import RowsResult, settle
+from ...batching.worker import ModelWorker
+from ...context import RequestContext
+from ...errors import ModelFailure, ServiceError
+from .engine import PartitionEngine, PartitionResult
+
+log = logging.getLogger(__name__)
+
+
+class PartitionTask:
+    """Drives one `PartitionEngine` to its end; `future` receives its result or error."""
+
+    def __init__(self, worker: ModelWorker, engine: PartitionEngine, context: RequestContext) -> None:
+        self.worker = worker
+        self.engine = engine
+        self.context = context
+        self.future: Future[PartitionResult] = Future()
+        self.queue_seconds = 0.0
+        self.rows = 0
+
+    def start(self) -> Future[PartitionResult]:
+        self._submit()
+        return self.future
+
+    def _submit(self) -> None:
+        rows = self.engine.rows()
+        try:
+            submitted = self.worker.submit([r.tolist() for r in rows], self.context)
+        except ServiceError as exc:
+            settle(self.future, exception=exc)
+            return
+        self.rows += len(rows)
+        submitted.add_done_callback(self._on_logits)
+
+    def _on_logits(self, submitted: Future[RowsResult]) -> None:
+        """Runs where the rows' future completes (the worker thread): next round or the end."""
+        if self.future.done():
+            return
+        try:
+            self.context.ensure_alive("while the explanation ran")
+            result = submitted.result()
+            self.queue_seconds += result.queue_seconds
+            self.engine.feed(result.logits)
+        except ServiceError as exc:
+            settle(self.future, exception=exc)
+            return
+        except BaseException as exc:  # a bug must fail this request, never the worker
+            log.exception("the SHAP engine failed")
+            settle(self.future, exception=ModelFailure(f"the explanation failed: {type(exc).__name__}: {exc}"))
+            return
+        if self.engine.done:
+            settle(self.future, result=self.engine.result)
+        else:
+            self._submit()
