@@ -115,19 +115,60 @@ def test_sweep_drops_cancelled_and_expired_submissions_and_their_rows() -> None:
     assert batch.slices[0].submission is alive
 
 
-def test_a_submission_cut_across_batches_keeps_its_place_and_row_order() -> None:
+def test_a_submission_cut_across_batches_keeps_its_row_order_and_yields_its_turn() -> None:
     queue = RowQueue()
     big = submission([5] * 5, tag=1)
     queue.push(big)
     queue.push(submission([5], tag=2))
     first = queue.take_batch(max_tokens=15, now=time.monotonic())
-    assert (first.slices[0].start, first.slices[0].stop) == (0, 3)
+    assert [(s.submission is big, s.start, s.stop) for s in first.slices] == [(True, 0, 3)]
     assert big.next_row == 3 and queue.queued_rows == 3
+    # big has been served three rows, the other request none: the other goes first
     second = queue.take_batch(max_tokens=15, now=time.monotonic())
     assert [(s.submission is big, s.start, s.stop) for s in second.slices] == [
-        (True, 3, 5),
         (False, 0, 1),
+        (True, 3, 5),
     ]
+
+
+def test_a_small_request_does_not_wait_behind_a_huge_one() -> None:
+    queue = RowQueue(quantum=16)
+    huge = submission([4] * 2000, tag=1)
+    queue.push(huge)
+    queue.take_batch(max_tokens=4 * 64, now=time.monotonic())  # the huge one is being served
+    small = submission([4] * 50, tag=2)
+    queue.push(small)
+    shares = []
+    while small.pending:
+        rows = [r[0] for r in queue.take_batch(max_tokens=4 * 64, now=time.monotonic()).rows]
+        shares.append(rows.count(2))
+    # half of every batch while it waits (a fair share), not the 1,969 rows ahead of it
+    assert shares == [32, 18]
+
+
+def test_requests_of_one_class_take_turns_by_rows_served() -> None:
+    queue = RowQueue(quantum=4)
+    a, b = submission([1] * 12, tag=1), submission([1] * 12, tag=2)
+    queue.push(a)
+    queue.push(b)
+    order = [r[0] for r in queue.take_batch(max_tokens=24, now=time.monotonic()).rows]
+    assert order == [1] * 4 + [2] * 4 + [1] * 4 + [2] * 4 + [1] * 4 + [2] * 4
+
+
+def test_a_requests_many_submissions_share_one_turn() -> None:
+    """64 texts of one request in flight count as one request, not 64."""
+    queue = RowQueue(quantum=6)
+    context = RequestContext(priority=Priority.EXPLAIN)
+    many = [
+        Submission(rows=[[1]] * 6, context=context, future=Future(), enqueued_at=time.monotonic(), seq=next(_seq))
+        for _ in range(64)
+    ]
+    for sub in many:
+        queue.push(sub)
+    single = submission([1] * 6, tag=2)
+    queue.push(single)
+    first = queue.take_batch(max_tokens=12, now=time.monotonic())
+    assert [r[0] for r in first.rows] == [1] * 6 + [2] * 6
 
 
 def test_the_future_completes_once_every_row_is_delivered_in_row_order() -> None:

@@ -1,8 +1,9 @@
 """The queue of rows waiting for a model, and how a batch is cut from it.
 
-One clear token-budget loop, as text-embeddings-inference has it: rows are taken in
-priority order (class, then earliest deadline, then arrival) while the padded cost of
-the batch (longest row × rows) stays within the budget. A row longer than the budget
+One clear token-budget loop, as text-embeddings-inference has it: rows are taken in the
+scheduler's order (class, then a fair share between requests, then earliest deadline,
+then arrival) while the padded cost of the batch (longest row × rows) stays within the
+budget. A row longer than the budget
 still runs, alone. Rows whose caller left or whose deadline passed are dropped before
 they are taken. Not thread-safe: its owner (the model worker) guards it with a lock.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import math
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..context import RequestContext
+from ..context import Priority, RequestContext
 
 
 class DropReason(Enum):
@@ -57,11 +59,10 @@ class Submission:
     done_rows: int = 0
     taken_at: float | None = None
     logits: np.ndarray | None = None
+    longest: int = 0
 
-    @property
-    def key(self) -> tuple[int, float, int]:
-        deadline = self.context.deadline
-        return (int(self.context.priority), math.inf if deadline is None else deadline, self.seq)
+    def __post_init__(self) -> None:
+        self.longest = max((len(r) for r in self.rows), default=0)
 
     @property
     def pending(self) -> int:
@@ -103,77 +104,153 @@ class Batch:
             self.longest = max(self.longest, len(row))
 
 
-class RowQueue:
-    """Pending submissions in priority order, consumed row by row."""
+@dataclass(eq=False)
+class _Flow:
+    """One request's queued submissions, and the rows it has been served (its virtual time)."""
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[tuple[int, float, int], Submission]] = []
+    context: RequestContext
+    subs: list[tuple[tuple[float, int], Submission]] = field(default_factory=list)
+    start: float = 0.0  # virtual start tag: rows served so far, never behind the class's clock
+    stamp: int = 0  # bumped on every change of its place in the ready heap
+    seq: int = 0
+
+    @property
+    def head(self) -> Submission:
+        return self.subs[0][1]
+
+    def key(self) -> tuple[int, float, float, int]:
+        deadline = self.context.deadline
+        return (int(self.context.priority), self.start, math.inf if deadline is None else deadline, self.seq)
+
+
+class RowQueue:
+    """Pending submissions, consumed row by row in the scheduler's order.
+
+    Predict rows go before explanation rows. Within a class, requests take turns by the
+    rows they have been served (start-time fair queuing: a request that joins starts at the
+    class's current virtual time, so it neither waits behind a request with 200,000 rows
+    nor jumps ahead of everyone for long); among requests level in that, the earliest
+    deadline goes first, then arrival. A request's own submissions go in deadline, then
+    arrival order. One pick takes at most `quantum` rows of one request, so a batch mixes
+    the requests that are waiting.
+    """
+
+    def __init__(self, quantum: int = 16) -> None:
+        self.quantum = quantum
+        self._flows: dict[int, _Flow] = {}
+        self._ready: list[tuple[tuple[int, float, float, int], int, _Flow]] = []
+        self._clock = [0.0 for _ in Priority]
+        self._seq = itertools.count()
         self.queued_rows = 0
+        self._submissions = 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return self._submissions
 
     def push(self, sub: Submission) -> None:
-        heapq.heappush(self._heap, (sub.key, sub))
+        key = id(sub.context)
+        flow = self._flows.get(key)
+        if flow is None:
+            flow = _Flow(sub.context, seq=next(self._seq))
+            flow.start = self._clock[int(sub.context.priority)]
+            self._flows[key] = flow
+        deadline = sub.context.deadline
+        heapq.heappush(flow.subs, ((math.inf if deadline is None else deadline, sub.seq), sub))
         self.queued_rows += sub.pending
+        self._submissions += 1
+        if len(flow.subs) == 1:
+            self._schedule(flow)
+
+    def _schedule(self, flow: _Flow) -> None:
+        flow.stamp += 1
+        heapq.heappush(self._ready, (flow.key(), flow.stamp, flow))
+
+    def _next_flow(self) -> _Flow | None:
+        """The flow to serve next (left in the ready heap), skipping stale entries."""
+        while self._ready:
+            _, stamp, flow = self._ready[0]
+            if stamp == flow.stamp and flow.subs and self._flows.get(id(flow.context)) is flow:
+                return flow
+            heapq.heappop(self._ready)
+        return None
 
     def head_priority(self) -> int | None:
         """Priority class of the submission that would be taken next (None when empty)."""
-        return self._heap[0][0][0] if self._heap else None
+        flow = self._next_flow()
+        return None if flow is None else int(flow.context.priority)
+
+    def submissions(self) -> list[Submission]:
+        return [s for flow in self._flows.values() for _, s in flow.subs]
 
     def oldest_enqueued_at(self) -> float | None:
-        return min((s.enqueued_at for _, s in self._heap), default=None)
+        return min((s.enqueued_at for s in self.submissions()), default=None)
 
     def pending_cost(self) -> int:
         """Padded cost of taking every queued row at once (an upper bound of the next batch)."""
-        longest = max((len(r) for _, s in self._heap for r in s.rows[s.next_row :]), default=0)
+        longest = max((s.longest for s in self.submissions()), default=0)
         return longest * self.queued_rows
 
     def sweep(self, now: float) -> list[tuple[Submission, DropReason]]:
         """Remove submissions whose caller left or whose deadline passed."""
-        dropped = []
-        kept = []
-        for item in self._heap:
-            reason = item[1].drop_reason(now)
-            if reason is None:
-                kept.append(item)
-            else:
-                dropped.append((item[1], reason))
-                self.queued_rows -= item[1].pending
-        if dropped:
-            heapq.heapify(kept)
-            self._heap = kept
+        dropped: list[tuple[Submission, DropReason]] = []
+        for key, flow in list(self._flows.items()):
+            kept = []
+            for item in flow.subs:
+                reason = item[1].drop_reason(now)
+                if reason is None:
+                    kept.append(item)
+                else:
+                    dropped.append((item[1], reason))
+                    self.queued_rows -= item[1].pending
+                    self._submissions -= 1
+            if len(kept) != len(flow.subs):
+                heapq.heapify(kept)
+                flow.subs = kept
+                if not kept:
+                    del self._flows[key]
+                else:
+                    self._schedule(flow)
         return dropped
 
     def drain(self) -> list[Submission]:
         """Remove and return everything (the worker is going away)."""
-        subs = [s for _, s in self._heap]
-        self._heap = []
+        subs = self.submissions()
+        self._flows.clear()
+        self._ready = []
         self.queued_rows = 0
+        self._submissions = 0
         return subs
 
     def take_batch(self, max_tokens: int, now: float) -> Batch:
-        """Cut the next batch: rows in priority order while longest × rows ≤ max_tokens."""
+        """Cut the next batch in the scheduler's order while longest × rows ≤ max_tokens."""
         batch = Batch()
-        while self._heap:
-            sub = self._heap[0][1]
+        while (flow := self._next_flow()) is not None:
+            sub = flow.head
             start = stop = sub.next_row
             longest, count = batch.longest, len(batch.rows)
-            while stop < len(sub.rows):
+            limit = min(len(sub.rows), start + self.quantum)
+            while stop < limit:
                 widest = max(longest, len(sub.rows[stop]))
                 if count and widest * (count + 1) > max_tokens:
                     break
                 longest, count, stop = widest, count + 1, stop + 1
             if stop == start:
                 break
-            heapq.heappop(self._heap)
+            heapq.heappop(self._ready)
             batch.add(sub, start, stop)
             sub.next_row = stop
             sub.taken_at = now
             self.queued_rows -= stop - start
-            if sub.pending:
-                heapq.heappush(self._heap, (sub.key, sub))
-                break
+            priority = int(flow.context.priority)
+            self._clock[priority] = max(self._clock[priority], flow.start)
+            flow.start += stop - start
+            if not sub.pending:
+                heapq.heappop(flow.subs)
+                self._submissions -= 1
+            if flow.subs:
+                self._schedule(flow)
+            else:
+                del self._flows[id(flow.context)]
         return batch
 
 

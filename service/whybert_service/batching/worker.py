@@ -98,6 +98,8 @@ class ModelWorker:
         # id(request context) → its submissions in the queue: the queue depth in requests.
         self._queued_requests: dict[int, int] = {}
         self._jobs: list[_Job] = []
+        self._job_turns: dict[int, int] = {}  # id(request context) → its jobs run while queued
+        self._job_ran_last = False
         # Rows of work queued outside the row queue (integrated gradients waiting for a
         # drain): they hold places under the same `max_queued_rows` bound.
         self._reserved_rows = 0
@@ -296,14 +298,19 @@ class ModelWorker:
             while not self._stopping:
                 now = time.monotonic()
                 self._drop_dead(now)
-                # Jobs are explanation work: Predict rows waiting in the queue go first.
-                if self._jobs and self._queue.head_priority() != Priority.PREDICT:
-                    return self._jobs.pop(0), None
+                # Jobs are explanation work (one gradient step batch each): Predict rows
+                # waiting in the queue go first, and jobs take turns with batches of
+                # explanation rows, so neither kind of explanation starves the other.
+                head = self._queue.head_priority()
+                if self._jobs and head != Priority.PREDICT and (head is None or not self._job_ran_last):
+                    self._job_ran_last = True
+                    return self._pick_job(), None
                 if len(self._queue):
                     oldest = self._queue.oldest_enqueued_at() or now
                     wait = oldest + cfg.max_batch_delay_s - now
                     if wait <= 0 or self._queue.pending_cost() >= cfg.max_batch_tokens:
                         batch = self._queue.take_batch(cfg.max_batch_tokens, now)
+                        self._job_ran_last = False
                         for piece in batch.slices:
                             if not piece.submission.pending:
                                 self._count_request(piece.submission, -1)
@@ -313,6 +320,16 @@ class ModelWorker:
                 else:
                     self._cond.wait(0.5)
         return None, None
+
+    def _pick_job(self) -> _Job:
+        """The job of the request that has had the fewest jobs run (then the oldest)."""
+        best = min(range(len(self._jobs)), key=lambda i: (self._job_turns.get(id(self._jobs[i].context), 0), i))
+        job = self._jobs.pop(best)
+        key = id(job.context)
+        self._job_turns[key] = self._job_turns.get(key, 0) + 1
+        if not any(id(j.context) == key for j in self._jobs):
+            self._job_turns.pop(key, None)  # a request with nothing queued starts afresh
+        return job
 
     def _drop_dead(self, now: float) -> None:
         swept = self._queue.sweep(now)
