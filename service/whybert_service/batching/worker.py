@@ -437,8 +437,12 @@ class ModelWorker:
             self._run_pairs(pairs[half:])
             return
         now = time.monotonic()
-        for (sub, i), row in zip(pairs, logits, strict=True):
-            deliver(sub, i, row[None, :], now)
+        start = 0
+        for end in range(1, len(pairs) + 1):  # each run of one submission's rows at once
+            sub, first = pairs[start]
+            if end == len(pairs) or pairs[end][0] is not sub or pairs[end][1] != first + end - start:
+                deliver(sub, first, logits[start:end], now)
+                start = end
 
     def _forward_grouped(self, rows: list[list[int]]) -> np.ndarray:
         """One forward per group of similar lengths; logits back in the rows' order."""
