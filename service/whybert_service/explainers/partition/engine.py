@@ -30,6 +30,15 @@ from .masking import Encode, MaskingSpec, PreparedText, build_rows
 
 # (priority, tie-break, sequence, mask of kept pieces, f00 row, f11 row, tree node, weight)
 _Node = tuple[float, float, int, np.ndarray, int, int, int, float]
+# The children an expansion queues, per fixed_context, in shap's order. Columns of a round's
+# (f00, f11, f10, f01) table: each child's (f00, f11) pair; which child (0 left, 1 right).
+_CHILDREN: dict[int | None, tuple[list[list[int]], list[int]]] = {
+    None: ([[0, 2], [0, 3], [3, 1], [2, 1]], [0, 1, 0, 1]),
+    0: ([[0, 2], [0, 3]], [0, 1]),
+    1: ([[3, 1], [2, 1]], [0, 1]),
+}
+# The mask each child keeps: -1 the parent's m00, 0 its m10 (left added), 1 its m01.
+_KEPT: dict[int | None, tuple[int, ...]] = {None: (-1, -1, 1, 0), 0: (-1, -1), 1: (1, 0)}
 Targets = Callable[[np.ndarray], Sequence[int]]
 
 
@@ -75,6 +84,9 @@ class PartitionEngine:
         self._right = text.clustering[:, 1].astype(np.int64)
         self._sizes = np.concatenate([np.ones(m), text.clustering[:, 3]])
         self._memo: dict[bytes, int] = {}
+        # an invariant piece inside the text (a literal separator id): rows that differ
+        # only there differ as strings, and shap still reuses the previous row's output
+        self._mid_invariant = int(text.invariant.sum()) > spec.keep_prefix + spec.keep_suffix
         self._f = np.empty((0, 0))  # per distinct row (slot): the outputs for the targets
         self._raw: list[np.ndarray] = []  # raw logits of the first two rows
         self._heap: list[_Node] = []
@@ -137,9 +149,9 @@ class PartitionEngine:
         As shap's `MaskedModel` does within one call, a mask that differs from the one
         before it only at invariant pieces reuses that one's output (which matters when a
         text holds a literal separator: its string differs, shap still reuses)."""
-        variant = ~self.text.invariant
         reuse = np.zeros(len(masks), dtype=bool)
-        reuse[1:] = ~np.any((masks[1:] ^ masks[:-1]) & variant, axis=1)
+        if self._mid_invariant:  # elsewhere a difference at an invariant piece is no difference
+            reuse[1:] = ~np.any((masks[1:] ^ masks[:-1]) & ~self.text.invariant, axis=1)
         fresh = np.flatnonzero(~reuse)
         rows = build_rows(self.text, self.spec, masks[fresh], self._encode)
         slots = np.empty(len(masks), dtype=np.int64)
@@ -208,43 +220,34 @@ class PartitionEngine:
         assert self._round is not None and self._dvalues is not None
         expansions, masks, slots = self._round
         self._round = None
-        m, k, fc, f = self._m, len(expansions), self.fixed_context, self._f
-        i00 = np.array([n[4] for n in expansions])
-        i11 = np.array([n[5] for n in expansions])
-        i10, i01 = slots[0::2], slots[1::2]
+        m, fc = self._m, self.fixed_context
+        # per expansion: its f00, f11, f10, f01 rows, gathered in one fancy index
+        columns = np.empty((len(expansions), 4), dtype=np.int64)
+        columns[:, :2] = [(n[4], n[5]) for n in expansions]
+        columns[:, 2], columns[:, 3] = slots[0::2], slots[1::2]
         weight = np.array([n[7] for n in expansions])
         inds = np.array([n[6] for n in expansions])
         if fc is not None:
-            interaction = (f[i11] - f[i10] - f[i01] + f[i00]) * weight[:, None]
+            g = self._f[columns]
+            interaction = (g[:, 1] - g[:, 2] - g[:, 3] + g[:, 0]) * weight[:, None]
             np.add.at(self._dvalues, inds, interaction if fc == 0 else -interaction)
-        new_weight = weight / 2 if fc is None else weight
-        left, right = self._left[inds - m], self._right[inds - m]
-        # the children shap queues, in its order, as columns: f00 row, f11 row, node, mask
-        m10, m01 = masks[0::2], masks[1::2]
-        m00 = [n[3] for n in expansions]
-        if fc is None:
-            lo = np.stack([i00, i00, i01, i10], axis=1)
-            hi = np.stack([i10, i01, i11, i11], axis=1)
-            node = np.stack([left, right, left, right], axis=1)
-            kept = [x for j in range(k) for x in (m00[j], m00[j], m01[j], m10[j])]
-        elif fc == 0:
-            lo, hi = np.stack([i00, i00], axis=1), np.stack([i10, i01], axis=1)
-            node = np.stack([left, right], axis=1)
-            kept = [x for j in range(k) for x in (m00[j], m00[j])]
-        else:
-            lo, hi = np.stack([i01, i10], axis=1), np.stack([i11, i11], axis=1)
-            node = np.stack([left, right], axis=1)
-            kept = [x for j in range(k) for x in (m01[j], m10[j])]
-        per = lo.shape[1]
-        lo, hi, node = lo.ravel(), hi.ravel(), node.ravel()
-        w = np.repeat(new_weight, per)
-        priority = -np.max(np.abs(f[hi] - f[lo]), axis=1) * w
-        ties = self._random.randn(len(lo))
-        push, seq = heapq.heappush, self._seq
-        for prio, tie, mask, a, b, n, wt in zip(
-            priority.tolist(), ties.tolist(), kept, lo.tolist(), hi.tolist(), node.tolist(), w.tolist(), strict=True
-        ):
-            push(self._heap, (prio, tie, next(seq), mask, a, b, n, wt))
+        # the children shap queues, in its order, as (lo, hi) columns: the child's f00, f11
+        lo_hi, sides = _CHILDREN[fc]
+        pairs = columns[:, lo_hi]  # k × children × 2
+        node = np.stack([self._left[inds - m], self._right[inds - m]], axis=1)[:, sides].ravel()
+        g = self._f[pairs]
+        w = np.repeat(weight / 2 if fc is None else weight, len(sides))
+        priority = -np.max(np.abs(g[:, :, 1] - g[:, :, 0]), axis=2).ravel() * w
+        ties = self._random.randn(len(w))
+        # the mask each child keeps: m00 for context 0, m01 / m10 for context 1
+        kept = []
+        for j, n in enumerate(expansions):
+            for source in _KEPT[fc]:
+                kept.append(n[3] if source < 0 else masks[2 * j + source])
+        lo, hi = pairs[:, :, 0].ravel().tolist(), pairs[:, :, 1].ravel().tolist()
+        push, seq, heap = heapq.heappush, self._seq, self._heap
+        for item in zip(priority.tolist(), ties.tolist(), kept, lo, hi, node.tolist(), w.tolist(), strict=True):
+            push(heap, (item[0], item[1], next(seq), *item[2:]))
 
     def _credit(self, nodes: list[_Node]) -> None:
         """Leaves (and, at the end of the budget, every queued node) keep f11 − f00."""

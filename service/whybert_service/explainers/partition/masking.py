@@ -218,6 +218,8 @@ def build_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: En
         return [np.asarray(r, dtype=np.int64) for r in encode([mask_string(p, spec, m) for m in masks])]
     edited = edit_rows(p, spec, masks)
     rows = list(edited)
+    if not p.continues.any():
+        return rows
     risky = np.flatnonzero(needs_string(p, masks))
     if len(risky):
         encoded = encode([mask_string(p, spec, masks[i]) for i in risky])
