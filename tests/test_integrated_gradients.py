@@ -1,9 +1,11 @@
-"""Integrated gradients equal Captum's own, computed on the model's worker in shared batches."""
+"""Integrated gradients equal Captum's own, computed on the model's worker one step batch
+per job: bounded jobs, Predict rows between them, and a request that left stops."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,13 @@ from whybert_service.batching.worker import ModelWorker, WorkerConfig
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 from whybert_service.explainers.integrated_gradients import (
-    GradientBatcher,
+    GRADIENT_ROW_COST,
     GradientRequest,
+    GradientResult,
     IntegratedGradientsExplainer,
+    output_function,
+    plan_step_batches,
+    run_step_batches,
 )
 from whybert_service.models.classifier import Classifier
 from whybert_service.models.registry import ModelHandle
@@ -51,6 +57,7 @@ class Reference:
     def explain(
         self, text: str, targets: list[int], output: str, n_steps: int
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Values (tokens × targets) and convergence deltas, all steps in one batch."""
         enc = self.tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
         ids = enc["input_ids"]
         baseline = torch.where(enc["special_tokens_mask"].bool(), ids, self.tokenizer.pad_token_id)
@@ -130,6 +137,60 @@ def explain(
     )
 
 
+class Jobs:
+    """Wraps a worker's `call` to count the jobs submitted and run, to see the queued rows
+    after each, and to run a hook on the worker thread as the n-th job starts (1-based)."""
+
+    def __init__(self, worker: ModelWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.submitted = 0
+        self.ran = 0
+        self.queued_after: list[int] = []  # the worker's queued rows once each job ran
+        self.on_start: dict[int, Callable[[], None]] = {}
+        original = worker.call
+
+        def call(fn: Callable[[Classifier], Any], context: RequestContext) -> Any:
+            self.submitted += 1
+
+            def run(classifier: Classifier) -> Any:
+                self.ran += 1
+                hook = self.on_start.get(self.ran)
+                if hook is not None:
+                    hook()
+                try:
+                    return fn(classifier)
+                finally:
+                    self.queued_after.append(worker.queued_rows())
+
+            return original(run, context)
+
+        monkeypatch.setattr(worker, "call", call)
+
+
+def gradient_request(
+    classifier: Classifier, text: str, targets: list[int], n_steps: int
+) -> GradientRequest:
+    ids = classifier.encode([text]).ids[0]
+    baseline = [ids[0]] + [classifier.pad_id] * (len(ids) - 2) + [ids[-1]]
+    return GradientRequest(ids, baseline, targets, n_steps, OutputName.PROBABILITY)
+
+
+def run_in_thread(
+    worker: ModelWorker, request: GradientRequest, context: RequestContext
+) -> tuple[threading.Thread, list[GradientResult], list[BaseException]]:
+    results: list[GradientResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(run_step_batches(worker, request, context))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, results, errors
+
+
 @pytest.mark.parametrize("output", [OutputName.PROBABILITY, OutputName.LOGIT])
 @pytest.mark.parametrize("text", TEXTS)
 def test_values_equal_captum(
@@ -142,7 +203,65 @@ def test_values_equal_captum(
     # The delta is the additivity gap: base (the baseline's output) + sum − output.
     gap = ours.base_values + ours.values.sum(axis=0) - ours.output_values
     np.testing.assert_allclose(gap, ours.convergence_delta, atol=1e-12)
-    assert ours.model_rows == 2 + 3 * (24 + 2)
+    # Text and baseline once, then one forward+backward row per step and target.
+    assert ours.model_rows == 2 + 3 * 24
+
+
+@pytest.mark.parametrize("budget", [8192, 200, 48])
+def test_step_batches_add_up_to_captums_internal_batching(
+    tiny_classifier: Classifier, budget: int
+) -> None:
+    """Cut into jobs, the values are still Captum's: the same steps per batch, the same
+    arithmetic, the shares added in step order."""
+    worker = start_worker(tiny_classifier, max_batch_tokens=budget)
+    text, targets, n_steps = TEXTS[0], [0, 2], 20
+    request = gradient_request(tiny_classifier, text, targets, n_steps)
+    try:
+        ours = run_step_batches(worker, request, RequestContext(Priority.EXPLAIN))
+    finally:
+        worker.stop()
+    width = len(request.ids)
+    lig = LayerIntegratedGradients(
+        output_function(tiny_classifier.model, OutputName.PROBABILITY),
+        tiny_classifier.input_embeddings(),
+    )
+    ids = torch.tensor([request.ids])
+    for column, target in enumerate(targets):
+        expected = lig.attribute(
+            ids,
+            baselines=torch.tensor([request.baseline]),
+            target=target,
+            additional_forward_args=(torch.ones_like(ids),),
+            n_steps=n_steps,
+            internal_batch_size=max(1, budget // (GRADIENT_ROW_COST * width)),
+        )
+        np.testing.assert_allclose(
+            ours.attributions[:, column], expected.sum(-1)[0].double().numpy(), rtol=0, atol=1e-8
+        )
+    assert ours.rows == len(targets) * n_steps
+    assert ours.step_batches == len(plan_step_batches(len(targets), n_steps, width, budget))
+
+
+def test_plan_cuts_each_integral_where_captum_does_and_fills_batches() -> None:
+    # 10 tokens, budget 240 (each gradient row costs 3): 8 rows a batch. 20 steps → slices
+    # of 8, 8, 4 per target.
+    batches = plan_step_batches(2, 20, 10, 80 * GRADIENT_ROW_COST)
+    assert [[(p.column, p.start, p.stop) for p in b] for b in batches] == [
+        [(0, 0, 8)],
+        [(0, 8, 16)],
+        [(0, 16, 20)],
+        [(1, 0, 8)],
+        [(1, 8, 16)],
+        [(1, 16, 20)],
+    ]
+    # Short integrals share a batch while they fit: two of 5 steps in 10 rows.
+    batches = plan_step_batches(3, 5, 10, 100 * GRADIENT_ROW_COST)
+    assert [[(p.column, p.start, p.stop) for p in b] for b in batches] == [
+        [(0, 0, 5), (1, 0, 5)],
+        [(2, 0, 5)],
+    ]
+    # A row wider than the budget still runs, alone.
+    assert all(len(b) == 1 and b[0].rows == 1 for b in plan_step_batches(1, 4, 300, 100))
 
 
 def test_tokens_are_word_pieces_with_their_spans(worker: ModelWorker, reference: Reference) -> None:
@@ -160,52 +279,24 @@ def test_tokens_are_word_pieces_with_their_spans(worker: ModelWorker, reference:
     assert not ours.values[0].any() and not ours.values[-1].any()
 
 
-@pytest.mark.parametrize("budget", [8192, 48])
-def test_waiting_texts_share_forward_backward_batches(
-    reference: Reference, tiny_classifier: Classifier, budget: int
+def test_a_long_text_is_explained_on_the_prefix_the_model_reads(
+    worker: ModelWorker, tiny_classifier: Classifier
 ) -> None:
+    text = " ".join(["the soup was cold but the staff were friendly"] * 40)  # ~360 pieces
+    ours = explain(worker, text, OutputName.LOGIT, n_steps=4, mode=TargetModeName.PREDICTED)
+    window = tiny_classifier.max_length
+    assert ours.prediction.truncated and ours.prediction.token_count == window
+    assert len(ours.tokens) == window and ours.values.shape == (window, 1)
+    assert ours.tokens[-1].text == "[SEP]" and ours.tokens[-2].end < len(text) // 2
+    assert ours.model_rows == 2 + 4
+
+
+def test_every_job_is_one_step_batch_under_the_token_budget(
+    tiny_classifier: Classifier, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = 64 * GRADIENT_ROW_COST
     worker = start_worker(tiny_classifier, max_batch_tokens=budget)
-    batcher = GradientBatcher(worker)
-    requests = []
-    for text in TEXTS:
-        enc = reference.tokenizer(text, return_special_tokens_mask=True)
-        ids = enc["input_ids"]
-        baseline = [
-            i if s else tiny_classifier.pad_id
-            for i, s in zip(ids, enc["special_tokens_mask"], strict=True)
-        ]
-        requests.append(GradientRequest(ids, baseline, [0, 2], 10, OutputName.LOGIT))
-    results: list[Any] = [None] * len(requests)
-
-    def run(i: int) -> None:
-        results[i] = batcher.run(requests[i], RequestContext(Priority.EXPLAIN))
-
-    calls = EmbeddingCalls(tiny_classifier)
-    release = hold_worker_thread(worker)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    try:
-        for t in threads:
-            t.start()
-        assert wait_for(lambda: batcher.waiting == len(requests), timeout=5, step=0.005)
-        release.set()
-        for t in threads:
-            t.join(30)
-    finally:
-        release.set()
-        calls.remove()
-        worker.stop()
-    if budget == 8192:  # every step of every (text, target) pair in one forward+backward
-        assert max(calls.rows) == len(requests) * 2 * 10
-    else:  # several drains, every batch within the budget
-        assert max(calls.tokens) <= budget and len(calls.rows) > 3
-    for text, result in zip(TEXTS, results, strict=True):
-        values, _ = reference.explain(text, [0, 2], "logit", n_steps=10)
-        np.testing.assert_allclose(result.attributions, values, atol=1e-5, rtol=1e-4)
-        assert result.rows == 2 * (10 + 2)
-
-
-def test_steps_are_cut_to_the_token_budget(tiny_classifier: Classifier, reference: Reference) -> None:
-    worker = start_worker(tiny_classifier, max_batch_tokens=64)
+    jobs = Jobs(worker, monkeypatch)
     calls = EmbeddingCalls(tiny_classifier)
     try:
         ours = explain(
@@ -215,48 +306,117 @@ def test_steps_are_cut_to_the_token_budget(tiny_classifier: Classifier, referenc
         calls.remove()
         worker.stop()
     width = ours.prediction.token_count
-    assert len(calls.rows) > 3 and max(calls.rows) * width <= 64
+    per_batch = budget // (GRADIENT_ROW_COST * width)
+    # One job per step batch, each one forward+backward costing at most the budget.
+    assert jobs.ran == jobs.submitted == -(-20 // per_batch)
+    assert max(calls.rows) == per_batch and max(calls.tokens) * GRADIENT_ROW_COST <= budget
     label = reference.labels.index(ours.labels[0])
     values, _ = reference.explain(TEXTS[0], [label], "probability", n_steps=20)
     np.testing.assert_allclose(ours.values, values, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("how", ["cancel", "deadline"])
-def test_a_request_that_left_never_runs(
-    worker: ModelWorker, tiny_classifier: Classifier, how: str
+def test_concurrent_texts_each_get_their_own_values(
+    reference: Reference, tiny_classifier: Classifier
 ) -> None:
-    batcher = GradientBatcher(worker)
-    ids = tiny_classifier.encode(["the food was great"]).ids[0]
-    request = GradientRequest(
-        ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 16, OutputName.PROBABILITY
-    )
-    context = RequestContext.with_timeout(Priority.EXPLAIN, 0.2 if how == "deadline" else None)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            batcher.run(request, context)
-        except BaseException as exc:
-            errors.append(exc)
-
-    calls = EmbeddingCalls(tiny_classifier)
-    release = hold_worker_thread(worker)
-    thread = threading.Thread(target=run)
+    worker = start_worker(tiny_classifier, max_batch_tokens=48)
+    requests = [gradient_request(tiny_classifier, text, [0, 2], 10) for text in TEXTS]
+    release = hold_worker_thread(worker)  # every request's first job queues behind this
     try:
-        thread.start()
-        assert wait_for(lambda: batcher.waiting == 1, timeout=5, step=0.005)
+        running = [run_in_thread(worker, r, RequestContext(Priority.EXPLAIN)) for r in requests]
+        release.set()
+        for thread, _, _ in running:
+            thread.join(60)
+    finally:
+        release.set()
+        worker.stop()
+    for text, (_, results, errors) in zip(TEXTS, running, strict=True):
+        assert not errors and len(results) == 1
+        values, _ = reference.explain(text, [0, 2], "probability", n_steps=10)
+        np.testing.assert_allclose(results[0].attributions, values, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_request_that_left_submits_no_more_step_batches(
+    tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # 20 steps × 3 targets at 4 rows a batch: 15 step batches, of which 3 run.
+    request = gradient_request(tiny_classifier, "the food was great, really", [0, 1, 2], 20)
+    worker = start_worker(tiny_classifier, max_batch_tokens=4 * GRADIENT_ROW_COST * len(request.ids))
+    jobs = Jobs(worker, monkeypatch)
+    context = RequestContext(Priority.EXPLAIN)
+
+    def leave() -> None:  # while the third step batch runs, on the worker thread
+        if how == "cancel":
+            context.cancel()
+        else:
+            context.deadline = time.monotonic()  # the deadline passes now
+
+    jobs.on_start[3] = leave
+    try:
+        with pytest.raises(Cancelled if how == "cancel" else DeadlineExceeded):
+            run_step_batches(worker, request, context)
+        # The job that was running finishes; nothing after it was submitted or run.
+        worker.call(lambda _c: None, RequestContext()).result(10)
+    finally:
+        worker.stop()
+    assert jobs.submitted == 3 + 1 and jobs.ran == 3 + 1  # + the barrier job above
+    assert worker.queued_rows() == 0  # every place under the queue bound is back
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_request_that_left_while_queued_never_runs(
+    worker: ModelWorker, tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    release = hold_worker_thread(worker)
+    jobs = Jobs(worker, monkeypatch)
+    request = gradient_request(tiny_classifier, "the food was great", [0], 16)
+    context = RequestContext.with_timeout(Priority.EXPLAIN, 0.2 if how == "deadline" else None)
+    calls = EmbeddingCalls(tiny_classifier)
+    try:
+        thread, results, errors = run_in_thread(worker, request, context)
+        assert wait_for(lambda: jobs.submitted == 1, timeout=5, step=0.005)
         if how == "cancel":
             context.cancel()
         thread.join(5)
         assert not thread.is_alive()  # the caller got its answer while the worker was busy
+        assert worker.queued_rows() == 0  # and its places back at once
     finally:
         release.set()
-    # The drain ran and found nothing alive: no forward pass at all.
     worker.call(lambda _c: None, RequestContext()).result(5)
     calls.remove()
-    assert calls.rows == []
-    assert len(errors) == 1
+    assert calls.rows == [] and jobs.ran == 1  # only the barrier: no gradient ran
+    assert not results and len(errors) == 1
     assert isinstance(errors[0], Cancelled if how == "cancel" else DeadlineExceeded)
+
+
+def test_predict_rows_run_between_step_batches(
+    tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Predict sent while a long IG request runs is answered before the request's next
+    step batch, and so long before the request ends."""
+    request = gradient_request(tiny_classifier, "the food was great, really", [0, 1, 2], 20)
+    worker = start_worker(tiny_classifier, max_batch_tokens=4 * GRADIENT_ROW_COST * len(request.ids))
+    jobs = Jobs(worker, monkeypatch)
+    events: list[str] = []
+    predicted: list[Any] = []
+
+    def send_predict() -> None:  # on the worker thread, while step batch 2 runs
+        events.append("step batch 2")
+        rows = tiny_classifier.encode(["the service was slow"]).ids
+        future = worker.submit(rows, RequestContext(Priority.PREDICT))
+        future.add_done_callback(lambda _f: events.append("predict answered"))
+        predicted.append(future)
+
+    jobs.on_start[2] = send_predict
+    jobs.on_start[3] = lambda: events.append("step batch 3")
+    try:
+        result = run_step_batches(worker, request, RequestContext(Priority.EXPLAIN))
+        events.append("gradients done")
+    finally:
+        worker.stop()
+    assert events == ["step batch 2", "predict answered", "step batch 3", "gradients done"]
+    assert predicted[0].result(0).logits.shape == (1, 3)
+    assert result.step_batches == jobs.ran == 15
 
 
 def test_explain_over_grpc(tiny_model_dir: Path) -> None:
@@ -278,7 +438,7 @@ def test_explain_over_grpc(tiny_model_dir: Path) -> None:
     assert ours.additivity_error == pytest.approx(
         float(np.max(np.abs(ours.convergence_delta))), abs=1e-9
     )
-    assert ours.model_rows == 2 + 2 * (16 + 2)
+    assert ours.model_rows == 2 + 2 * 16
     np.testing.assert_allclose(
         ours.output_values, [ours.prediction.logits[label] for label in ours.labels], atol=1e-5
     )
@@ -286,30 +446,17 @@ def test_explain_over_grpc(tiny_model_dir: Path) -> None:
         assert special or text[start:end] == token
     # Defaults: the predicted label, in probabilities, with 50 steps.
     assert default.labels == [default.prediction.label] and default.output == "probability"
-    assert default.model_rows == 2 + 50 + 2
+    assert default.model_rows == 2 + 50
     assert "integrated-gradients" in models[0].explainers and "lime" in models[0].explainers
 
 
 def test_stopping_worker_fails_waiting_requests_as_unavailable(tiny_classifier: Classifier) -> None:
     worker = start_worker(tiny_classifier)
-    batcher = GradientBatcher(worker)
-    ids = tiny_classifier.encode(["the food was great"]).ids[0]
-    request = GradientRequest(
-        ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 8, OutputName.LOGIT
-    )
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            batcher.run(request, RequestContext(Priority.EXPLAIN))
-        except BaseException as exc:
-            errors.append(exc)
-
+    request = gradient_request(tiny_classifier, "the food was great", [0], 8)
     release = hold_worker_thread(worker)
-    thread = threading.Thread(target=run)
     try:
-        thread.start()
-        assert wait_for(lambda: batcher.waiting == 1, timeout=5, step=0.005)
+        thread, _, errors = run_in_thread(worker, request, RequestContext(Priority.EXPLAIN))
+        assert wait_for(lambda: worker.queued_rows() == 8, timeout=5, step=0.005)
         worker.stop(timeout=0.1)
         thread.join(5)
     finally:
@@ -318,51 +465,42 @@ def test_stopping_worker_fails_waiting_requests_as_unavailable(tiny_classifier: 
     assert len(errors) == 1 and isinstance(errors[0], Unavailable)
 
 
-def test_gradient_rows_share_the_bound_on_queued_rows(tiny_classifier: Classifier) -> None:
-    # 1 target × (8 steps + 2) = 10 rows each: two fit under a bound of 25, a third does not.
-    worker = start_worker(tiny_classifier, max_queued_rows=25)
-    batcher = GradientBatcher(worker)
-    ids = tiny_classifier.encode(["the food was great"]).ids[0]
-    request = GradientRequest(
-        ids, [ids[0]] + [0] * (len(ids) - 2) + [ids[-1]], [0], 8, OutputName.LOGIT
-    )
-    results: list[Any] = []
-    errors: list[BaseException] = []
+def test_gradient_rows_hold_places_until_their_step_batch_is_taken(
+    tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1 target × 8 steps = 8 rows each: two fit under a bound of 20, a third does not.
+    worker = start_worker(tiny_classifier, max_queued_rows=20)
+    request = gradient_request(tiny_classifier, "the food was great", [0], 8)
     leaving = RequestContext(Priority.EXPLAIN)
-
-    def run(context: RequestContext) -> None:
-        try:
-            results.append(batcher.run(request, context))
-        except BaseException as exc:
-            errors.append(exc)
-
+    ids = request.ids
     release = hold_worker_thread(worker)
-    threads = [
-        threading.Thread(target=run, args=(context,))
-        for context in (RequestContext(Priority.EXPLAIN), leaving)
-    ]
     try:
-        for thread in threads:
-            thread.start()
-        assert wait_for(lambda: batcher.waiting == 2, timeout=5, step=0.005)
-        assert worker.queued_rows() == 20
-        with pytest.raises(ResourceExhausted, match=r"queue of model 'tiny' is full \(20 of 25"):
-            batcher.run(request, RequestContext(Priority.EXPLAIN))
+        staying = run_in_thread(worker, request, RequestContext(Priority.EXPLAIN))
+        left = run_in_thread(worker, request, leaving)
+        assert wait_for(lambda: worker.queued_rows() == 16, timeout=5, step=0.005)
+        with pytest.raises(ResourceExhausted, match=r"queue of model 'tiny' is full \(16 of 20"):
+            run_step_batches(worker, request, RequestContext(Priority.EXPLAIN))
         # Rows in the worker's own queue count against the same bound.
         with pytest.raises(ResourceExhausted):
-            worker.submit([ids] * 6, RequestContext(Priority.PREDICT))
-        # A caller who left gives its place back without waiting for the worker.
+            worker.submit([ids] * 5, RequestContext(Priority.PREDICT))
+        # A caller who left gives its places back without waiting for the worker.
         leaving.cancel()
-        threads[1].join(5)
-        worker.submit([ids] * 5, RequestContext(Priority.PREDICT))
-        assert worker.queued_rows() == 10 + 5
+        left[0].join(5)
+        worker.submit([ids] * 4, RequestContext(Priority.PREDICT))
+        assert worker.queued_rows() == 8 + 4
         release.set()
-        threads[0].join(30)
-        # Once the first has run, there is room again.
-        run(RequestContext(Priority.EXPLAIN))
+        staying[0].join(30)
         assert worker.queued_rows() == 0
     finally:
         release.set()
+    # With 3 rows a step batch, the places go back batch by batch as each is taken.
+    small = start_worker(tiny_classifier, max_batch_tokens=3 * GRADIENT_ROW_COST * len(ids))
+    jobs = Jobs(small, monkeypatch)
+    try:
+        run_step_batches(small, request, RequestContext(Priority.EXPLAIN))
+    finally:
+        small.stop()
         worker.stop()
-    assert len(results) == 2 and len(errors) == 1 and isinstance(errors[0], Cancelled)
-    np.testing.assert_allclose(results[0].attributions, results[1].attributions, atol=1e-6)
+    assert jobs.queued_after == [5, 2, 0]
+    assert len(staying[1]) == 1 and not staying[2]
+    assert not left[1] and len(left[2]) == 1 and isinstance(left[2][0], Cancelled)

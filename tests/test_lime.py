@@ -1,10 +1,14 @@
-"""LIME explanations equal the lime package's own, with every perturbation through the batcher."""
+"""LIME explanations equal the lime package's own, with every perturbation through the
+worker, a bounded chunk at a time."""
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,25 @@ import numpy as np
 import pytest
 import torch
 import whybert
-from _servers import ServerThread
+from _servers import ServerThread, wait_for
 from conftest import tiny_settings
-from lime.lime_text import LimeTextExplainer
+from lime.lime_text import IndexedString, LimeTextExplainer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from whybert_service.batching.worker import ModelWorker
+from whybert_service.context import Priority, RequestContext
+from whybert_service.errors import Cancelled, DeadlineExceeded
+from whybert_service.explainers.lime_text import LimeExplainer
+from whybert_service.models.classifier import Classifier
+from whybert_service.models.registry import ModelHandle
+from whybert_service.outputs import to_output_space
+from whybert_service.types import (
+    ExplainerName,
+    ExplainParams,
+    ExplanationResult,
+    LimeParams,
+    OutputName,
+    TargetModeName,
+)
 
 TEXT = "The food was great, but the service was painfully slow... the FOOD though!"
 
@@ -139,3 +158,155 @@ def test_text_without_words_is_invalid_argument(client: whybert.Client) -> None:
         client.explain(["?!... :-)"], explainer="lime", num_samples=50)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "LIME" in str(info.value)
+
+
+class Recorder:
+    """Instruments the model function of the explanations on one worker: the strings each
+    chunk tokenizes, the rows queued and not yet answered (and their peak), and the logits
+    every string received."""
+
+    def __init__(
+        self, classifier: Classifier, worker: ModelWorker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self.chunks: list[list[str]] = []
+        self.logits: dict[str, np.ndarray] = {}
+        self.submitted = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.on_submit: Callable[[int], None] | None = None  # called with the count so far
+        self._lock = threading.Lock()
+        encode, submit = classifier.encode, worker.submit
+
+        def recording_encode(texts: Sequence[str]) -> Any:
+            self.chunks.append(list(texts))
+            return encode(texts)
+
+        def recording_submit(rows: Sequence[Sequence[int]], context: RequestContext) -> Any:
+            strings = self.chunks[self.submitted]
+            future = submit(rows, context)
+            with self._lock:
+                self.in_flight += len(rows)
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            future.add_done_callback(lambda f: self._answered(f, strings))
+            self.submitted += 1
+            if self.on_submit is not None:
+                self.on_submit(self.submitted)
+            return future
+
+        monkeypatch.setattr(classifier, "encode", recording_encode)
+        monkeypatch.setattr(worker, "submit", recording_submit)
+
+    def _answered(self, future: Future[Any], strings: list[str]) -> None:
+        with self._lock:
+            self.in_flight -= len(strings)
+        if not future.cancelled() and future.exception() is None:
+            self.logits.update(zip(strings, future.result().logits, strict=True))
+
+
+@pytest.fixture
+def worker(tiny_classifier: Classifier) -> Iterator[ModelWorker]:
+    w = ModelWorker(tiny_classifier)
+    w.start()
+    yield w
+    w.stop()
+
+
+def lime_params(text: str, output: OutputName, num_samples: int, seed: int) -> ExplainParams:
+    return ExplainParams(
+        model="tiny",
+        texts=(text,),
+        explainer=ExplainerName.LIME,
+        output=output,
+        target_mode=TargetModeName.ALL,
+        lime=LimeParams(num_samples=num_samples, random_seed=seed),
+    )
+
+
+def per_word(ours: ExplanationResult, column: int) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for token, value in zip(ours.tokens, ours.values[:, column], strict=True):
+        out[token.text] += float(value)
+    return dict(out)
+
+
+LONG = " ".join(f"w{i}ord" for i in range(120)) + ", " + TEXT
+
+
+@pytest.mark.parametrize("output", [OutputName.PROBABILITY, OutputName.LOGIT])
+@pytest.mark.parametrize("text", [TEXT, LONG, "ok ok ok — fine 🙂 fine"])
+def test_chunked_samples_give_lime_s_own_values_with_bounded_rows(
+    worker: ModelWorker,
+    tiny_classifier: Classifier,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    output: OutputName,
+) -> None:
+    """lime itself, given the outputs our chunks received, fits exactly our values: the
+    same samples (same seed, same strings), distances and kernel. Meanwhile no chunk is
+    larger than its bound and at most two chunks' rows are queued at once."""
+    recorder = Recorder(tiny_classifier, worker, monkeypatch)
+    explainer = LimeExplainer(chunk_rows=16, chunk_chars=2000)
+    handle = ModelHandle(tiny_classifier, worker)
+    ours = explainer.explain(
+        handle, text, lime_params(text, output, 300, seed=11), RequestContext(Priority.EXPLAIN)
+    )
+
+    def same_outputs(strings: list[str]) -> np.ndarray:  # KeyError: a string we never sent
+        return to_output_space(np.stack([recorder.logits[s] for s in strings]), output)
+
+    labels = list(range(len(tiny_classifier.labels)))
+    # LIME explains the prefix the model reads: LONG is cut, the others are whole
+    original = text
+    text, truncated = tiny_classifier.readable_prefix(text)
+    assert truncated == (original == LONG) and original.startswith(text)
+    assert ours.truncated == truncated and ours.explained_chars == len(text)
+    n_words = IndexedString(text).num_words()
+    ref = LimeTextExplainer(class_names=tiny_classifier.labels, random_state=11).explain_instance(
+        text, same_outputs, labels=labels, num_features=n_words, num_samples=300
+    )
+    indexed = ref.domain_mapper.indexed_string
+    for column, label in enumerate(labels):
+        expected = {indexed.word(i): 0.0 for i in range(n_words)}
+        expected.update({indexed.word(i): w for i, w in ref.as_map()[label]})
+        got = per_word(ours, column)
+        assert got.keys() == expected.keys()
+        for word, weight in expected.items():
+            assert got[word] == pytest.approx(weight, rel=1e-12, abs=1e-15), word
+        assert ours.base_values[column] == ref.intercept[label]
+        assert ours.output_values[column] == pytest.approx(ref.predict_proba[label], abs=1e-12)
+    # Each distinct string once, in chunks of at most 16 strings (or ~2000 characters).
+    strings = [s for chunk in recorder.chunks for s in chunk]
+    assert len(strings) == len(set(strings)) == ours.model_rows == len(recorder.logits)
+    assert max(len(c) for c in recorder.chunks) <= 16
+    assert all(sum(map(len, c[:-1])) < 2000 for c in recorder.chunks)
+    assert recorder.peak_in_flight <= 2 * 16
+    if text is LONG:
+        assert len(recorder.chunks) > 10
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_caller_who_left_stops_lime_between_chunks(
+    worker: ModelWorker, tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    recorder = Recorder(tiny_classifier, worker, monkeypatch)
+    context = RequestContext(Priority.EXPLAIN)
+
+    def leave(submitted: int) -> None:
+        if submitted == 3:
+            if how == "cancel":
+                context.cancel()
+            else:
+                context.deadline = time.monotonic()  # the deadline passes now
+
+    recorder.on_submit = leave
+    explainer = LimeExplainer(chunk_rows=8)
+    with pytest.raises(Cancelled if how == "cancel" else DeadlineExceeded):
+        explainer.explain(
+            ModelHandle(tiny_classifier, worker),
+            LONG,
+            lime_params(LONG, OutputName.PROBABILITY, 1000, seed=0),
+            context,
+        )
+    # No chunk after the third was built or tokenized; the queued rows are dropped.
+    assert len(recorder.chunks) == recorder.submitted == 3
+    assert wait_for(lambda: worker.queued_rows() == 0, timeout=10, step=0.01)

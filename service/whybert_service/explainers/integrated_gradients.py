@@ -1,4 +1,4 @@
-"""Layer integrated gradients on the token embeddings (Captum), batched on the model's worker.
+"""Layer integrated gradients on the token embeddings, in step batches on the model's worker.
 
 What is attributed: Captum's `LayerIntegratedGradients` on the model's input-embedding
 layer (`get_input_embeddings()`, the word-piece embeddings; position and segment
@@ -9,23 +9,32 @@ The baseline is the text's own token sequence with every non-special token repla
 [PAD] ([CLS] p p ... p [SEP]): same length, same special tokens, same attention mask.
 Special tokens are equal in text and baseline, so their values are exactly 0.
 
-Gradients need the model, which only its worker thread may touch. Explainer threads
-therefore queue their work in the model's `GradientBatcher`, and one `ModelWorker.call`
-(a drain) computes the waiting requests that fit one step batch together: every (text,
-target) pair is one Captum example, and the steps of all of them share forward+backward
-batches of at most `max_batch_tokens` padded tokens. What does not fit waits for the next
-drain, so Predict batches get the worker in between.
+The arithmetic is Captum's with internal batching, the same operations in the same
+order, so the values equal Captum's `attribute(..., internal_batch_size=<steps per
+batch>)` (to the bit on a CPU): each step row is the baseline's embeddings plus alpha
+times the difference; its gradient is taken through the model with that row in place of
+the embedding layer's output, weighted by the step's size and summed over the slice of
+steps, times (input − baseline); the slices' shares are added in step order. The layer is
+a plain embedding table, so its outputs for the text and the baseline are read with a
+lookup, not a forward pass.
+
+Gradients need the model, which only its worker thread may touch. A text's (target, step)
+rows are cut into step batches of at most `max_batch_tokens` tokens (rows × the text's
+length, each row one forward and one backward), and each step batch is one worker job
+that returns its share of the attributions; the explainer thread adds them up. So no job
+holds the worker longer than one batch, Predict rows waiting in the queue run between
+step batches, and a request whose caller left or whose deadline passed stops before its
+next step batch (the worker drops such a request's queued job unrun).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,14 +42,7 @@ import torch
 
 from ..batching.worker import ModelWorker
 from ..context import RequestContext
-from ..errors import (
-    Cancelled,
-    DeadlineExceeded,
-    InvalidArgument,
-    ModelFailure,
-    ServiceError,
-    Unavailable,
-)
+from ..errors import InvalidArgument, ModelFailure
 from ..models.classifier import Classifier
 from ..models.registry import ModelHandle
 from ..outputs import to_output_space
@@ -63,9 +65,21 @@ class GradientRequest:
 
     @property
     def rows(self) -> int:
-        """Model rows it costs: each target's n_steps interpolation points, plus the text
-        and its baseline (Captum's convergence delta)."""
-        return len(self.targets) * (self.n_steps + 2)
+        """Forward+backward rows it costs: each target's n_steps interpolation points."""
+        return len(self.targets) * self.n_steps
+
+
+@dataclass(frozen=True)
+class StepSlice:
+    """Steps [start, stop) of the integral of one target column: part of a step batch."""
+
+    column: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
 
 
 @dataclass(frozen=True)
@@ -75,270 +89,189 @@ class GradientResult:
     attributions: np.ndarray
     rows: int
     queue_seconds: float
+    step_batches: int
 
 
-@dataclass(eq=False)
-class _Waiting:
-    """A request in the batcher, with its future and the targets computed so far."""
-
-    request: GradientRequest
-    context: RequestContext
-    future: Future[GradientResult]
-    enqueued_at: float
-    attributions: np.ndarray = field(init=False)
-    filled: int = 0
-    started_at: float | None = None
-
-    def __post_init__(self) -> None:
-        shape = (len(self.request.ids), len(self.request.targets))
-        self.attributions = np.zeros(shape, dtype=np.float64)
-
-    def dead(self, now: float) -> ServiceError | None:
-        if self.future.done() or self.context.cancelled:
-            return Cancelled("the caller cancelled")
-        if self.context.expired(now):
-            return DeadlineExceeded("the deadline passed before the gradients could run")
-        return None
+# A forward-and-backward row costs about three forward rows (the backward pass is about
+# twice the forward's work): a step batch then takes about as long as one Predict batch.
+GRADIENT_ROW_COST = 3
 
 
-# One (waiting request, target column) pair: the unit Captum calls are packed from.
-_Example = tuple[_Waiting, int]
+def plan_step_batches(
+    n_targets: int, n_steps: int, width: int, max_batch_tokens: int
+) -> list[list[StepSlice]]:
+    """Step batches that cost at most `max_batch_tokens` tokens of forward work (rows ×
+    width × `GRADIENT_ROW_COST`; one row always fits). Each target's steps are cut where
+    Captum's internal batching cuts them for that budget, so its values are Captum's to the
+    bit; slices of several targets share a batch when they fit together (short texts:
+    several whole integrals per batch)."""
+    per_batch = max(1, max_batch_tokens // (GRADIENT_ROW_COST * max(1, width)))
+    batches: list[list[StepSlice]] = []
+    current: list[StepSlice] = []
+    rows = 0
+    for column in range(n_targets):
+        for start in range(0, n_steps, per_batch):
+            piece = StepSlice(column, start, min(n_steps, start + per_batch))
+            if current and rows + piece.rows > per_batch:
+                batches.append(current)
+                current, rows = [], 0
+            current.append(piece)
+            rows += piece.rows
+    if current:
+        batches.append(current)
+    return batches
 
 
-class GradientBatcher:
-    """A model's integrated-gradients work waiting for its worker; one call drains it."""
+class _HeldRows:
+    """A request's rows under the worker's `max_queued_rows` bound: all reserved at once
+    (RESOURCE_EXHAUSTED when they do not fit), given back as step batches are taken and,
+    for the rest, when the request ends or its caller leaves."""
 
-    def __init__(self, worker: ModelWorker) -> None:
+    def __init__(self, worker: ModelWorker, rows: int) -> None:
+        worker.reserve(rows)
         self.worker = worker
+        self._held = rows
         self._lock = threading.Lock()
-        self._waiting: list[_Waiting] = []
-        self._scheduled = False
-        # The drain serves many requests, so no single caller's deadline may cancel it.
-        self._drain_context = RequestContext()
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued for the next drain."""
+    def release(self, rows: int | None = None) -> None:
+        """Give back `rows` places (None: every one still held); never more than held."""
         with self._lock:
-            return len(self._waiting)
+            rows = self._held if rows is None else min(rows, self._held)
+            self._held -= rows
+        self.worker.release(rows)
 
-    def run(self, request: GradientRequest, context: RequestContext) -> GradientResult:
-        """Queue one text's work and wait for it (explainer threads); honours cancel/deadline."""
-        rows = request.rows
-        if not context.charge(rows):
-            raise InvalidArgument(
-                [
-                    (
-                        "texts",
-                        f"integrated gradients needs {rows} more model rows than the "
-                        f"request's limit of {context.max_rows} allows; ask for fewer n_steps, "
-                        "targets or texts",
-                    )
-                ]
+
+def run_step_batches(
+    worker: ModelWorker, request: GradientRequest, context: RequestContext
+) -> GradientResult:
+    """Compute one text's attributions, one worker job per step batch, adding up each
+    batch's share here (explainer threads); stops before the next batch once the caller
+    left or the deadline passed."""
+    rows = request.rows
+    if not context.charge(rows):
+        raise InvalidArgument(
+            [
+                (
+                    "texts",
+                    f"integrated gradients needs {rows} more model rows than the "
+                    f"request's limit of {context.max_rows} allows; ask for fewer n_steps, "
+                    "targets or texts",
+                )
+            ]
+        )
+    batches = plan_step_batches(
+        len(request.targets), request.n_steps, len(request.ids), worker.config.max_batch_tokens
+    )
+    integration_points(request.n_steps)  # here, not on the worker
+    held = _HeldRows(worker, rows)
+    sums: list[np.ndarray | None] = [None] * len(request.targets)
+    queued = 0.0
+    try:
+        for batch in batches:
+            context.ensure_alive("before the next step batch of the gradients")
+            job = functools.partial(
+                _run_step_batch, request, batch, context, held, time.monotonic()
             )
-        self._prune()
-        self.worker.reserve(rows)  # RESOURCE_EXHAUSTED when the model's queue is full
-        waiting = _Waiting(request, context, Future(), time.monotonic())
-        with self._lock:
-            self._waiting.append(waiting)
-            schedule, self._scheduled = not self._scheduled, True
-        if schedule:
-            self._schedule()
-        try:
-            return context.wait(waiting.future, "the gradients")
-        except (Cancelled, DeadlineExceeded):
-            self._prune()  # its place under the queue bound goes back at once
-            raise
+            shares, waited = context.wait(worker.call(job, context), "the gradients")
+            queued += waited
+            for piece, share in zip(batch, shares, strict=True):
+                total = sums[piece.column]
+                sums[piece.column] = share if total is None else total + share
+    finally:
+        held.release()
+    # As Captum's attributions (targets × tokens × dims, float32) summed over the dims.
+    stacked = torch.from_numpy(np.stack([s for s in sums if s is not None]))
+    per_token = stacked.sum(dim=-1).double().numpy().T
+    return GradientResult(np.ascontiguousarray(per_token), rows, queued, len(batches))
 
-    def _schedule(self) -> None:
-        """Ask the worker for one drain (the caller has set `_scheduled`)."""
-        try:
-            job = self.worker.call(self._drain, self._drain_context)
-        except ServiceError as exc:
-            self._fail_waiting(exc)
-            return
-        job.add_done_callback(self._after_drain)
 
-    def _after_drain(self, job: Future[None]) -> None:
-        """A drain that never ran (worker stopping or restarting) fails what it would have taken."""
-        if job.cancelled() or job.exception() is not None:
-            self._fail_waiting(
-                Unavailable("the model worker stopped before the gradients ran; retry")
-            )
+@functools.cache  # at most --max-ig-steps entries, of a few kB each
+def integration_points(n_steps: int) -> tuple[list[float], list[float]]:
+    """Captum's step sizes and alphas for `n_steps` (its own lists, unchanged). Cached: the
+    Gauss–Legendre points of 512 steps cost seconds when numpy's BLAS threads compete with
+    torch's, and the explainer thread computes them before any step batch is queued."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
 
-    def _fail_waiting(self, error: ServiceError) -> None:
-        with self._lock:
-            waiting, self._waiting, self._scheduled = self._waiting, [], False
-        self.worker.release(sum(w.request.rows for w in waiting))
-        for w in waiting:
-            _fail(w, error)
+    step_sizes_of, alphas_of = approximation_parameters(METHOD)
+    return step_sizes_of(n_steps), alphas_of(n_steps)
 
-    def _prune(self) -> None:
-        """Requests whose callers left give their places back before the next drain."""
-        now = time.monotonic()
-        with self._lock:
-            dead = [(w, e) for w in self._waiting if (e := w.dead(now)) is not None]
-            if dead:
-                gone = {id(w) for w, _ in dead}
-                self._waiting = [w for w in self._waiting if id(w) not in gone]
-        self.worker.release(sum(w.request.rows for w, _ in dead))
-        for w, error in dead:
-            _fail(w, error)
 
-    # ---- on the worker thread --------------------------------------------------------
+# ---- on the worker thread ------------------------------------------------------------
 
-    def _drain(self, classifier: Classifier) -> None:
-        """Compute one step batch's worth of the waiting work; leave the rest to the next
-        drain, so that Predict batches can run in between."""
-        budget = self.worker.config.max_batch_tokens
-        now = time.monotonic()
-        with self._lock:
-            for w in self._waiting:
-                error = w.dead(now)
-                if error is not None:
-                    _fail(w, error)
-            live = [w for w in self._waiting if not w.future.done()]
-            taken = take_one_batch(live, budget)
-            kept = [w for w in live if w not in taken]
-            freed = sum(w.request.rows for w in self._waiting) - sum(w.request.rows for w in kept)
-            self._waiting = kept
-            self._scheduled = more = bool(self._waiting)
-        self.worker.release(freed)
-        if more:
-            self._schedule()
-        try:
-            with _gradients_on(classifier.model):
-                for call in plan_calls(taken, budget):
-                    self._run_call(classifier, call)
-        finally:
-            for w in taken:
-                _fail(w, Unavailable("the model worker stopped before the gradients ran; retry"))
 
-    def _run_call(self, classifier: Classifier, call: list[_Example]) -> None:
-        now = time.monotonic()
-        for w, _ in call:
-            error = w.dead(now)
-            if error is not None:
-                _fail(w, error)
-        live = [(w, col) for w, col in call if not w.future.done()]
-        if not live:
-            return
-        for w, _ in live:
-            w.started_at = w.started_at or now
-        try:
-            attributions = integrate(
-                classifier,
-                [w.request.ids for w, _ in live],
-                [w.request.baseline for w, _ in live],
-                [w.request.targets[col] for w, col in live],
-                n_steps=live[0][0].request.n_steps,
-                output=live[0][0].request.output,
-                max_batch_tokens=self.worker.config.max_batch_tokens,
-            )
-        except Exception as exc:
-            self._recover(classifier, live, exc)
-            return
-        for (w, col), values in zip(live, attributions, strict=True):
-            w.attributions[:, col] = values
-            w.filled += 1
-            if w.filled == len(w.request.targets):
-                queued = (w.started_at or now) - w.enqueued_at
-                rows = w.request.rows
-                with contextlib.suppress(InvalidStateError):  # its caller left meanwhile
-                    w.future.set_result(GradientResult(w.attributions, rows, queued))
-
-    def _recover(self, classifier: Classifier, live: list[_Example], exc: Exception) -> None:
-        """A failed call is retried one request at a time, so a bad text fails only its own."""
+def _run_step_batch(
+    request: GradientRequest,
+    batch: list[StepSlice],
+    context: RequestContext,
+    held: _HeldRows,
+    submitted: float,
+    classifier: Classifier,
+) -> tuple[list[np.ndarray], float]:
+    """One worker job: its rows leave the queue bound, then their gradients run unless
+    the caller left meanwhile. Returns each slice's share and the time the job waited."""
+    started = time.monotonic()
+    held.release(sum(piece.rows for piece in batch))
+    context.ensure_alive("before the gradients could run")
+    try:
+        return step_batch_attributions(classifier, request, batch), started - submitted
+    except Exception as exc:
         if classifier.device.type == "cuda":
             torch.cuda.empty_cache()
-        requests = list(dict.fromkeys(w for w, _ in live))
-        if len(requests) == 1:
-            _fail(requests[0], ModelFailure(f"integrated gradients failed on this text: {exc}"))
-            return
-        for w in requests:
-            self._run_call(classifier, [(x, col) for x, col in live if x is w])
+        raise ModelFailure(f"integrated gradients failed on this text: {exc}") from exc
 
 
-def take_one_batch(waiting: Sequence[_Waiting], max_batch_tokens: int) -> list[_Waiting]:
-    """The oldest request, and the later ones with the same n_steps and output space while
-    all their (text, target) pairs still fit one step batch of `max_batch_tokens`."""
-    if not waiting:
-        return []
-    first = waiting[0]
-    key = (first.request.n_steps, first.request.output)
-    taken = [first]
-    examples, width = len(first.request.targets), len(first.request.ids)
-    for w in waiting[1:]:
-        more = examples + len(w.request.targets)
-        wider = max(width, len(w.request.ids))
-        if (w.request.n_steps, w.request.output) == key and more * wider <= max_batch_tokens:
-            taken.append(w)
-            examples, width = more, wider
-    return taken
-
-
-def plan_calls(waiting: Sequence[_Waiting], max_batch_tokens: int) -> list[list[_Example]]:
-    """Pack every (request, target) pair into Captum calls of one n_steps and output each,
-    with at most `max_batch_tokens` padded tokens per step (one example always fits)."""
-    groups: dict[tuple[int, OutputName], list[_Example]] = {}
-    for w in waiting:
-        key = (w.request.n_steps, w.request.output)
-        groups.setdefault(key, []).extend((w, col) for col in range(len(w.request.targets)))
-    calls: list[list[_Example]] = []
-    for examples in groups.values():
-        current: list[_Example] = []
-        width = 0
-        for example in examples:
-            wider = max(width, len(example[0].request.ids))
-            if current and (len(current) + 1) * wider > max_batch_tokens:
-                calls.append(current)
-                current, wider = [], len(example[0].request.ids)
-            current.append(example)
-            width = wider
-        if current:
-            calls.append(current)
-    return calls
-
-
-def integrate(
-    classifier: Classifier,
-    ids: Sequence[Sequence[int]],
-    baselines: Sequence[Sequence[int]],
-    targets: Sequence[int],
-    *,
-    n_steps: int,
-    output: OutputName,
-    max_batch_tokens: int,
+def step_batch_attributions(
+    classifier: Classifier, request: GradientRequest, batch: Sequence[StepSlice]
 ) -> list[np.ndarray]:
-    """Captum's layer integrated gradients of several examples at once (worker thread only).
+    """Each slice's share of the attributions (tokens × embedding dims, float32), in one
+    forward+backward pass over all the batch's rows (worker thread only).
 
-    Rows are right-padded to the longest with [PAD] in both input and baseline (attention
-    mask 0), so padding gets exactly zero attribution and is cut off again.
+    Per slice this is Captum's `IntegratedGradients._attribute` with those steps' sizes
+    and alphas, so that the shares of a target's slices add up to its attributions.
     """
-    from captum.attr import LayerIntegratedGradients
-
-    input_ids, mask = classifier.pad(ids)
-    baseline_ids, _ = classifier.pad(baselines)
-    width = input_ids.shape[1]
-    steps_per_batch = max(1, max_batch_tokens // (len(ids) * width))
-    lig = LayerIntegratedGradients(
-        output_function(classifier.model, output), classifier.input_embeddings()
-    )
-    attributions = lig.attribute(
-        inputs=input_ids,
-        baselines=baseline_ids,
-        target=list(targets),
-        additional_forward_args=(mask,),
-        n_steps=n_steps,
-        method=METHOD,
-        internal_batch_size=steps_per_batch * len(ids),
-    )
-    per_token = attributions.sum(dim=-1).detach().double().cpu().numpy()
-    return [per_token[i, : len(row)] for i, row in enumerate(ids)]
+    step_sizes, alphas = integration_points(request.n_steps)
+    layer = classifier.input_embeddings()
+    device = classifier.device
+    ids = torch.tensor([request.ids], dtype=torch.long, device=device)
+    with _gradients_on(classifier.model):
+        with torch.no_grad():
+            inputs = layer(ids)
+            baselines = layer(torch.tensor([request.baseline], dtype=torch.long, device=device))
+        scaled = torch.cat(
+            [
+                baselines + alpha * (inputs - baselines)
+                for piece in batch
+                for alpha in alphas[piece.start : piece.stop]
+            ],
+            dim=0,
+        ).requires_grad_()
+        rows = scaled.shape[0]
+        targets = [request.targets[piece.column] for piece in batch for _ in range(piece.rows)]
+        hook = layer.register_forward_hook(lambda _module, _args, _output: scaled)
+        try:
+            outputs = output_function(classifier.model, request.output)(
+                ids.repeat(rows, 1), torch.ones_like(ids).repeat(rows, 1)
+            )
+        finally:
+            hook.remove()
+        chosen = outputs.gather(1, torch.tensor(targets, device=outputs.device).view(rows, 1))
+        (grads,) = torch.autograd.grad(torch.unbind(chosen), scaled)
+    shares = []
+    offset = 0
+    for piece in batch:
+        n = piece.rows
+        grad = grads[offset : offset + n]
+        offset += n
+        sizes = torch.tensor(step_sizes[piece.start : piece.stop]).float().view(n, 1)
+        weighted = grad.contiguous().view(n, -1) * sizes.to(grad.device)
+        total = torch.sum(weighted.reshape((n, 1, *grad.shape[1:])), dim=0)
+        share = (total * (inputs - baselines))[0]
+        shares.append(share.detach().float().cpu().numpy())
+    return shares
 
 
 def output_function(model: torch.nn.Module, output: OutputName) -> Any:
-    """The function Captum differentiates: float32 probabilities or logits of every label."""
+    """The function differentiated: float32 probabilities or logits of every label."""
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
@@ -361,20 +294,8 @@ def _gradients_on(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _fail(w: _Waiting, error: ServiceError) -> None:
-    if not w.future.done():
-        with contextlib.suppress(InvalidStateError):  # its caller left meanwhile
-            w.future.set_exception(error)
-
-
 class IntegratedGradientsExplainer(Explainer):
     name = ExplainerName.INTEGRATED_GRADIENTS
-
-    def __init__(self) -> None:
-        self._batchers: weakref.WeakKeyDictionary[ModelWorker, GradientBatcher] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
 
     def supports(self, classifier: Classifier) -> bool:
         """Models whose input embeddings are a plain embedding table."""
@@ -384,15 +305,10 @@ class IntegratedGradientsExplainer(Explainer):
             return False
 
     def warm_up(self) -> None:
-        """Captum's import takes a moment: pay it at start-up."""
+        """Captum's import takes a moment: pay it at start-up, and the default n_steps' points."""
         import captum.attr  # noqa: F401
 
-    def batcher(self, worker: ModelWorker) -> GradientBatcher:
-        with self._lock:
-            batcher = self._batchers.get(worker)
-            if batcher is None:
-                batcher = self._batchers[worker] = GradientBatcher(worker)
-            return batcher
+        integration_points(50)
 
     def explain(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
@@ -411,7 +327,7 @@ class IntegratedGradientsExplainer(Explainer):
         request = GradientRequest(
             ids, baseline, targets, params.integrated_gradients.n_steps, params.output
         )
-        result = self.batcher(handle.worker).run(request, context)
+        result = run_step_batches(handle.worker, request, context)
         values = result.attributions
         return ExplanationResult(
             tokens=tokens,
@@ -426,11 +342,14 @@ class IntegratedGradientsExplainer(Explainer):
             queue_seconds=ends.queue_seconds + result.queue_seconds,
             compute_seconds=time.perf_counter() - started,
             convergence_delta=values.sum(axis=0) - (outputs[0] - outputs[1]),
+            truncated=truncated,
+            explained_chars=max((t.end for t in tokens), default=0) if truncated else len(text),
         )
 
 
 def word_pieces(classifier: Classifier, text: str) -> tuple[list[TokenSpan], list[int], bool]:
-    """The model's tokens of `text` (cut as `Classifier.encode` cuts them) with their spans.
+    """The model's tokens of `text` (cut as `Classifier.encode` cuts them, so only the
+    prefix the model reads is explained) with their spans.
 
     A token's text is the slice of the original text it covers; special tokens keep their
     own name ([CLS]) and an empty span at 0.

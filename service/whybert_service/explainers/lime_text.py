@@ -1,10 +1,18 @@
-"""LIME text explanations, computed by the lime package itself.
+"""LIME text explanations: the lime package's values, with the samples drawn and evaluated
+a chunk at a time.
 
 The values are those of `lime.lime_text.LimeTextExplainer` with its defaults (kernel width
-25, bag of words, words split on `\\W+`, cosine distance, ridge regression): whybert
-changes only `classifier_fn`. Its perturbed strings go to the model's shared batching
-worker as one submission, where they share forward batches with every other request in
-flight; identical strings are evaluated once.
+25, bag of words, words split on `\\W+`, cosine distance, ridge regression). whybert draws
+the perturbations as `LimeTextExplainer.explain_instance` does (its private
+`__data_labels_distances`: the same RandomState calls in the same order), computes the
+same distances, and fits with lime's own `LimeBase.explain_instance_with_data`; only the
+model function differs. lime builds every perturbed string at once and hands them all to
+the model, which for a long text and many samples is gigabytes of strings and token ids;
+here they are built, tokenized and sent to the model's shared worker a chunk at a time
+(`CHUNK_ROWS` strings or `CHUNK_CHARS` characters, one chunk evaluated while the next is
+built), and all that stays is what the fit needs: the perturbation matrix (one byte per
+sample and word), the outputs and the distances. A caller who left or whose deadline
+passed stops the work between chunks. Identical perturbations are evaluated once.
 
 LIME's features are words, and with bag of words a word's occurrences are removed
 together, so they share one weight. The response lists every occurrence as a token (with
@@ -15,22 +23,32 @@ keeps `base + sum(values)` equal to LIME's local model at the text.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..batching.queue import RowsResult
 from ..context import RequestContext
 from ..errors import InvalidArgument
 from ..models.registry import ModelHandle
 from ..outputs import to_output_space
 from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
 from ..validation import resolve_targets
-from .base import Explainer, ModelFunction
+from .base import Explainer, prediction_from_logits
+
+CHUNK_ROWS = 256  # perturbed strings built, tokenized and queued at once
+CHUNK_CHARS = 1 << 20  # ... and their characters: bounds the tokenizer's memory per chunk
 
 
 class LimeExplainer(Explainer):
     name = ExplainerName.LIME
+
+    def __init__(self, chunk_rows: int = CHUNK_ROWS, chunk_chars: int = CHUNK_CHARS) -> None:
+        self.chunk_rows = chunk_rows
+        self.chunk_chars = chunk_chars
 
     def warm_up(self) -> None:
         """Importing lime pulls in scikit-learn and scipy (a second or two): do it now."""
@@ -42,28 +60,48 @@ class LimeExplainer(Explainer):
         from lime.lime_text import IndexedString, LimeTextExplainer
 
         started = time.perf_counter()
+        text, truncated = handle.classifier.readable_prefix(text)
         indexed = IndexedString(text)  # what LimeTextExplainer builds, with the same defaults
         if indexed.num_words() == 0:
             raise InvalidArgument(
                 [("texts", f"LIME needs at least one word to remove, and {text[:40]!r} has none")]
             )
         classifier = handle.classifier
-        # LIME's own first row is the text itself: the memo makes this prediction free.
-        f = ModelFunction(handle, context, params.output)
-        raw, prediction = f.prediction(text)
-        targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
-
         explainer = LimeTextExplainer(
             class_names=list(classifier.labels), random_state=params.lime.random_seed
         )
-        explanation = explainer.explain_instance(
-            text,
-            f,
-            labels=targets,
-            num_features=params.lime.num_features or indexed.num_words(),
-            num_samples=params.lime.num_samples,
+        samples = evaluate_samples(
+            handle,
+            indexed,
+            params.lime.num_samples,
+            explainer.random_state,
+            context,
+            max_rows=self.chunk_rows,
+            max_chars=self.chunk_chars,
         )
-        weights = feature_weights(explanation.as_map(), targets, indexed.num_words())
+        raw = samples.logits[0]  # the first sample is the text itself
+        prediction = prediction_from_logits(
+            classifier.labels, raw, samples.text_truncated, samples.text_tokens
+        )
+        targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
+        outputs = to_output_space(samples.logits, params.output)
+        data = samples.masks.astype(np.float64)  # what lime fits on: num_samples × words
+        num_features = params.lime.num_features or indexed.num_words()
+        intercepts: dict[int, float] = {}
+        local_exp: dict[int, list[tuple[int, float]]] = {}
+        for target in targets:  # explain_instance's own loop over the labels
+            context.ensure_alive("before LIME's regression")
+            intercept, local_exp[target], _, _ = explainer.base.explain_instance_with_data(
+                data,
+                outputs,
+                samples.distances,
+                target,
+                num_features,
+                model_regressor=None,
+                feature_selection=explainer.feature_selection,
+            )
+            intercepts[target] = float(intercept)
+        weights = feature_weights(local_exp, targets, indexed.num_words())
         tokens, features = word_occurrences(indexed)
         counts = np.bincount(features, minlength=weights.shape[0])
         values = weights[features] / counts[features][:, None]
@@ -71,15 +109,171 @@ class LimeExplainer(Explainer):
             tokens=tokens,
             labels=[classifier.labels[t] for t in targets],
             values=values,
-            base_values=np.array([explanation.intercept[t] for t in targets], dtype=np.float64),
+            base_values=np.array([intercepts[t] for t in targets], dtype=np.float64),
             output_values=to_output_space(raw[None, :], params.output)[0, targets],
             prediction=prediction,
             explainer=self.name,
             output=params.output,
-            model_rows=f.rows,
-            queue_seconds=f.queue_seconds,
+            model_rows=samples.rows,
+            queue_seconds=samples.queue_seconds,
             compute_seconds=time.perf_counter() - started,
+            truncated=truncated,
+            explained_chars=len(text),
         )
+
+
+def perturbation_masks(indexed: Any, num_samples: int, random_state: Any) -> Iterator[np.ndarray]:
+    """The rows of LIME's perturbation matrix one at a time (1: the word stays), drawn from
+    `random_state` exactly as `LimeTextExplainer` draws them; the first is the text."""
+    doc_size = indexed.num_words()
+    sizes = random_state.randint(1, doc_size + 1, num_samples - 1)
+    yield np.ones(doc_size, dtype=np.uint8)
+    for size in sizes:
+        mask = np.ones(doc_size, dtype=np.uint8)
+        # lime passes range(doc_size): the same draws, the same indices.
+        mask[random_state.choice(doc_size, size, replace=False)] = 0
+        yield mask
+
+
+def cosine_distances_to_text(masks: np.ndarray) -> np.ndarray:
+    """lime's distances (cosine to the first row, the text, × 100), for any block of rows:
+    sklearn computes them row by row on the sparse matrix, so blocks give lime's values."""
+    import scipy.sparse
+    import sklearn.metrics
+
+    rows = scipy.sparse.csr_matrix(masks.astype(np.float64))
+    text = scipy.sparse.csr_matrix(np.ones((1, masks.shape[1]), dtype=np.float64))
+    distances: np.ndarray = (
+        sklearn.metrics.pairwise.pairwise_distances(rows, text, metric="cosine").ravel() * 100
+    )
+    return distances
+
+
+@dataclass
+class Samples:
+    """What LIME's fit needs of its samples, and what evaluating them cost."""
+
+    masks: np.ndarray  # num_samples × words, uint8
+    logits: np.ndarray  # num_samples × labels, float32
+    distances: np.ndarray  # num_samples, float64
+    rows: int  # distinct strings the model evaluated
+    queue_seconds: float
+    text_truncated: bool  # the model's cut of the text itself (the first sample)
+    text_tokens: int
+
+
+class _Chunk:
+    """Distinct perturbed strings waiting for the model, and the samples they stand for."""
+
+    def __init__(self) -> None:
+        self.strings: list[str] = []
+        self.samples: list[int] = []
+        self.chars = 0
+
+    def full(self, max_rows: int, max_chars: int) -> bool:
+        return len(self.strings) >= max_rows or self.chars >= max_chars
+
+
+def evaluate_samples(
+    handle: ModelHandle,
+    indexed: Any,
+    num_samples: int,
+    random_state: Any,
+    context: RequestContext,
+    *,
+    max_rows: int = CHUNK_ROWS,
+    max_chars: int = CHUNK_CHARS,
+) -> Samples:
+    """Draw LIME's samples and evaluate them on the model's worker, one chunk of strings at
+    a time: a chunk is tokenized and queued while the one before it runs, so at most two
+    chunks' strings and rows are held at once."""
+    n_words = indexed.num_words()
+    masks = np.empty((num_samples, n_words), dtype=np.uint8)
+    logits = np.empty((num_samples, handle.classifier.num_labels), dtype=np.float32)
+    first_of: dict[bytes, int] = {}  # a perturbation → the sample that evaluates it
+    copies: list[tuple[int, int]] = []  # (sample, sample whose output it shares)
+    evaluated = _Evaluation(handle, context, logits)
+    chunk = _Chunk()
+    try:
+        for i, mask in enumerate(perturbation_masks(indexed, num_samples, random_state)):
+            masks[i] = mask
+            key = np.packbits(mask).tobytes()
+            if key in first_of:
+                copies.append((i, first_of[key]))
+                continue
+            first_of[key] = i
+            string = indexed.inverse_removing(np.flatnonzero(mask == 0))
+            chunk.strings.append(string)
+            chunk.samples.append(i)
+            chunk.chars += len(string)
+            if chunk.full(max_rows, max_chars):
+                evaluated.send(chunk)
+                chunk = _Chunk()
+        evaluated.send(chunk)
+        evaluated.finish()
+    finally:
+        evaluated.abandon()
+    distances = np.empty(num_samples, dtype=np.float64)
+    for start in range(0, num_samples, max_rows):  # a sparse copy of a block at a time
+        block = slice(start, start + max_rows)
+        distances[block] = cosine_distances_to_text(masks[block])
+    for sample, source in copies:
+        logits[sample] = logits[source]
+    return Samples(
+        masks=masks,
+        logits=logits,
+        distances=distances,
+        rows=evaluated.rows,
+        queue_seconds=evaluated.queue_seconds,
+        text_truncated=evaluated.text_truncated,
+        text_tokens=evaluated.text_tokens,
+    )
+
+
+class _Evaluation:
+    """Sends chunks of strings to the model's worker, keeping at most one in flight while
+    the caller builds the next, and writes each sample's logits where they belong."""
+
+    def __init__(self, handle: ModelHandle, context: RequestContext, logits: np.ndarray) -> None:
+        self.handle = handle
+        self.context = context
+        self.logits = logits
+        self.rows = 0
+        self.queue_seconds = 0.0
+        self.text_truncated = False
+        self.text_tokens = 0
+        self._in_flight: tuple[Future[RowsResult], list[int]] | None = None
+
+    def send(self, chunk: _Chunk) -> None:
+        """Tokenize and queue a chunk, then wait for the one before it."""
+        if not chunk.strings:
+            return
+        self.context.ensure_alive("before LIME's next chunk of samples")
+        encoded = self.handle.classifier.encode(chunk.strings)
+        if chunk.samples[0] == 0:  # the text itself: the prediction's cut and length
+            self.text_truncated, self.text_tokens = encoded.truncated[0], len(encoded.ids[0])
+        future = self.handle.worker.submit(encoded.ids, self.context)
+        self.rows += len(chunk.strings)
+        previous, self._in_flight = self._in_flight, (future, chunk.samples)
+        if previous is not None:
+            self._store(*previous)
+
+    def finish(self) -> None:
+        """Wait for the chunk in flight and store its logits."""
+        if self._in_flight is not None:
+            self._store(*self._in_flight)
+            self._in_flight = None
+
+    def _store(self, future: Future[RowsResult], samples: list[int]) -> None:
+        result = self.context.wait(future, "the model")
+        self.logits[samples] = result.logits
+        self.queue_seconds += result.queue_seconds
+
+    def abandon(self) -> None:
+        """On the way out with an error: the chunk in flight is of no use any more."""
+        if self._in_flight is not None:
+            self._in_flight[0].cancel()
+            self._in_flight = None
 
 
 def feature_weights(

@@ -62,6 +62,18 @@ class Classifier:
         ids = [r if len(r) <= self.max_length else r[:keep] + r[len(r) - self._suffix :] for r in raw]
         return Encoded(ids=ids, truncated=[len(r) > self.max_length for r in raw])
 
+    def readable_prefix(self, text: str) -> tuple[str, bool]:
+        """The prefix of `text` the model reads (the text itself when it fits), and whether
+        the text went on past it: explanations cover only what the model sees."""
+        enc = self.tokenizer(text, return_offsets_mapping=True)
+        truncated = False
+        while len(enc["input_ids"]) > self.max_length:
+            last = enc["offset_mapping"][self.max_length - self._suffix - 1]
+            cut = min(0 if last is None else int(last[1]), len(text) - 1)
+            text, truncated = text[:cut], True
+            enc = self.tokenizer(text, return_offsets_mapping=True)
+        return text, truncated
+
     @torch.inference_mode()
     def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Logits (rows × labels, float32) of already-encoded rows, padded to the longest."""
