@@ -9,9 +9,11 @@ from numpy's global one). Instead of calling a model it hands out each round's r
 whose rows they run, and may drop it between any two rounds. Identical rows of one text
 are evaluated once.
 
-Per round the bookkeeping is vectorised: the round's masks are built as one boolean
-matrix, the priorities of all new nodes in one numpy expression, and leaf credits are
-added with `np.add.at` in shap's order.
+The bookkeeping is cheap per round: masks are Python ints (one bit a piece; a tree node is
+a contiguous run of pieces), a round's rows are unpacked from them in one numpy call, and
+the outputs of the explained targets are Python floats, so priorities and credits cost
+no numpy call per node. Python floats are IEEE doubles like numpy's float64, so each
+value is computed with the same operations in the same order as shap's.
 """
 
 from __future__ import annotations
@@ -28,17 +30,8 @@ from ...outputs import to_output_space
 from ...types import OutputName
 from .masking import Encode, MaskingSpec, PreparedText, build_rows
 
-# (priority, tie-break, sequence, mask of kept pieces, f00 row, f11 row, tree node, weight)
-_Node = tuple[float, float, int, np.ndarray, int, int, int, float]
-# The children an expansion queues, per fixed_context, in shap's order. Columns of a round's
-# (f00, f11, f10, f01) table: each child's (f00, f11) pair; which child (0 left, 1 right).
-_CHILDREN: dict[int | None, tuple[list[list[int]], list[int]]] = {
-    None: ([[0, 2], [0, 3], [3, 1], [2, 1]], [0, 1, 0, 1]),
-    0: ([[0, 2], [0, 3]], [0, 1]),
-    1: ([[3, 1], [2, 1]], [0, 1]),
-}
-# The mask each child keeps: -1 the parent's m00, 0 its m10 (left added), 1 its m01.
-_KEPT: dict[int | None, tuple[int, ...]] = {None: (-1, -1, 1, 0), 0: (-1, -1), 1: (1, 0)}
+# (priority, tie-break, sequence, mask of kept pieces, f00 slot, f11 slot, tree node, weight)
+_Node = tuple[float, float, int, int, int, int, int, float]
 Targets = Callable[[np.ndarray], Sequence[int]]
 
 
@@ -79,27 +72,28 @@ class PartitionEngine:
         self._random = np.random.RandomState(seed)
         m = text.size
         self._m = m
-        self._lo, self._hi = _node_ranges(text.clustering, m)
-        self._left = text.clustering[:, 0].astype(np.int64)
-        self._right = text.clustering[:, 1].astype(np.int64)
-        self._sizes = np.concatenate([np.ones(m), text.clustering[:, 3]])
-        self._memo: dict[bytes, int] = {}
+        self._bytes = (m + 7) // 8
+        lo, hi = _node_ranges(text.clustering, m)
+        self._bits = [((1 << h) - 1) ^ ((1 << lo_) - 1) for lo_, h in zip(lo, hi, strict=True)]
+        self._children = [(int(r[0]), int(r[1])) for r in text.clustering]
         # an invariant piece inside the text (a literal separator id): rows that differ
         # only there differ as strings, and shap still reuses the previous row's output
         self._mid_invariant = int(text.invariant.sum()) > spec.keep_prefix + spec.keep_suffix
-        self._f = np.empty((0, 0))  # per distinct row (slot): the outputs for the targets
-        self._raw: list[np.ndarray] = []  # raw logits of the first two rows
+        self._variant = _bits_of(~text.invariant)
+        self._memo: dict[bytes, int] = {}
+        self._f: list[list[float]] = []  # per distinct row (slot): the outputs for the targets
+        self._raw: list[np.ndarray] = []  # raw logits of the first rows
         self._heap: list[_Node] = []
         self._seq = itertools.count()
-        self._dvalues: np.ndarray | None = None
+        self._dvalues: list[list[float]] = []
         self.evals = 0
         self._pending_rows: list[np.ndarray] = []  # rows handed out, waiting for logits
         self._pending_slots: list[int] = []
-        self._round: tuple[list[_Node], np.ndarray, np.ndarray] | None = None  # expansions, masks, slots
+        self._round: tuple[list[_Node], list[int], list[int]] | None = None  # expansions, masks, slots
         self._root: tuple[int, int] = (0, 1)
         self._result: PartitionResult | None = None
-        base = np.zeros((1, m), dtype=bool)
-        self._start(np.concatenate([base, ~base]))
+        # shap evaluates the base and unmasked rows in two calls of one row: no reuse between
+        self._root = (self._slots([0])[0], self._slots([(1 << m) - 1])[0])
 
     # ---- the driver's side -------------------------------------------------------------
 
@@ -125,57 +119,58 @@ class PartitionEngine:
         if not self.targets:  # the base and unmasked rows: resolve the explained outputs
             self._raw = [np.asarray(row, dtype=np.float32) for row in logits]
             self.targets = [int(t) for t in self._resolve_targets(self._raw[self._root[1]])]
-            capacity = max(self.max_evals, 0) + 8
-            self._f = np.empty((capacity, len(self.targets)))
-            self._f[: len(self._raw)] = to_output_space(np.stack(self._raw), self.output)[:, self.targets]
+            self._f = to_output_space(np.stack(self._raw), self.output)[:, self.targets].tolist()
             self._pending_rows, self._pending_slots = [], []
             self._begin_owen()
         else:
-            self._f[self._pending_slots] = to_output_space(np.asarray(logits), self.output)[:, self.targets]
+            outputs = to_output_space(np.asarray(logits), self.output)[:, self.targets].tolist()
+            f = self._f
+            for slot, row in zip(self._pending_slots, outputs, strict=True):
+                f[slot] = row
             self._pending_rows, self._pending_slots = [], []
             self._finish_round()
         self._advance()
 
     # ---- the algorithm -----------------------------------------------------------------
 
-    def _start(self, masks: np.ndarray) -> None:
-        # shap evaluates these in two calls of one row each: no reuse between them
-        slots = [int(self._slots(masks[i : i + 1])[0]) for i in range(2)]
-        self._root = (slots[0], slots[1])
-
-    def _slots(self, masks: np.ndarray) -> np.ndarray:
+    def _slots(self, masks: list[int]) -> list[int]:
         """Output slot of each mask's row; rows not seen before join the pending rows.
 
         As shap's `MaskedModel` does within one call, a mask that differs from the one
         before it only at invariant pieces reuses that one's output (which matters when a
         text holds a literal separator: its string differs, shap still reuses)."""
-        reuse = np.zeros(len(masks), dtype=bool)
+        fresh = list(range(len(masks)))
         if self._mid_invariant:  # elsewhere a difference at an invariant piece is no difference
-            reuse[1:] = ~np.any((masks[1:] ^ masks[:-1]) & ~self.text.invariant, axis=1)
-        fresh = np.flatnonzero(~reuse)
-        rows = build_rows(self.text, self.spec, masks[fresh], self._encode)
-        slots = np.empty(len(masks), dtype=np.int64)
-        for i, row in zip(fresh, rows, strict=True):
+            variant = self._variant
+            fresh = [0] + [i for i in range(1, len(masks)) if (masks[i] ^ masks[i - 1]) & variant]
+        packed = b"".join(masks[i].to_bytes(self._bytes, "little") for i in fresh)
+        kept = np.unpackbits(
+            np.frombuffer(packed, dtype=np.uint8).reshape(len(fresh), self._bytes), axis=1, bitorder="little"
+        )[:, : self._m].astype(bool)
+        rows = build_rows(self.text, self.spec, kept, self._encode)
+        slots = [0] * len(masks)
+        row_of = dict(zip(fresh, rows, strict=True))
+        for i in range(len(masks)):
+            row = row_of.get(i)
+            if row is None:  # reused: the previous mask's output
+                slots[i] = slots[i - 1]
+                continue
             key = row.tobytes()
             slot = self._memo.get(key)
             if slot is None:
                 slot = len(self._memo)
                 self._memo[key] = slot
-                if slot >= len(self._f) and self.targets:
-                    self._f = np.concatenate([self._f, np.empty_like(self._f)])
+                self._f.append([])
                 self._pending_rows.append(row)
                 self._pending_slots.append(slot)
             slots[i] = slot
-        for i in np.flatnonzero(reuse):
-            slots[i] = slots[i - 1]
         return slots
 
     def _begin_owen(self) -> None:
         m = self._m
-        self._dvalues = np.zeros((2 * m - 1, len(self.targets)))
+        self._dvalues = [[0.0] * len(self.targets) for _ in range(2 * m - 1)]
         f00, f11 = self._root
-        root = 2 * m - 2
-        heapq.heappush(self._heap, (0.0, 0.0, next(self._seq), np.zeros(m, dtype=bool), f00, f11, root, 1.0))
+        heapq.heappush(self._heap, (0.0, 0.0, next(self._seq), 0, f00, f11, 2 * m - 2, 1.0))
 
     def _advance(self) -> None:
         """Form rounds until one needs rows the engine has not evaluated, or the end."""
@@ -183,7 +178,7 @@ class PartitionEngine:
             if not self._heap:
                 self._finish()
             elif self.evals >= self.max_evals:
-                self._drain()
+                self._credit([heapq.heappop(self._heap) for _ in range(len(self._heap))])
                 self._finish()
             else:
                 self._form_round()
@@ -191,12 +186,12 @@ class PartitionEngine:
                     self._finish_round()  # every row of the round was known already
 
     def _form_round(self) -> None:
-        m, heap = self._m, self._heap
+        m, heap, pop = self._m, self._heap, heapq.heappop
         expansions: list[_Node] = []
         leaves: list[_Node] = []
         n_masks = 0
         while heap and n_masks < self.batch_size and self.evals + n_masks < self.max_evals:
-            node = heapq.heappop(heap)
+            node = pop(heap)
             if node[6] < m:
                 leaves.append(node)
                 continue
@@ -207,74 +202,74 @@ class PartitionEngine:
         if not expansions:
             return
         self.evals += n_masks
-        k = len(expansions)
-        inds = np.array([n[6] for n in expansions]) - m
-        masks = np.repeat(np.stack([n[3] for n in expansions]), 2, axis=0)  # m10, m01, m10, …
-        children = np.empty(2 * k, dtype=np.int64)
-        children[0::2], children[1::2] = self._left[inds], self._right[inds]
-        for r, child in enumerate(children):
-            masks[r, self._lo[child] : self._hi[child]] = True
+        masks: list[int] = []
+        bits, children = self._bits, self._children
+        for node in expansions:
+            left, right = children[node[6] - m]
+            masks.append(node[3] | bits[left])  # m10
+            masks.append(node[3] | bits[right])  # m01
         self._round = (expansions, masks, self._slots(masks))
 
     def _finish_round(self) -> None:
-        assert self._round is not None and self._dvalues is not None
+        assert self._round is not None
         expansions, masks, slots = self._round
         self._round = None
-        m, fc = self._m, self.fixed_context
-        # per expansion: its f00, f11, f10, f01 rows, gathered in one fancy index
-        columns = np.empty((len(expansions), 4), dtype=np.int64)
-        columns[:, :2] = [(n[4], n[5]) for n in expansions]
-        columns[:, 2], columns[:, 3] = slots[0::2], slots[1::2]
-        weight = np.array([n[7] for n in expansions])
-        inds = np.array([n[6] for n in expansions])
-        if fc is not None:
-            g = self._f[columns]
-            interaction = (g[:, 1] - g[:, 2] - g[:, 3] + g[:, 0]) * weight[:, None]
-            np.add.at(self._dvalues, inds, interaction if fc == 0 else -interaction)
-        # the children shap queues, in its order, as (lo, hi) columns: the child's f00, f11
-        lo_hi, sides = _CHILDREN[fc]
-        pairs = columns[:, lo_hi]  # k × children × 2
-        node = np.stack([self._left[inds - m], self._right[inds - m]], axis=1)[:, sides].ravel()
-        g = self._f[pairs]
-        w = np.repeat(weight / 2 if fc is None else weight, len(sides))
-        priority = -np.max(np.abs(g[:, :, 1] - g[:, :, 0]), axis=2).ravel() * w
-        ties = self._random.randn(len(w))
-        # the mask each child keeps: m00 for context 0, m01 / m10 for context 1
-        kept = []
-        for j, n in enumerate(expansions):
-            for source in _KEPT[fc]:
-                kept.append(n[3] if source < 0 else masks[2 * j + source])
-        lo, hi = pairs[:, :, 0].ravel().tolist(), pairs[:, :, 1].ravel().tolist()
+        m, fc, f, dvalues, children = self._m, self.fixed_context, self._f, self._dvalues, self._children
+        pushes: list[tuple[float, int, int, int, int, float]] = []  # priority, mask, f00, f11, node, weight
+        for j, (_, _, _, m00, i00, i11, ind, weight) in enumerate(expansions):
+            i10, i01 = slots[2 * j], slots[2 * j + 1]
+            f00, f11, f10, f01 = f[i00], f[i11], f[i10], f[i01]
+            left, right = children[ind - m]
+            if fc is not None:  # the interaction stays on the node
+                d = dvalues[ind]
+                for t, (a, b, c, e) in enumerate(zip(f11, f10, f01, f00, strict=True)):
+                    if fc == 0:
+                        d[t] += (a - b - c + e) * weight
+                    else:
+                        d[t] -= (a - b - c + e) * weight
+            w = weight / 2 if fc is None else weight
+            if fc is None or fc == 0:
+                pushes.append((_gap(f10, f00) * w, m00, i00, i10, left, w))
+                pushes.append((_gap(f01, f00) * w, m00, i00, i01, right, w))
+            if fc is None or fc == 1:
+                pushes.append((_gap(f11, f01) * w, masks[2 * j + 1], i01, i11, left, w))
+                pushes.append((_gap(f11, f10) * w, masks[2 * j], i10, i11, right, w))
+        ties = self._random.randn(len(pushes)).tolist()
         push, seq, heap = heapq.heappush, self._seq, self._heap
-        for item in zip(priority.tolist(), ties.tolist(), kept, lo, hi, node.tolist(), w.tolist(), strict=True):
-            push(heap, (item[0], item[1], next(seq), *item[2:]))
+        for (priority, mask, a, b, node, w), tie in zip(pushes, ties, strict=True):
+            push(heap, (priority, tie, next(seq), mask, a, b, node, w))
 
     def _credit(self, nodes: list[_Node]) -> None:
         """Leaves (and, at the end of the budget, every queued node) keep f11 − f00."""
-        assert self._dvalues is not None
-        f = self._f
-        delta = f[[n[5] for n in nodes]] - f[[n[4] for n in nodes]]
-        np.add.at(self._dvalues, [n[6] for n in nodes], delta * np.array([n[7] for n in nodes])[:, None])
-
-    def _drain(self) -> None:
-        nodes = [heapq.heappop(self._heap) for _ in range(len(self._heap))]
-        if nodes:
-            self._credit(nodes)
+        f, dvalues = self._f, self._dvalues
+        for _, _, _, _, i00, i11, ind, weight in nodes:
+            d = dvalues[ind]
+            for t, (a, b) in enumerate(zip(f[i11], f[i00], strict=True)):
+                d[t] += (a - b) * weight
 
     def _finish(self) -> None:
-        assert self._dvalues is not None
-        values = lower_credit(self._dvalues, self.text.clustering, self._m)
+        dvalues = np.array(self._dvalues, dtype=np.float64).reshape(2 * self._m - 1, len(self.targets))
+        values = lower_credit(dvalues, self.text.clustering, self._m)
         f00, f11 = self._root
         self._result = PartitionResult(
             values=values[: self._m].copy(),
-            base_values=self._f[f00].copy(),
-            output_values=self._f[f11].copy(),
+            base_values=np.array(self._f[f00], dtype=np.float64),
+            output_values=np.array(self._f[f11], dtype=np.float64),
             unmasked_logits=self._raw[f11],
             targets=self.targets,
             rows=len(self._memo),
             evals=self.evals + 2,
         )
         self._heap = []
+
+
+def _gap(a: list[float], b: list[float]) -> float:
+    """shap's `-np.max(np.abs(a - b))`: the priority before its weight (more negative first)."""
+    return -max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def _bits_of(flags: np.ndarray) -> int:
+    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
 
 
 def _node_ranges(clustering: np.ndarray, m: int) -> tuple[list[int], list[int]]:
