@@ -185,15 +185,26 @@ def run_step_batches(
     return GradientResult(np.ascontiguousarray(per_token), rows, queued, len(batches))
 
 
+_POINTS_LOCK = threading.Lock()
+
+
 @functools.cache  # at most --max-ig-steps entries, of a few kB each
-def integration_points(n_steps: int) -> tuple[list[float], list[float]]:
-    """Captum's step sizes and alphas for `n_steps` (its own lists, unchanged). Cached: the
-    Gauss–Legendre points of 512 steps cost seconds when numpy's BLAS threads compete with
-    torch's, and the explainer thread computes them before any step batch is queued."""
+def _points(n_steps: int) -> tuple[list[float], list[float]]:
     from captum.attr._utils.approximation_methods import approximation_parameters
+    from threadpoolctl import threadpool_limits
 
     step_sizes_of, alphas_of = approximation_parameters(METHOD)
-    return step_sizes_of(n_steps), alphas_of(n_steps)
+    # One BLAS thread: the eigen-solve behind 512 Gauss–Legendre points takes 0.05 s alone
+    # and seconds when numpy's BLAS threads fight torch's for the cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return step_sizes_of(n_steps), alphas_of(n_steps)
+
+
+def integration_points(n_steps: int) -> tuple[list[float], list[float]]:
+    """Captum's step sizes and alphas for `n_steps` (its own lists, unchanged), computed
+    once per step count (a lock: concurrent texts do not all compute the same points)."""
+    with _POINTS_LOCK:
+        return _points(n_steps)
 
 
 # ---- on the worker thread ------------------------------------------------------------
