@@ -1,7 +1,10 @@
 """Graceful shutdown of the real `whybert serve` process: on SIGTERM health turns
 NOT_SERVING, new calls are refused with UNAVAILABLE, calls in flight finish, and the
 process exits 0; a SIGTERM during model loading exits at once; calls that outlive the
-grace period are cut at its end."""
+grace period are cut at its end; and a SIGTERM in the middle of each explainer's longest
+work (SHAP on long texts, LIME with many samples, integrated gradients with many steps)
+ends the call within the grace period with OK or a clear status and the process with 0
+within the grace period plus 2 s."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -23,25 +27,56 @@ import pytest
 from _servers import FaultyClassifier, ServerThread, registry_factory, wait_for
 from conftest import free_port, tiny_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
 GRACE_SECONDS = 20.0
 LONG_TEXT = " ".join(["the soup was cold but the staff were friendly and the bread was fresh"] * 2)
+# The grace period of the SIGTERM-in-the-middle tests, and what they allow beyond it: the
+# calls end at its end (gRPC cancels them then), the process within 2 s more.
+SHORT_GRACE = 2.0
+CALL_SLACK = 0.5
+EXIT_SLACK = 2.0
+# A normal long English text: many distinct words, far more tokens than the tiny model reads.
+LONG_ENGLISH = " ".join(
+    [
+        "We booked the corner table for a birthday dinner and arrived a little early.",
+        "The host was polite, although the dining room felt crowded and rather loud.",
+        "Our waiter recommended the grilled trout, a mushroom risotto and a bottle of",
+        "crisp white wine from a small vineyard north of the river.",
+        "The starters came quickly: warm bread, salted butter, olives and a bright salad",
+        "with shaved fennel, oranges and toasted almonds that everybody enjoyed.",
+        "Then we waited almost fifty minutes for the main courses, and nobody explained why.",
+        "The trout was perfectly cooked, with crackling skin and a lemony caper sauce,",
+        "but the risotto was gluey, oversalted and barely warm in the middle.",
+        "When we mentioned it, the manager apologised, replaced the dish without arguing",
+        "and took the dessert off the bill, which we genuinely appreciated.",
+        "The chocolate tart was rich and dense; the rhubarb sorbet tasted sharp and fresh.",
+        "Coffee was strong, the espresso cups were chipped, and the bathroom needed cleaning.",
+        "Prices are high for the neighbourhood, yet portions are generous and the menu",
+        "changes with the seasons, so regulars always find something new to try.",
+        "Parking nearby is difficult on weekends; the tram stop is a short walk away.",
+        "Overall it was a memorable evening with a few frustrating moments, and I would",
+        "probably return for lunch on a quiet weekday rather than a busy Saturday night.",
+    ]
+    * 3
+)
 
 
 class ServeProcess:
     """`whybert serve` in a child process on a loopback port; stderr kept in a file."""
 
-    def __init__(self, model_dir: Path, log_path: Path, *extra: str) -> None:
+    def __init__(self, model_dir: Path, log_path: Path, *extra: str, metrics: bool = False) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port() if metrics else 0
         self.log_path = log_path
         command = [
             sys.executable, "-m", "whybert_service.cli", "serve",
             "--model", f"tiny={model_dir}", "--no-builtin-model",
-            "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "0",
-            "--device", "cpu", *extra,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--metrics-port", str(self.metrics_port), "--device", "cpu", *extra,
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         self._log = log_path.open("wb")
@@ -69,6 +104,14 @@ class ServeProcess:
             time.sleep(0.1)
         raise AssertionError(f"health never became {status}:\n{self.log()}")
 
+    def metric(self, name: str) -> float:
+        """A sample of the server's /metrics summed over its labels (0 while absent)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        families = text_string_to_metric_families(text)
+        return sum(s.value for f in families for s in f.samples if s.name == name)
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
@@ -84,8 +127,8 @@ class ServeProcess:
 def serve(tmp_path: Path) -> Iterator[Any]:
     started: list[ServeProcess] = []
 
-    def start(model_dir: Path, *extra: str) -> ServeProcess:
-        proc = ServeProcess(model_dir, tmp_path / f"serve-{len(started)}.log", *extra)
+    def start(model_dir: Path, *extra: str, metrics: bool = False) -> ServeProcess:
+        proc = ServeProcess(model_dir, tmp_path / f"serve-{len(started)}.log", *extra, metrics=metrics)
         started.append(proc)
         return proc
 
@@ -217,3 +260,130 @@ def test_calls_that_outlive_the_grace_period_are_cut_at_its_end(
         assert server.server is not None and server.server.dataplane is not None
         assert server.server.dataplane._in_flight == 0
         assert not server.worker.healthy and server.worker.queued_rows() == 0
+
+
+# ---- SIGTERM in the middle of each explainer's longest work -------------------------------
+
+
+def start_short_grace_server(serve: Any, model_dir: Path) -> ServeProcess:
+    server: ServeProcess = serve(
+        model_dir, "--grace-seconds", str(SHORT_GRACE), "--cache-entries", "0", metrics=True
+    )
+    server.wait_health("SERVING", timeout=180)
+    return server
+
+
+def explain_calls(target: str, requests: list[pb.ExplainRequest]) -> tuple[grpc.Channel, list[Future[Any]]]:
+    channel = grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)])
+    stub = pb_grpc.ExplainerStub(channel)
+    return channel, [stub.Explain.future(r, timeout=300) for r in requests]
+
+
+def wait_until(server: ServeProcess, calls: list[Future[Any]], what: str, ready: Callable[[], bool]) -> None:
+    """Poll the server's state until the work is under way (never a fixed sleep)."""
+    end = time.monotonic() + 120
+    while not ready():
+        assert not any(c.done() for c in calls), f"a call ended before {what}:\n{server.log()}"
+        assert time.monotonic() < end, f"never saw {what}:\n{server.log()}"
+        time.sleep(0.05)
+
+
+def sigterm_mid_work(server: ServeProcess, calls: list[Future[Any]]) -> tuple[float, float]:
+    """SIGTERM while `calls` run; each must end within the grace period with OK or a clear
+    status, the process with 0 within the grace period plus 2 s. Returns the seconds from
+    the signal to the last call's end and to the exit."""
+    ended: list[float] = []
+    for call in calls:
+        call.add_done_callback(lambda _f: ended.append(time.monotonic()))
+    assert not any(c.done() for c in calls), "the work ended before the signal"
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for call in calls:
+        try:
+            call.result(timeout=SHORT_GRACE + 30)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), (
+            code,
+            server.log(),
+        )
+    rc = server.process.wait(timeout=SHORT_GRACE + 60)
+    exited = time.monotonic() - signalled
+    assert wait_for(lambda: len(ended) == len(calls), timeout=5)
+    to_end = max(ended) - signalled
+    output = server.log()
+    print(f"signal to calls' end {to_end:.2f} s, to exit {exited:.2f} s")
+    assert rc == 0, (rc, output)
+    assert to_end <= SHORT_GRACE + CALL_SLACK, f"the calls ended {to_end:.1f} s after SIGTERM"
+    assert exited <= SHORT_GRACE + EXIT_SLACK, f"the process exited {exited:.1f} s after SIGTERM:\n{output}"
+    assert "Traceback" not in output and "terminate called" not in output, output
+    return to_end, exited
+
+
+def test_sigterm_during_shap_on_long_texts_ends_calls_in_the_grace_period_and_exits_0(
+    serve: Any, tiny_model_dir: Path
+) -> None:
+    server = start_short_grace_server(serve, tiny_model_dir)
+    requests = [
+        pb.ExplainRequest(texts=[text], shap=pb.ShapOptions(max_evals=4000), target_mode=pb.TARGET_MODE_ALL)
+        for text in ("!" * 5000, LONG_ENGLISH)
+    ]
+    channel, calls = explain_calls(server.target, requests)
+    with channel:
+        wait_until(server, calls, "SHAP rounds on the model", lambda: server.metric("whybert_rows_total") > 0)
+        sigterm_mid_work(server, calls)
+
+
+def test_sigterm_during_lime_with_many_samples_ends_the_call_in_the_grace_period_and_exits_0(
+    serve: Any, tiny_model_dir: Path
+) -> None:
+    server = start_short_grace_server(serve, tiny_model_dir)
+    request = pb.ExplainRequest(
+        texts=[LONG_ENGLISH],
+        explainer=pb.EXPLAINER_KIND_LIME,
+        target_mode=pb.TARGET_MODE_ALL,
+        lime=pb.LimeOptions(num_samples=10_000),
+    )
+    channel, calls = explain_calls(server.target, [request])
+    with channel:
+        wait_until(server, calls, "LIME's samples on the model", lambda: server.metric("whybert_rows_total") > 0)
+        sigterm_mid_work(server, calls)
+
+
+@pytest.mark.parametrize("moment", ["before the step batches", "during the step batches"])
+def test_sigterm_during_integrated_gradients_ends_the_call_in_the_grace_period_and_exits_0(
+    serve: Any, tiny_model_dir: Path, moment: str
+) -> None:
+    server = start_short_grace_server(serve, tiny_model_dir)
+
+    def request(texts: list[str]) -> pb.ExplainRequest:
+        return pb.ExplainRequest(
+            texts=texts,
+            explainer=pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
+            target_mode=pb.TARGET_MODE_ALL,
+            integrated_gradients=pb.IntegratedGradientsOptions(n_steps=512),
+        )
+
+    if moment == "during the step batches":
+        # A first, small request pays for the 512 steps' integration points, so that the
+        # long one goes straight to its step batches (8 texts x 3 labels x 512 steps).
+        with grpc.insecure_channel(server.target) as warm:
+            pb_grpc.ExplainerStub(warm).Explain(request(["short"]), timeout=300)
+    channel, calls = explain_calls(server.target, [request([LONG_ENGLISH] * 8)])
+    with channel:
+        if moment == "before the step batches":
+            # Each text's first rows (the text and its baseline) ran: its explainer thread
+            # goes on to the integration points, which no cancellation interrupts (numpy;
+            # seconds for 8 threads at once on a busy machine), then to the step batches.
+            wait_until(server, calls, "the texts' first rows", lambda: server.metric("whybert_rows_total") > 0)
+        else:
+            # Step batches are under way once the rows they hold in the queue go down.
+            seen: list[float] = []
+
+            def step_batches_ran() -> bool:
+                seen.append(server.metric("whybert_queue_rows"))
+                return 0 < seen[-1] < max(seen)
+
+            wait_until(server, calls, "step batches of integrated gradients", step_batches_ran)
+        sigterm_mid_work(server, calls)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from . import settings as settings_mod
 
@@ -36,7 +40,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:  # a model that cannot be served: say why, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    exit_after_shutdown()
+
+
+def exit_after_shutdown() -> NoReturn:
+    """End the process with 0 once `serve` has shut down gracefully, skipping the
+    interpreter's teardown.
+
+    By now every call has its status and the models' workers are stopped; what the teardown
+    would still do is wait or break. It joins every explainer thread (concurrent.futures
+    does), and one can sit for many seconds in library code that no cancellation reaches
+    (numpy, a tokenizer, a regression); a daemon thread still inside a torch call when the
+    interpreter finalizes aborts the process ("terminate called without an active
+    exception", exit -6); and tearing down torch's and the other libraries' modules alone
+    takes 1-2 s on a busy 2-core machine. `--grace-seconds` is a promise to the
+    orchestrator, so the logs are flushed and the process leaves at once.
+    """
+    running = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    logging.getLogger(__name__).info("exiting", extra={"threads_still_running": running})
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _serve_command() -> tuple[Callable[[argparse.ArgumentParser], None], Runner]:

@@ -55,8 +55,17 @@ class DataPlane:
         self._pool = ThreadPoolExecutor(explain_threads, thread_name_prefix="whybert-explain")
         self._max_requests = max_concurrent_requests
         self._in_flight = 0
+        self._explaining: set[RequestContext] = set()  # requests whose explanations run
 
     def close(self) -> None:
+        """Stop the explanations still running and release the explainer threads.
+
+        Their contexts are cancelled, so that explainer threads stop at their next check
+        (between chunks, rounds or step batches) rather than work on for nobody; at exit
+        concurrent.futures would otherwise join them however long that takes.
+        """
+        for ctx in list(self._explaining):
+            ctx.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for explainer in self.explainers.values():
             explainer.close()
@@ -96,6 +105,7 @@ class DataPlane:
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
         explainer = self._explainer_for(params, handle)
+        self._explaining.add(ctx)
         tasks = [
             asyncio.ensure_future(self._explain_one(explainer, handle, text, params, ctx)) for text in params.texts
         ]
@@ -107,6 +117,8 @@ class DataPlane:
             for task in tasks:
                 task.cancel()
             raise
+        finally:
+            self._explaining.discard(ctx)
         return handle.name, list(results)
 
     def _explainer_for(self, params: ExplainParams, handle: ModelHandle) -> Explainer:

@@ -15,6 +15,7 @@ import concurrent.futures
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -39,6 +40,8 @@ from .servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
 
+# After the grace period, how long the models' workers get to finish the batch they run.
+WORKER_STOP_SECONDS = 1.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 RegistryFactory = Callable[[Metrics, Callable[[bool], None]], ModelRegistry]
 T = TypeVar("T")
@@ -228,7 +231,7 @@ class WhybertServer:
             self._closing = True
             registry = self.registry
         if registry is not None:
-            await asyncio.to_thread(registry.stop)
+            await asyncio.to_thread(_stop_workers, registry, WORKER_STOP_SECONDS)
         if self.dataplane is not None:
             self.dataplane.close()
         self.metrics.close()
@@ -247,6 +250,15 @@ class WhybertServer:
     def _on_signal(self, sig: signal.Signals) -> None:
         log.warning("shutting down", extra={"signal": sig.name, "grace_seconds": self.settings.grace_seconds})
         self._begin_stop(None)
+
+
+def _stop_workers(registry: ModelRegistry, seconds: float) -> None:
+    """Stop every model's worker (their queued work gets UNAVAILABLE at once), giving the
+    batches that run at most `seconds` in all: the process must exit within the grace
+    period plus a little, and a batch left running is only work nobody waits for."""
+    deadline = time.monotonic() + seconds
+    for handle in registry:
+        handle.worker.stop(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
