@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import torch
 from whybert_service.batching.worker import ModelWorker, WorkerCrash
 from whybert_service.context import RequestContext
 from whybert_service.grpc.server import WhybertServer, worker_config
@@ -35,6 +36,7 @@ class FaultyClassifier(Classifier):
     - `oom_above`: a forward of more rows than this raises a CUDA-style OOM error.
     - `poison`: a row holding this word's tokens raises, alone or not.
     - `crashes`: the next so many forward passes raise `WorkerCrash`.
+    - `crash_after`: that many more forward passes succeed, then the next one crashes.
     - `delay`: seconds every forward pass sleeps first (a slow device).
     """
 
@@ -58,6 +60,7 @@ class FaultyClassifier(Classifier):
         self._lock = threading.Lock()
         self.oom_above: int | None = None
         self.crashes = 0
+        self.crash_after: int | None = None
         self.delay = 0.0
         self._poison: tuple[int, ...] | None = None
 
@@ -77,13 +80,17 @@ class FaultyClassifier(Classifier):
         with self._lock:
             return ids in self.seen
 
-    def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+    def launch(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Every forward pass starts here, pipelined or not: the faults strike at launch."""
         self.entered.set()
         if not self._open.wait(timeout=30):
             raise RuntimeError("the test never released the held forward pass")
         if self.delay:
             time.sleep(self.delay)
         with self._lock:
+            if self.crash_after is not None:
+                self.crashes += self.crash_after == 0
+                self.crash_after = None if self.crash_after == 0 else self.crash_after - 1
             if self.crashes > 0:
                 self.crashes -= 1
                 self.events.append("crash")
@@ -97,7 +104,7 @@ class FaultyClassifier(Classifier):
             self.seen.extend(tuple(r) for r in rows)
             self.batches.append(len(rows))
             self.events.append("forward")
-        return super().forward(rows)
+        return super().launch(rows)
 
 
 def _holds(row: Sequence[int], part: tuple[int, ...]) -> bool:

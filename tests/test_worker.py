@@ -327,3 +327,43 @@ def test_stopping_fails_queued_work_and_refuses_new(make_worker: WorkerFactory) 
     with pytest.raises(Unavailable):
         worker.submit(ids(faulty, "after stop"), RequestContext())
     assert not worker.healthy
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_pipelined_and_plain_workers_give_every_caller_its_own_logits(
+    make_worker: WorkerFactory, tiny_classifier: Any, pipeline: bool
+) -> None:
+    """With batch N+1 launched before batch N is collected (the GPU path, run here on the
+    CPU), every caller still gets exactly its rows' logits, a poisoned row fails only its
+    own request and an out-of-memory batch is split."""
+    worker, faulty = make_worker(max_batch_delay_s=0.0, max_batch_tokens=64, pipeline=pipeline)
+    faulty.set_poison("xylophone")
+    faulty.oom_above = 6
+    texts = [f"review {i}: " + "very " * (i % 7) + "good food" for i in range(40)]
+    futures = [worker.submit(ids(faulty, t), RequestContext()) for t in texts]
+    bad = worker.submit(ids(faulty, "the xylophone breaks it"), RequestContext())
+    results = np.stack([f.result(10).logits[0] for f in futures])
+    expected = tiny_classifier.forward(tiny_classifier.encode(texts).ids)
+    np.testing.assert_allclose(results, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelFailure):
+        bad.result(10)
+    assert len(faulty.batches) > 1 and max(faulty.batches) <= 6
+    assert worker.healthy and worker.restarts == 0
+
+
+def test_a_crash_with_a_batch_in_flight_leaves_nobody_waiting(make_worker: WorkerFactory) -> None:
+    worker, faulty = make_worker(max_batch_delay_s=0.0, max_batch_tokens=16, pipeline=True)
+    blocker = hold_worker(worker, faulty)
+    queued = [worker.submit(ids(faulty, f"text number {i}"), RequestContext()) for i in range(12)]
+    faulty.crash_after = 1  # the held batch launches and is in flight when the next one crashes
+    faulty.release()
+    outcomes = []
+    for f in [blocker, *queued]:
+        try:
+            outcomes.append(f.result(10).logits.shape == (1, 3))
+        except Unavailable as exc:
+            outcomes.append("restarted; retry" in exc.message)
+    assert all(outcomes)
+    assert "crash" in faulty.events
+    assert wait_for(lambda: worker.healthy, timeout=10) and worker.restarts == 1
+    assert served(worker, ids(faulty, "after the restart")) == 1

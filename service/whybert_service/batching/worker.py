@@ -13,11 +13,12 @@ UNAVAILABLE, which clients retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -69,6 +70,21 @@ class WorkerConfig:
     # 1.88 s per explanation in benchmarks/explain.py), 256 on a GPU (each extra forward
     # costs a fixed ~8 ms of kernel launches on an H200, which dwarfs padding).
     min_group_rows: int | None = None
+    # Cut and launch batch N+1 while batch N runs on the device; None: on a GPU only (on a
+    # CPU the forward pass holds the cores, and the next rounds of batch N's explanations
+    # could only come a batch later).
+    pipeline: bool | None = None
+
+
+@dataclass(eq=False)
+class _Launched:
+    """A batch whose forward passes were launched and whose logits are not collected yet."""
+
+    batch: Batch
+    pairs: list[tuple[Submission, int]]
+    groups: list[list[int]]  # indices into pairs, one launched forward pass each
+    outputs: list[torch.Tensor]
+    started: float
 
 
 @dataclass(eq=False)
@@ -100,6 +116,7 @@ class ModelWorker:
         self._jobs: list[_Job] = []
         self._job_turns: dict[int, int] = {}  # id(request context) → its jobs run while queued
         self._job_ran_last = False
+        self._in_flight: _Launched | None = None
         # Rows of work queued outside the row queue (integrated gradients waiting for a
         # drain): they hold places under the same `max_queued_rows` bound.
         self._reserved_rows = 0
@@ -284,15 +301,28 @@ class ModelWorker:
             return
 
     def _loop(self) -> None:
+        pipeline = self.config.pipeline
+        if pipeline is None:
+            pipeline = self.classifier.device.type == "cuda"
         while not self._stopping:
-            job, batch = self._next_work()
+            job, batch = self._next_work(wait=self._in_flight is None)
             if job is not None:
+                self._settle_in_flight()
                 self._run_job(job)
             elif batch is not None and batch.rows:
-                self._run_batch(batch)
+                if not pipeline:
+                    self._run_batch(batch)
+                    continue
+                launched = self._launch(batch)  # the device takes it while N is collected
+                self._settle_in_flight()
+                self._in_flight = launched
+            else:
+                self._settle_in_flight()
+        self._settle_in_flight()  # stopping: its callers get their logits, not silence
 
-    def _next_work(self) -> tuple[_Job | None, Batch | None]:
-        """Wait until a job or a worthwhile batch is ready, then take it."""
+    def _next_work(self, wait: bool = True) -> tuple[_Job | None, Batch | None]:
+        """Wait until a job or a worthwhile batch is ready, then take it; without `wait`,
+        return (None, None) at once when none is ready yet."""
         cfg = self.config
         with self._cond:
             while not self._stopping:
@@ -307,8 +337,8 @@ class ModelWorker:
                     return self._pick_job(), None
                 if len(self._queue):
                     oldest = self._queue.oldest_enqueued_at() or now
-                    wait = oldest + cfg.max_batch_delay_s - now
-                    if wait <= 0 or self._queue.pending_cost() >= cfg.max_batch_tokens:
+                    delay = oldest + cfg.max_batch_delay_s - now
+                    if delay <= 0 or self._queue.pending_cost() >= cfg.max_batch_tokens:
                         batch = self._queue.take_batch(cfg.max_batch_tokens, now)
                         self._job_ran_last = False
                         for piece in batch.slices:
@@ -316,7 +346,11 @@ class ModelWorker:
                                 self._count_request(piece.submission, -1)
                         self._publish_depth()
                         return None, batch
-                    self._cond.wait(wait)
+                    if not wait:
+                        return None, None
+                    self._cond.wait(delay)
+                elif not wait:
+                    return None, None
                 else:
                     self._cond.wait(0.5)
         return None, None
@@ -377,7 +411,7 @@ class ModelWorker:
             log.warning("job on model %s failed: %r", self.classifier.name, exc)
             job.future.set_exception(ModelFailure(f"the model failed on this request: {exc}"))
 
-    def _run_batch(self, batch: Batch) -> None:
+    def _observe_batch(self, batch: Batch) -> list[tuple[Submission, int]]:
         name = self.classifier.name
         now = time.monotonic()
         for piece in batch.slices:
@@ -385,19 +419,72 @@ class ModelWorker:
                 self.metrics.queue_wait_seconds.labels(name).observe(now - piece.submission.enqueued_at)
         self.metrics.batch_rows.labels(name).observe(len(batch.rows))
         self.metrics.batch_tokens.labels(name).observe(batch.padded_tokens)
-        pairs = [(p.submission, i) for p in batch.slices for i in range(p.start, p.stop)]
+        return [(p.submission, i) for p in batch.slices for i in range(p.start, p.stop)]
+
+    def _run_batch(self, batch: Batch) -> None:
+        pairs = self._observe_batch(batch)
         started = time.perf_counter()
-        try:
+        with self._failing_on_restart(batch):
             self._run_pairs(pairs)
+        self._batch_done(len(pairs), started)
+
+    def _batch_done(self, rows: int, started: float) -> None:
+        name = self.classifier.name
+        self.metrics.forward_seconds.labels(name).observe(time.perf_counter() - started)
+        self.metrics.rows_total.labels(name).inc(rows)
+        self._publish_memory()
+
+    @contextlib.contextmanager
+    def _failing_on_restart(self, batch: Batch) -> Iterator[None]:
+        """If the loop breaks, nobody whose rows were in this batch may be left waiting."""
+        try:
+            yield
         except BaseException:
-            # The loop restarts: nobody whose rows were in this batch may be left waiting.
-            restarted = Unavailable(f"the worker of model {name!r} restarted; retry")
+            restarted = Unavailable(f"the worker of model {self.classifier.name!r} restarted; retry")
             for piece in batch.slices:
                 fail(piece.submission, restarted)
             raise
-        self.metrics.forward_seconds.labels(name).observe(time.perf_counter() - started)
-        self.metrics.rows_total.labels(name).inc(len(pairs))
-        self._publish_memory()
+
+    def _launch(self, batch: Batch) -> _Launched | None:
+        """Launch a batch's forward passes, one per length group; a failure to launch runs
+        it at once through the split-and-retry path instead (None: nothing in flight)."""
+        pairs = self._observe_batch(batch)
+        started = time.perf_counter()
+        with self._failing_on_restart(batch):
+            self._drop_departed(pairs)
+            pairs = [(s, i) for s, i in pairs if not s.future.done()]
+            if not pairs:
+                return None
+            groups = self._groups([s.rows[i] for s, i in pairs])
+            try:
+                outputs = [self.classifier.launch([pairs[i][0].rows[pairs[i][1]] for i in g]) for g in groups]
+            except WorkerCrash:
+                raise
+            except Exception:
+                self._run_pairs(pairs)
+                self._batch_done(len(pairs), started)
+                return None
+        return _Launched(batch, pairs, groups, outputs, started)
+
+    def _settle_in_flight(self) -> None:
+        """Collect the batch in flight and hand each caller its logits (their callbacks
+        queue the next rounds); a failure reruns it through split-and-retry."""
+        launched, self._in_flight = self._in_flight, None
+        if launched is None:
+            return
+        pairs = launched.pairs
+        with self._failing_on_restart(launched.batch):
+            try:
+                logits = np.empty((len(pairs), self.classifier.num_labels), dtype=np.float32)
+                for group, output in zip(launched.groups, launched.outputs, strict=True):
+                    logits[group] = self.classifier.collect(output)
+            except WorkerCrash:
+                raise
+            except Exception:
+                self._run_pairs(pairs)
+            else:
+                self._deliver(pairs, logits)
+        self._batch_done(len(pairs), launched.started)
 
     def _publish_memory(self) -> None:
         """Device memory in use, on a GPU only (the series stays absent on the CPU)."""
@@ -406,15 +493,19 @@ class ModelWorker:
                 torch.cuda.memory_allocated(self.classifier.device)
             )
 
-    def _run_pairs(self, pairs: list[tuple[Submission, int]]) -> None:
-        """Forward (submission, row) pairs; on failure split in halves down to single rows."""
+    def _drop_departed(self, pairs: list[tuple[Submission, int]]) -> None:
+        """Fail the submissions among `pairs` whose caller left or whose deadline passed."""
         now = time.monotonic()
         for sub in {s for s, _ in pairs if not s.future.done()}:
-            reason = sub.drop_reason(now)  # a retry comes later: check the callers again
+            reason = sub.drop_reason(now)
             if reason is not None:
                 rows = sum(1 for s, _ in pairs if s is sub)
                 self.metrics.dropped_rows.labels(self.classifier.name, reason.value).inc(rows)
                 fail(sub, _dropped_error(reason))
+
+    def _run_pairs(self, pairs: list[tuple[Submission, int]]) -> None:
+        """Forward (submission, row) pairs; on failure split in halves down to single rows."""
+        self._drop_departed(pairs)  # a retry comes later: check the callers again
         pairs = [(s, i) for s, i in pairs if not s.future.done()]
         if not pairs:
             return
@@ -436,6 +527,9 @@ class ModelWorker:
             self._run_pairs(pairs[:half])
             self._run_pairs(pairs[half:])
             return
+        self._deliver(pairs, logits)
+
+    def _deliver(self, pairs: list[tuple[Submission, int]], logits: np.ndarray) -> None:
         now = time.monotonic()
         start = 0
         for end in range(1, len(pairs) + 1):  # each run of one submission's rows at once
@@ -444,21 +538,27 @@ class ModelWorker:
                 deliver(sub, first, logits[start:end], now)
                 start = end
 
-    def _forward_grouped(self, rows: list[list[int]]) -> np.ndarray:
-        """One forward per group of similar lengths; logits back in the rows' order."""
+    def _groups(self, rows: list[list[int]]) -> list[list[int]]:
+        """Row indices grouped by similar length (one forward each), padding observed."""
         min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
         groups = split_by_length([len(r) for r in rows], min_rows)
-        out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
-        padded = 0
-        for group in groups:
-            group_rows = [rows[i] for i in group]
-            out[group] = self.classifier.forward(group_rows)
-            padded += len(group) * max(len(r) for r in group_rows)
+        padded = sum(len(g) * max(len(rows[i]) for i in g) for g in groups)
         real = sum(len(r) for r in rows)
         self.metrics.padding_fraction.labels(self.classifier.name).observe(1 - real / max(padded, 1))
+        return groups
+
+    def _forward_grouped(self, rows: list[list[int]]) -> np.ndarray:
+        """One forward per group of similar lengths; logits back in the rows' order."""
+        out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
+        for group in self._groups(rows):
+            out[group] = self.classifier.forward([rows[i] for i in group])
         return out
 
     def _fail_everything(self, error: ServiceError) -> None:
+        launched, self._in_flight = self._in_flight, None
+        if launched is not None:
+            for piece in launched.batch.slices:
+                fail(piece.submission, error)
         with self._cond:
             subs = self._queue.drain()
             self._queued_requests.clear()

@@ -74,12 +74,28 @@ class Classifier:
             enc = self.tokenizer(text, return_offsets_mapping=True)
         return text, truncated
 
-    @torch.inference_mode()
     def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Logits (rows × labels, float32) of already-encoded rows, padded to the longest."""
+        return self.collect(self.launch(rows))
+
+    @torch.inference_mode()
+    def launch(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Start the forward pass of `rows`; `collect` gives its logits. On a GPU this only
+        queues the kernels and a copy into pinned host memory, so the caller can prepare
+        the next batch while the device computes this one."""
         input_ids, attention_mask = self.pad(rows)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        out: np.ndarray = logits.float().cpu().numpy()
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        if self.device.type != "cuda":
+            return logits
+        host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(logits, non_blocking=True)
+        return host
+
+    def collect(self, launched: torch.Tensor) -> np.ndarray:
+        """The logits of a launched forward pass, once the device has finished it."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        out: np.ndarray = launched.numpy()
         return out
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
