@@ -127,6 +127,12 @@ class ModelWorker:
         self._healthy = False
         self.restarts = 0
         self._labels = {"model": classifier.name}
+        # published on every submit and batch: the labelled children looked up once
+        self._depth_gauges = (
+            self.metrics.queue_rows.labels(classifier.name),
+            self.metrics.queue_submissions.labels(classifier.name),
+            self.metrics.queue_requests.labels(classifier.name),
+        )
 
     # ---- the callers' side -------------------------------------------------------------
 
@@ -148,7 +154,7 @@ class ModelWorker:
         if not context.charge(len(rows)):
             raise InvalidArgument([("texts", _over_budget(context, len(rows)))])
         sub = Submission(
-            rows=[list(r) for r in rows],
+            rows=[r if isinstance(r, list) else list(r) for r in rows],
             context=context,
             future=future,
             enqueued_at=time.monotonic(),
@@ -392,10 +398,10 @@ class ModelWorker:
             self._queued_requests.pop(key, None)
 
     def _publish_depth(self) -> None:
-        name = self.classifier.name
-        self.metrics.queue_rows.labels(name).set(self._queue.queued_rows + self._reserved_rows)
-        self.metrics.queue_submissions.labels(name).set(len(self._queue))
-        self.metrics.queue_requests.labels(name).set(len(self._queued_requests))
+        rows, submissions, requests = self._depth_gauges
+        rows.set(self._queue.queued_rows + self._reserved_rows)
+        submissions.set(len(self._queue))
+        requests.set(len(self._queued_requests))
 
     def _run_job(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
