@@ -73,8 +73,10 @@ def test_predict_rows_go_before_explanation_rows_that_arrived_earlier() -> None:
     queue.push(predict)
     assert queue.head_priority() == Priority.PREDICT
     batch = queue.take_batch(max_tokens=4 * 4, now=time.monotonic())
-    assert [r[0] for r in batch.rows] == [3, 3, 7, 7]
+    # Predict rows alone: a batch with Predict rows is not filled up with explanation rows
+    assert [r[0] for r in batch.rows] == [3, 3]
     assert batch.slices[0].submission is predict
+    assert [r[0] for r in queue.take_batch(max_tokens=4 * 4, now=time.monotonic()).rows] == [7] * 4
 
 
 def test_earliest_deadline_first_within_a_class_then_arrival() -> None:

@@ -224,7 +224,15 @@ class RowQueue:
     def take_batch(self, max_tokens: int, now: float) -> Batch:
         """Cut the next batch in the scheduler's order while longest × rows ≤ max_tokens."""
         batch = Batch()
+        first_class: int | None = None
         while (flow := self._next_flow()) is not None:
+            # A batch holding Predict rows takes no explanation rows: Predict waits for at
+            # most the batch running now, never behind a full batch of explanation work.
+            priority = int(flow.context.priority)
+            if first_class is None:
+                first_class = priority
+            elif priority != first_class:
+                break
             sub = flow.head
             start = stop = sub.next_row
             longest, count = batch.longest, len(batch.rows)
@@ -241,7 +249,6 @@ class RowQueue:
             sub.next_row = stop
             sub.taken_at = now
             self.queued_rows -= stop - start
-            priority = int(flow.context.priority)
             self._clock[priority] = max(self._clock[priority], flow.start)
             flow.start += stop - start
             if not sub.pending:
