@@ -1,11 +1,17 @@
 """How fast is a SHAP explanation from whybert, against what users write today and the limit?
 
-Measured in one run, on the same texts (20–40 tokens), model and max_evals:
+Measured in one run, on the same texts, model and max_evals (all labels explained):
   (a) baseline: `shap.Explainer(transformers.pipeline(..., top_k=None))`, one text after another;
-  (b) limit:    the model alone on exactly the rows those explanations need, at its best batch size;
-  (c) whybert:  a whybert server (its own process) under N concurrent callers.
+  (b) limit:    the model alone on exactly the rows those explanations need (token ids, as
+                whybert's Partition engine produces them, run in this process), padded and
+                run as the server runs them, at its best batch size;
+  (c) whybert:  a whybert server (its own process, cache off) under N concurrent callers.
 Each figure is wall time per explanation; the ratios (a)/(c) and (b)/(c) are what to compare
-across machines. Run: `python benchmarks/explain.py` (see --help).
+across machines (issue 10's goals on the 2-core CPU: (b)/(c) ≥ 0.9, (a)/(c) ≥ 5). The
+texts are 32 review sentences of 15–22 word pieces (plus [CLS] and [SEP]). Run:
+`python benchmarks/explain.py --texts 32 --baseline-texts 4 --callers 16 --batch-sizes 64`
+(see --help; several minutes on 2 cores). The 1-minute load average is recorded after each
+part: on a shared machine, other work stretches the wall times.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Review-like sentences of 20–40 word pieces each.
+# Review-like sentences of 15–22 word pieces each.
 TEXTS = [
     "the food was great but the service was painfully slow and the waiter never came back to our table",
     "I have been waiting three weeks for a refund and nobody in customer support answers my emails",
@@ -128,90 +134,138 @@ def baseline_pipeline(model_dir: Path, texts: list[str], max_evals: int, device:
     return (time.perf_counter() - started) / len(texts)
 
 
-def shap_plain(
-    model_dir: Path, texts: list[str], max_evals: int, device: str, dtype: str
-) -> tuple[float, list[list[str]]]:
-    """shap's Partition explainer over a plain batched model function, one text after another.
-
-    Returns seconds per explanation and, per text, the distinct strings it evaluated: the
-    rows these explanations need, which (b) runs again at the best batch size.
-    """
-    import shap
+def load_classifier(model_dir: Path, device: str, dtype: str) -> Any:
+    """The model as whybert's server loads it (tokenizer, padding, forward)."""
     import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_model(model_dir, device, dtype)
-
-    def logits(batch: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            enc = tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(device)
-            return model(**enc).logits.float().cpu().numpy()
-
-    per_text = []
-    shap.PartitionExplainer(lambda b: logits([str(s) for s in b]), shap.maskers.Text(tokenizer))(
-        [texts[0]], max_evals=20, silent=True
-    )
-    started = time.perf_counter()
-    for i, text in enumerate(texts):
-        seen: dict[str, None] = {text: None}  # whybert also runs the text itself, for the prediction
-
-        def f(batch: Any, seen: dict[str, None] = seen) -> np.ndarray:
-            strings = [str(s) for s in batch]
-            seen.update(dict.fromkeys(strings))
-            out = torch.softmax(torch.from_numpy(logits(strings)), -1)
-            return out.numpy()
-
-        shap.PartitionExplainer(f, shap.maskers.Text(tokenizer))([text], max_evals=max_evals, silent=True)
-        per_text.append(list(seen))
-        if (i + 1) % 8 == 0 or i + 1 == len(texts):
-            print(f"  (shap, plain f) {i + 1}/{len(texts)} explained", flush=True)
-    return (time.perf_counter() - started) / len(texts), per_text
-
-
-def load_model(model_dir: Path, device: str, dtype: str) -> Any:
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    from whybert_service.models.loading import load_directory
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    return load_directory("bench", model_dir, torch.device(device), torch_dtype)
+
+
+def engine_rows(model_dir: Path, texts: list[str], max_evals: int, device: str, dtype: str) -> list[list[list[int]]]:
+    """The token-id rows whybert's Partition engine evaluates for each text, all labels.
+
+    The server's own engine (`PartitionEngine` + `prepare_text`) runs in this process on the
+    same model, the rounds of all texts batched together; a row's outputs only steer which
+    rows come next, so these are the rows the server evaluates (up to float noise from
+    different batch padding, which could in principle change a tie-break).
+    """
+    from whybert_service.explainers.partition import MaskingSpec, PartitionEngine, prepare_text
+    from whybert_service.types import OutputName
+
+    classifier = load_classifier(model_dir, device, dtype)
+    spec = MaskingSpec.for_tokenizer(classifier.tokenizer)
+
+    def encode(strings: Any) -> list[list[int]]:
+        ids: list[list[int]] = classifier.encode(list(strings)).ids
+        return ids
+
+    everything = list(range(classifier.num_labels))
+    engines = [
+        PartitionEngine(
+            prepare_text(classifier.tokenizer, spec, text, classifier.max_length, encode), spec, encode,
+            output=OutputName.PROBABILITY, targets=lambda _logits: everything, max_evals=max_evals,
+        )
+        for text in texts
+    ]
+    rows: list[list[list[int]]] = [[] for _ in texts]
+    rounds = 0
+    while active := [i for i, e in enumerate(engines) if not e.done]:
+        pending = [(i, [r.tolist() for r in engines[i].rows()]) for i in active]
+        flat = [r for _, text_rows in pending for r in text_rows]
+        logits = np.concatenate([classifier.forward(flat[k : k + 256]) for k in range(0, len(flat), 256)])
+        at = 0
+        for i, text_rows in pending:
+            rows[i].extend(text_rows)
+            engines[i].feed(logits[at : at + len(text_rows)])
+            at += len(text_rows)
+        rounds += 1
+        if rounds % 20 == 0:
+            print(f"  (rows) round {rounds}: {len(active)} explanations still running", flush=True)
+    return rows
 
 
 def model_limit(
-    model_dir: Path, rows: list[list[str]], device: str, dtype: str, batch_sizes: list[int]
-) -> tuple[float, int]:
-    """(b) The model alone on those rows, at its best batch size; seconds per explanation."""
-    import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_model(model_dir, device, dtype)
-    flat = [s for text_rows in rows for s in text_rows]
-    best = (float("inf"), 0)
+    model_dir: Path, rows: list[list[list[int]]], device: str, dtype: str, batch_sizes: list[int]
+) -> tuple[float, int, dict[int, float]]:
+    """(b) The model alone on those rows (token ids, each text's rows in the engine's order),
+    padded and run as the server runs them (`Classifier.forward`), at its best batch size;
+    seconds per explanation."""
+    classifier = load_classifier(model_dir, device, dtype)
+    flat = [r for text_rows in rows for r in text_rows]
+    timings: dict[int, float] = {}
     for batch_size in batch_sizes:
-        with torch.inference_mode():
-            model(**tokenizer(flat[:batch_size], padding=True, return_tensors="pt").to(device))
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            for i in range(0, len(flat), batch_size):
-                enc = tokenizer(flat[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
-                model(**enc.to(device)).logits.float().cpu()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        print(f"  (b) batch {batch_size}: {elapsed:.2f} s for {len(flat)} rows", flush=True)
-        best = min(best, (elapsed, batch_size))
-    return best[0] / len(rows), best[1]
+        classifier.forward(flat[:batch_size])  # warm-up (and, on a GPU, synchronises: logits come back)
+        started = time.perf_counter()
+        for i in range(0, len(flat), batch_size):
+            classifier.forward(flat[i : i + batch_size])
+        timings[batch_size] = time.perf_counter() - started
+        print(f"  (b) batch {batch_size}: {timings[batch_size]:.2f} s for {len(flat)} rows", flush=True)
+    best = min(timings, key=timings.__getitem__)
+    return timings[best] / len(rows), best, timings
 
 
-def start_server(model_dir: Path, port: int, device: str, extra: list[str]) -> subprocess.Popen[bytes]:
+def load_average() -> str:
+    """The machine's 1-minute load average (other people's work disturbs the figures)."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def code_state() -> str:
+    """The commit measured, and the service files changed since (others edit them)."""
+
+    def git(*args: str) -> str:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--short", "--", "service").splitlines()
+    changed = ", ".join(line.split()[-1].removeprefix("service/whybert_service/") for line in dirty)
+    return git("rev-parse", "--short", "HEAD") + (f" + uncommitted changes in {changed}" if dirty else "")
+
+
+def start_server(
+    model_dir: Path, port: int, metrics_port: int, device: str, extra: list[str]
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "whybert_service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--metrics-port", "0", "--no-builtin-model", "--model", f"bench={model_dir}", "--device", device,
-        "--cache-entries", "0", *extra,
+        "--metrics-port", str(metrics_port), "--no-builtin-model", "--model", f"bench={model_dir}",
+        "--device", device, "--cache-entries", "0", *extra,
     ]
     return subprocess.Popen(cmd)
+
+
+def scrape(metrics_port: int) -> dict[str, float]:
+    """The server's Prometheus series, each summed over its labels."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def worker_stats(before: dict[str, float], after: dict[str, float], seconds: float, n: int) -> dict[str, float]:
+    """What the model's worker did during (c), from the server's metrics."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = max(delta("whybert_forward_seconds_count"), 1.0)
+    return {
+        "batches": delta("whybert_forward_seconds_count"),
+        "batch_rows_mean": delta("whybert_batch_rows_sum") / batches,
+        "batch_padded_tokens_mean": delta("whybert_batch_tokens_sum") / batches,
+        "padding_ratio_mean": delta("whybert_batch_padding_ratio_sum") / max(
+            delta("whybert_batch_padding_ratio_count"), 1.0),
+        # whybert_forward_seconds times a whole batch on the worker: the forward passes and the
+        # delivery of their logits, which runs the next SHAP round in the callbacks.
+        "batch_s_per_explanation": delta("whybert_forward_seconds_sum") / n,
+        "worker_batch_busy_fraction": delta("whybert_forward_seconds_sum") / seconds,
+    }
 
 
 async def wait_serving(target: str, timeout: float = 300) -> None:
@@ -229,12 +283,18 @@ async def wait_serving(target: str, timeout: float = 300) -> None:
     raise TimeoutError("the server did not become SERVING")
 
 
+async def warm_up(target: str, text: str, max_evals: int) -> None:
+    import whybert
+
+    async with whybert.AsyncClient(target, timeout=3600) as client:
+        await client.explain([text + " warm up"], max_evals=max_evals, targets="all")
+
+
 async def whybert_run(target: str, texts: list[str], callers: int, max_evals: int) -> tuple[float, dict[str, Any]]:
     """(c) `callers` concurrent callers, each explaining its share of the texts one by one."""
     import whybert
 
     async with whybert.AsyncClient(target, timeout=3600) as client:
-        await client.explain([texts[0] + " warm up"], max_evals=max_evals, targets="all")
         queue: asyncio.Queue[str] = asyncio.Queue()
         for t in texts:
             queue.put_nowait(t)
@@ -255,7 +315,7 @@ async def whybert_run(target: str, texts: list[str], callers: int, max_evals: in
         "queue_seconds_mean": float(np.mean([e.queue_seconds for e in results])),
         "max_additivity_error": float(max(e.additivity_error for e in results)),
     }
-    return elapsed / len(texts), stats
+    return elapsed, stats
 
 
 def main() -> int:
@@ -270,6 +330,7 @@ def main() -> int:
     parser.add_argument("--model-dir", default=None, help="a classifier directory to use instead")
     parser.add_argument("--tokenizer-dir", default=None, help="WordPiece tokenizer files for --bert-base")
     parser.add_argument("--port", type=int, default=50571)
+    parser.add_argument("--metrics-port", type=int, default=50572)
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for whybert serve")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--only-whybert", action="store_true", help="measure (c) alone")
@@ -287,48 +348,70 @@ def main() -> int:
             model_dir, model_name = bert_base_random(work, args.tokenizer_dir), "BERT-base (random weights)"
         else:
             model_dir, model_name = default_model_dir(work)
-        print(f"[setup] model: {model_name}; {len(texts)} texts; max_evals {args.max_evals}", flush=True)
+        from transformers import AutoTokenizer
 
-        server = start_server(model_dir, args.port, args.device,
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        pieces = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        loads = {"start": load_average()}
+        code = code_state()
+        print(f"[setup] code: {code}", flush=True)
+        print(f"[setup] model: {model_name}; {len(texts)} texts of {min(pieces)}–{max(pieces)} word pieces; "
+              f"max_evals {args.max_evals}; load average {loads['start']}", flush=True)
+
+        server = start_server(model_dir, args.port, args.metrics_port, args.device,
                               ["--dtype", args.dtype, *args.server_arg])
         try:
             target = f"127.0.0.1:{args.port}"
             asyncio.run(wait_serving(target))
             print(f"[c] whybert with {args.callers} concurrent callers", flush=True)
-            c, stats = asyncio.run(whybert_run(target, texts, args.callers, args.max_evals))
+            asyncio.run(warm_up(target, texts[0], args.max_evals))
+            before = scrape(args.metrics_port)
+            elapsed, stats = asyncio.run(whybert_run(target, texts, args.callers, args.max_evals))
+            stats.update(worker_stats(before, scrape(args.metrics_port), elapsed, len(texts)))
+            c = elapsed / len(texts)
+            print(f"  (c) {c:.3f} s per explanation; worker: {stats['batch_rows_mean']:.1f} rows per batch, "
+                  f"batches {stats['batch_s_per_explanation']:.3f} s per explanation, busy with batches "
+                  f"{100 * stats['worker_batch_busy_fraction']:.0f}% of the time", flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
 
-        a = b = plain = float("nan")
-        best_batch, rows = 0, [[""]]
+        loads["c"] = load_average()
+        a = b = float("nan")
+        best_batch, rows = 0, [[[0]]]
+        timings: dict[int, float] = {}
         if not args.only_whybert:
-            print("[shap] shap's Partition explainer over a plain batched f, one text after another", flush=True)
-            plain, rows = shap_plain(model_dir, texts, args.max_evals, args.device, args.dtype)
+            print("[rows] whybert's engine in this process: the rows each explanation evaluates", flush=True)
+            rows = engine_rows(model_dir, texts, args.max_evals, args.device, args.dtype)
             print("[b] the model alone on the same rows", flush=True)
             sizes = [int(x) for x in args.batch_sizes.split(",")]
-            b, best_batch = model_limit(model_dir, rows, args.device, args.dtype, sizes)
+            b, best_batch, timings = model_limit(model_dir, rows, args.device, args.dtype, sizes)
+            loads["b"] = load_average()
         if not args.skip_baseline and not args.only_whybert:
             print(f"[a] shap.Explainer(transformers.pipeline) on {args.baseline_texts} texts", flush=True)
             a = baseline_pipeline(model_dir, texts[: args.baseline_texts], args.max_evals, args.device)
+            loads["a"] = load_average()
 
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "code": code,
         "device": args.device,
         "model": model_name,
         "texts": len(texts),
+        "word_pieces": f"{min(pieces)}-{max(pieces)} (mean {np.mean(pieces):.1f}, [CLS] and [SEP] not counted)",
         "max_evals": args.max_evals,
         "callers": args.callers,
         "a_baseline_s_per_explanation": a,
-        "shap_plain_f_s_per_explanation": plain,
         "b_limit_s_per_explanation": b,
         "b_best_batch_size": best_batch,
+        "b_seconds_by_batch_size": timings,
         "c_whybert_s_per_explanation": c,
         "c_explanations_per_second": 1 / c,
         "a_over_c": a / c,
         "b_over_c": b / c,
         "rows_per_explanation_limit": float(np.mean([len(r) for r in rows])),
         "rows_per_explanation_whybert": stats["rows"] / len(texts),
+        "load_average_after": loads,
         **stats,
     }
     print(json.dumps(figures, indent=2))

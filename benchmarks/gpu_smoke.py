@@ -54,13 +54,13 @@ def cpu_reference(model_dir: Path, text: str) -> np.ndarray:
     return np.asarray(shap.PartitionExplainer(f, shap.maskers.Text(tok))([text], silent=True).values[0])
 
 
-async def run(model_dir: Path, device: str, dtype: str, processes: int) -> list[object]:
+async def run(model_dir: Path, device: str, dtype: str) -> list[object]:
     import whybert
     from whybert_service.grpc.server import WhybertServer
     from whybert_service.settings import ServerSettings
 
     settings = ServerSettings(host="127.0.0.1", port=0, metrics_port=0, model=(f"tiny={model_dir}",),
-                              no_builtin_model=True, device=device, dtype=dtype, explain_processes=processes)
+                              no_builtin_model=True, device=device, dtype=dtype)
     server = WhybertServer(settings)
     await server.start()
     try:
@@ -83,14 +83,14 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = tiny_bert(Path(tmp) / "tiny", args.tokenizer_dir)
-        fp32 = asyncio.run(run(model_dir, args.device, "float32", processes=2))
+        fp32 = asyncio.run(run(model_dir, args.device, "float32"))
         worst = 0.0
         for text, e in zip(TEXTS, fp32, strict=True):
             ref = cpu_reference(model_dir, text)
             worst = max(worst, float(np.max(np.abs(e.values - ref))))  # type: ignore[attr-defined]
         print(f"[float32] max |GPU values - CPU shap| = {worst:.2e}; "
               f"max additivity error {max(e.additivity_error for e in fp32):.2e}")  # type: ignore[attr-defined]
-        bf16 = asyncio.run(run(model_dir, args.device, "bfloat16", processes=0))
+        bf16 = asyncio.run(run(model_dir, args.device, "bfloat16"))
         print(f"[bfloat16] max additivity error {max(e.additivity_error for e in bf16):.2e}")  # type: ignore[attr-defined]
         ok = worst < 1e-3 and all(e.additivity_error < 1e-5 for e in fp32 + bf16)  # type: ignore[attr-defined]
         print("GPU SMOKE", "OK" if ok else "FAILED")
