@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from explain import code_state, load_average
+from explain import code_state, load_average, wait_serving
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,21 +92,6 @@ def snapshot(server: subprocess.Popen[bytes], report: Path) -> dict[str, Any]:
             return data
         time.sleep(0.05)
     raise TimeoutError("the server wrote no snapshot")
-
-
-async def wait_serving(target: str, timeout: float = 120) -> None:
-    import whybert
-
-    deadline = time.monotonic() + timeout
-    async with whybert.AsyncClient(target, retries=0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if await client.health(timeout=2) == "SERVING":
-                    return
-            except whybert.WhybertError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError("the server did not become SERVING")
 
 
 async def explain_all(target: str, texts: list[str], callers: int, max_evals: int, label: str) -> list[Any]:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from explain import code_state, load_average, scrape
+from explain import code_state, load_average, scrape, wait_serving
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # conftest.make_tiny_bert
@@ -237,21 +237,6 @@ async def small_explains(
         for task in pending:
             task.cancel()
     return list(await asyncio.gather(*tasks))
-
-
-async def wait_serving(target: str, timeout: float = 300) -> None:
-    import whybert
-
-    deadline = time.monotonic() + timeout
-    async with whybert.AsyncClient(target, retries=0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if await client.health(timeout=2) == "SERVING":
-                    return
-            except whybert.WhybertError:
-                pass
-            await asyncio.sleep(0.3)
-    raise TimeoutError("the server did not become SERVING")
 
 
 async def idle_figures(target: str, seconds: float) -> dict[str, Any]:
