@@ -19,10 +19,12 @@ What is measured (issue 10, section 1's target: ≤ 15 ms median on the 2-core m
   glue, the worker's queue and batch plumbing, the result and protobuf conversion); what no
   stage covers (gRPC core, asyncio, the event loop's own work) is the rest. Also the CPU of
   each server thread. The timers cost a little themselves: compare this run's total with
-  the plain runs'.
+  the plain runs'. Beside it, the same texts' `prepare_text` and engine steps driven alone
+  in a separate one-thread process (no server, the forward passes between them not timed):
+  what the algorithm costs by itself.
 
-Run: `python benchmarks/engine_cpu.py [--texts 64 --callers 16 --repeats 3]` (about a
-minute on 2 cores). The machine should be otherwise idle: other processes do not count in
+Run: `python benchmarks/engine_cpu.py [--texts 64 --callers 16 --repeats 3]` (two to three
+minutes on 2 cores). The machine should be otherwise idle: other processes do not count in
 the server's CPU, but they stretch the run and disturb caches.
 """
 
@@ -149,6 +151,61 @@ def run_replay(rows_file: Path, model_dir: Path, passes: int) -> int:
     return 0
 
 
+def engine_alone(texts_file: Path, model_dir: Path, max_evals: int, passes: int) -> dict[str, float]:
+    """The same texts' engines driven alone in a separate one-thread process (no server)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--engine-alone", str(texts_file), "--model-dir", str(model_dir),
+         "--passes", str(passes), "--max-evals", str(max_evals)],
+        env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_engine_alone(texts_file: Path, model_dir: Path, max_evals: int, passes: int) -> int:
+    """(child process) Thread CPU of `prepare_text`, building the engine and its `feed`
+    calls, per explanation, with the model's forward passes between them left out; JSON."""
+    import torch
+    from whybert_service.explainers.partition import MaskingSpec, PartitionEngine, prepare_text
+    from whybert_service.models.loading import load_directory
+    from whybert_service.types import OutputName
+
+    torch.set_num_threads(1)
+    classifier = load_directory("tiny", model_dir, torch.device("cpu"), torch.float32)
+    spec = MaskingSpec.for_tokenizer(classifier.tokenizer)
+    texts: list[str] = json.loads(texts_file.read_text())
+
+    def encode(strings: Any) -> list[list[int]]:
+        ids: list[list[int]] = classifier.encode(list(strings)).ids
+        return ids
+
+    everything = list(range(classifier.num_labels))
+    clock = time.thread_time
+    per_pass: list[tuple[float, float]] = []
+    for _ in range(passes + 1):  # the first pass warms up
+        prepare = engine = 0.0
+        for text in texts:
+            t0 = clock()
+            prepared = prepare_text(classifier.tokenizer, spec, text, classifier.max_length, encode)
+            t1 = clock()
+            e = PartitionEngine(prepared, spec, encode, output=OutputName.PROBABILITY,
+                                targets=lambda _logits: everything, max_evals=max_evals)
+            engine += clock() - t1
+            prepare += t1 - t0
+            while not e.done:
+                logits = classifier.forward([r.tolist() for r in e.rows()])
+                t2 = clock()
+                e.feed(logits)
+                engine += clock() - t2
+        per_pass.append((prepare / len(texts), engine / len(texts)))
+    measured = per_pass[1:]
+    print(json.dumps({
+        "prepare_ms": 1000 * statistics.median(p for p, _ in measured),
+        "engine_ms": 1000 * statistics.median(e for _, e in measured),
+    }))
+    return 0
+
+
 def measure(
     label: str, model_dir: Path, work: Path, texts: list[str], args: argparse.Namespace, stages: bool
 ) -> dict[str, Any]:
@@ -241,6 +298,9 @@ def print_breakdown(b: dict[str, Any]) -> None:
     }
     print("  grouped: " + "; ".join(f"{g} {sum(stages[s] for s in members):.2f}" for g, members in groups.items())
           + f"; rest {rest:.2f}")
+    alone = b["alone"]
+    print(f"  the same texts' engines driven alone in one process, no server: prepare_text "
+          f"{alone['prepare_ms']:.2f} ms, engine (construct + feed) {alone['engine_ms']:.2f} ms")
     print(f"\nBy server thread (CPU ms per explanation; the process between the two snapshots: "
           f"{b['server_cpu_by_snapshots_ms']:.1f}):")
     for name, ms in sorted(b["threads_ms"].items(), key=lambda kv: -kv[1]):
@@ -259,10 +319,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=50581)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--replay", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--engine-alone", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replay:
         return run_replay(Path(args.replay), Path(args.model_dir), args.passes)
+    if args.engine_alone:
+        return run_engine_alone(Path(args.engine_alone), Path(args.model_dir), args.max_evals, args.passes)
 
     from conftest import make_tiny_bert
     from transformers import AutoTokenizer
@@ -285,6 +348,10 @@ def main() -> int:
         if not args.no_breakdown:
             print("[stages] the same run with stage timers", flush=True)
             breakdown = measure("stages", model_dir, work, texts, args, stages=True)
+            print("[alone] the same texts' engines driven alone, no server", flush=True)
+            texts_file = work / "texts.json"
+            texts_file.write_text(json.dumps(texts))
+            breakdown["alone"] = engine_alone(texts_file, model_dir, args.max_evals, args.passes)
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
