@@ -187,6 +187,34 @@ def test_gradient_jobs_do_not_go_before_queued_predict_rows(make_worker: WorkerF
     assert faulty.events == ["forward", "forward", "job"]
 
 
+def test_gradient_jobs_take_turns_with_explanation_rows_while_predicts_keep_coming(
+    make_worker: WorkerFactory,
+) -> None:
+    """Each job brings a new Predict (as callers keep predicting while a long integrated-
+    gradients request runs): the Predict runs next, but does not count as the explanation
+    rows' turn, so another request's explanation rows get in after the first job."""
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    predicts: list[Future[Any]] = []
+
+    def job(i: int) -> None:
+        faulty.events.append(f"job {i}")
+        predicts.append(worker.submit(ids(faulty, f"prediction {i}"), RequestContext()))
+
+    explain = RequestContext(priority=Priority.EXPLAIN)
+    jobs = [worker.call(lambda classifier, i=i: job(i), explain) for i in range(3)]
+    rows = worker.submit(ids(faulty, "explanation rows of another request"), RequestContext(Priority.EXPLAIN))
+    faulty.release()
+    for f in [blocker, *jobs, rows]:
+        f.result(10)
+    for f in predicts:
+        f.result(10)
+    events = faulty.events
+    # blocker, job 0, its Predict, then the explanation rows: not after every job
+    assert events[:4] == ["forward", "job 0", "forward", "forward"], events
+    assert events.index("job 1") == 4
+
+
 def test_a_full_queue_refuses_at_once_and_says_what_is_full(make_worker: WorkerFactory) -> None:
     worker, faulty = make_worker(max_queued_rows=4)
     blocker = hold_worker(worker, faulty)

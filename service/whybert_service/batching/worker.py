@@ -345,8 +345,10 @@ class ModelWorker:
                     oldest = self._queue.oldest_enqueued_at() or now
                     delay = oldest + cfg.max_batch_delay_s - now
                     if delay <= 0 or self._queue.pending_cost() >= cfg.max_batch_tokens:
+                        explanation_rows = head != Priority.PREDICT
                         batch = self._queue.take_batch(cfg.max_batch_tokens, now)
-                        self._job_ran_last = False
+                        if explanation_rows:  # a Predict batch is not the jobs' turn taken
+                            self._job_ran_last = False
                         for piece in batch.slices:
                             if not piece.submission.pending:
                                 self._count_request(piece.submission, -1)
