@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import itertools
 import math
+from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from enum import Enum
@@ -109,14 +110,15 @@ class _Flow:
     """One request's queued submissions, and the rows it has been served (its virtual time)."""
 
     context: RequestContext
-    subs: list[tuple[tuple[float, int], Submission]] = field(default_factory=list)
+    # in arrival order: one request's submissions share its deadline
+    subs: deque[Submission] = field(default_factory=deque)
     start: float = 0.0  # virtual start tag: rows served so far, never behind the class's clock
     stamp: int = 0  # bumped on every change of its place in the ready heap
     seq: int = 0
 
     @property
     def head(self) -> Submission:
-        return self.subs[0][1]
+        return self.subs[0]
 
     def key(self) -> tuple[int, float, float, int]:
         deadline = self.context.deadline
@@ -130,7 +132,7 @@ class RowQueue:
     rows they have been served (start-time fair queuing: a request that joins starts at the
     class's current virtual time, so it neither waits behind a request with 200,000 rows
     nor jumps ahead of everyone for long); among requests level in that, the earliest
-    deadline goes first, then arrival. A request's own submissions go in deadline, then
+    deadline goes first, then arrival. A request's own submissions (one deadline) go in
     arrival order. One pick takes at most `quantum` rows of one request, so a batch mixes
     the requests that are waiting.
     """
@@ -154,8 +156,7 @@ class RowQueue:
             flow = _Flow(sub.context, seq=next(self._seq))
             flow.start = self._clock[int(sub.context.priority)]
             self._flows[key] = flow
-        deadline = sub.context.deadline
-        heapq.heappush(flow.subs, ((math.inf if deadline is None else deadline, sub.seq), sub))
+        flow.subs.append(sub)
         self.queued_rows += sub.pending
         self._submissions += 1
         if len(flow.subs) == 1:
@@ -180,7 +181,7 @@ class RowQueue:
         return None if flow is None else int(flow.context.priority)
 
     def submissions(self) -> list[Submission]:
-        return [s for flow in self._flows.values() for _, s in flow.subs]
+        return [s for flow in self._flows.values() for s in flow.subs]
 
     def oldest_enqueued_at(self) -> float | None:
         return min((s.enqueued_at for s in self.submissions()), default=None)
@@ -194,17 +195,16 @@ class RowQueue:
         """Remove submissions whose caller left or whose deadline passed."""
         dropped: list[tuple[Submission, DropReason]] = []
         for key, flow in list(self._flows.items()):
-            kept = []
-            for item in flow.subs:
-                reason = item[1].drop_reason(now)
+            kept: deque[Submission] = deque()
+            for sub in flow.subs:
+                reason = sub.drop_reason(now)
                 if reason is None:
-                    kept.append(item)
+                    kept.append(sub)
                 else:
-                    dropped.append((item[1], reason))
-                    self.queued_rows -= item[1].pending
+                    dropped.append((sub, reason))
+                    self.queued_rows -= sub.pending
                     self._submissions -= 1
             if len(kept) != len(flow.subs):
-                heapq.heapify(kept)
                 flow.subs = kept
                 if not kept:
                     del self._flows[key]
@@ -252,7 +252,7 @@ class RowQueue:
             self._clock[priority] = max(self._clock[priority], flow.start)
             flow.start += stop - start
             if not sub.pending:
-                heapq.heappop(flow.subs)
+                flow.subs.popleft()
                 self._submissions -= 1
             if flow.subs:
                 self._schedule(flow)
