@@ -65,13 +65,7 @@ class Classifier:
     def readable_prefix(self, text: str) -> tuple[str, bool]:
         """The prefix of `text` the model reads (the text itself when it fits), and whether
         the text went on past it: explanations cover only what the model sees."""
-        enc = self.tokenizer(text, return_offsets_mapping=True)
-        truncated = False
-        while len(enc["input_ids"]) > self.max_length:
-            last = enc["offset_mapping"][self.max_length - self._suffix - 1]
-            cut = min(0 if last is None else int(last[1]), len(text) - 1)
-            text, truncated = text[:cut], True
-            enc = self.tokenizer(text, return_offsets_mapping=True)
+        text, truncated, _ = read_window(self.tokenizer, text, self.max_length, self._suffix)
         return text, truncated
 
     def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -110,6 +104,23 @@ class Classifier:
         """The token-embedding layer, which integrated gradients attributes to."""
         layer: torch.nn.Module = getattr(self.model, "get_input_embeddings")()  # noqa: B009 - typed as Module
         return layer
+
+
+def read_window(
+    tokenizer: Any, text: str, max_tokens: int, suffix: int, **options: bool
+) -> tuple[str, bool, Any]:
+    """The prefix of `text` a model of `max_tokens` reads, whether the text went on past
+    it, and the prefix's encoding (`tokenizer(prefix, return_offsets_mapping=True,
+    **options)`). The text is cut where the last piece that fits before the `suffix`
+    special tokens ends."""
+    enc = tokenizer(text, return_offsets_mapping=True, **options)
+    truncated = False
+    while len(enc["input_ids"]) > max_tokens:
+        last = enc["offset_mapping"][max_tokens - suffix - 1]
+        cut = min(0 if last is None else int(last[1]), len(text) - 1)
+        text, truncated = text[:cut], True
+        enc = tokenizer(text, return_offsets_mapping=True, **options)
+    return text, truncated, enc
 
 
 def _model_max_length(model: torch.nn.Module, tokenizer: Any) -> int:

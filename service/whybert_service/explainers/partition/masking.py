@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...models.classifier import read_window
 from .tree import text_clustering
 
 Encode = Callable[[Sequence[str]], list[list[int]]]
@@ -116,14 +117,7 @@ class PreparedText:
 
 def prepare_text(tokenizer: Any, spec: MaskingSpec, text: str, max_tokens: int, encode: Encode) -> PreparedText:
     """Tokenise a text, cut it to the prefix the model reads, and build its hierarchy."""
-    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-    truncated = False
-    while len(enc["input_ids"]) > max_tokens:
-        # keep the pieces that fit before the suffix; cut the text where the last one ends
-        last = enc["offset_mapping"][max_tokens - spec.keep_suffix - 1]
-        cut = min(0 if last is None else int(last[1]), len(text) - 1)
-        text, truncated = text[:cut], True
-        enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    text, truncated, enc = read_window(tokenizer, text, max_tokens, spec.keep_suffix, return_special_tokens_mask=True)
     ids = [int(i) for i in enc["input_ids"]]
     offsets = [(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"]]
     segments = [text[offsets[i][0] : max(offsets[i][1], offsets[i + 1][0])] for i in range(len(offsets) - 1)]
