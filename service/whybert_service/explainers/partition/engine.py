@@ -22,7 +22,6 @@ import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -90,10 +89,9 @@ class PartitionEngine:
         self._pending_rows: list[np.ndarray] = []  # rows handed out, waiting for logits
         self._pending_slots: list[int] = []
         self._round: tuple[list[_Node], list[int], list[int]] | None = None  # expansions, masks, slots
-        self._root: tuple[int, int] = (0, 1)
         self._result: PartitionResult | None = None
         # shap evaluates the base and unmasked rows in two calls of one row: no reuse between
-        self._root = (self._slots([0])[0], self._slots([(1 << m) - 1])[0])
+        self._root: tuple[int, int] = (self._slots([0])[0], self._slots([(1 << m) - 1])[0])
 
     # ---- the driver's side -------------------------------------------------------------
 
@@ -303,5 +301,3 @@ def explain_text(engine: PartitionEngine, logits: Callable[[list[np.ndarray]], n
         engine.feed(logits(engine.rows()))
     return engine.result
 
-
-__all__: list[Any] = ["PartitionEngine", "PartitionResult", "explain_text", "lower_credit"]
