@@ -260,6 +260,7 @@ def test_chunked_samples_give_lime_s_own_values_with_bounded_rows(
     text, truncated = tiny_classifier.readable_prefix(text)
     assert truncated == (original == LONG) and original.startswith(text)
     assert ours.truncated == truncated and ours.explained_chars == len(text)
+    assert ours.prediction.truncated == truncated  # the request's text, not the prefix
     n_words = IndexedString(text).num_words()
     ref = LimeTextExplainer(class_names=tiny_classifier.labels, random_state=11).explain_instance(
         text, same_outputs, labels=labels, num_features=n_words, num_samples=300

@@ -80,9 +80,7 @@ class LimeExplainer(Explainer):
             max_chars=self.chunk_chars,
         )
         raw = samples.logits[0]  # the first sample is the text itself
-        prediction = prediction_from_logits(
-            classifier.labels, raw, samples.text_truncated, samples.text_tokens
-        )
+        prediction = prediction_from_logits(classifier.labels, raw, truncated, samples.text_tokens)
         targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
         outputs = to_output_space(samples.logits, params.output)
         data = samples.masks.astype(np.float64)  # what lime fits on: num_samples × words
@@ -158,8 +156,7 @@ class Samples:
     distances: np.ndarray  # num_samples, float64
     rows: int  # distinct strings the model evaluated
     queue_seconds: float
-    text_truncated: bool  # the model's cut of the text itself (the first sample)
-    text_tokens: int
+    text_tokens: int  # the text itself (the first sample) as the model reads it
 
 
 class _Chunk:
@@ -225,7 +222,6 @@ def evaluate_samples(
         distances=distances,
         rows=evaluated.rows,
         queue_seconds=evaluated.queue_seconds,
-        text_truncated=evaluated.text_truncated,
         text_tokens=evaluated.text_tokens,
     )
 
@@ -240,7 +236,6 @@ class _Evaluation:
         self.logits = logits
         self.rows = 0
         self.queue_seconds = 0.0
-        self.text_truncated = False
         self.text_tokens = 0
         self._in_flight: tuple[Future[RowsResult], list[int]] | None = None
 
@@ -250,8 +245,8 @@ class _Evaluation:
             return
         self.context.ensure_alive("before LIME's next chunk of samples")
         encoded = self.handle.classifier.encode(chunk.strings)
-        if chunk.samples[0] == 0:  # the text itself: the prediction's cut and length
-            self.text_truncated, self.text_tokens = encoded.truncated[0], len(encoded.ids[0])
+        if chunk.samples[0] == 0:  # the text itself: the prediction's length
+            self.text_tokens = len(encoded.ids[0])
         future = self.handle.worker.submit(encoded.ids, self.context)
         self.rows += len(chunk.strings)
         previous, self._in_flight = self._in_flight, (future, chunk.samples)
