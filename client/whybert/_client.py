@@ -7,33 +7,24 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from ._core import DEFAULT_TARGET, USE_CLIENT_DEFAULT, BaseClient
 from ._exceptions import WhybertError, from_rpc_error
 from ._types import Explanation, ModelInfo, Prediction
 from .v1 import explainer_pb2 as pb
 
-_SERVING = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+def _health_request(service: str) -> health_pb2.HealthCheckRequest:
+    return health_pb2.HealthCheckRequest(service=service)
 
 
-def _health_request(service: str) -> bytes:
-    """A grpc.health.v1.HealthCheckRequest, encoded by hand (the client needs no health stubs)."""
-    raw = service.encode()
-    return b"\n" + _varint(len(raw)) + raw if raw else b""
-
-
-def _health_status(data: bytes) -> str:
-    # HealthCheckResponse { ServingStatus status = 1; } → tag 0x08, then a varint.
-    return _SERVING.get(data[1] if len(data) >= 2 and data[0] == 0x08 else 0, "UNKNOWN")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+def _health_status(response: health_pb2.HealthCheckResponse) -> str:
+    """The status's name; proto3 enums are open, so a value newer than these stubs reads as UNKNOWN."""
+    try:
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+    except ValueError:
+        return "UNKNOWN"
 
 
 class Client(BaseClient):

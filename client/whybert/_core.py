@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from ._types import Explanation, ModelInfo, Prediction
 from .v1 import explainer_pb2 as pb
@@ -20,7 +21,6 @@ from .v1 import explainer_pb2_grpc as pb_grpc
 SERVICE = "whybert.v1.Explainer"
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 120.0
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class _UseClientDefault:
@@ -148,9 +148,7 @@ class BaseClient:
             else insecure(self.target, options=options)
         )
         self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = self._channel.unary_unary(
-            HEALTH_CHECK, request_serializer=None, response_deserializer=None
-        )
+        self._health = health_pb2_grpc.HealthStub(self._channel).Check
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return [

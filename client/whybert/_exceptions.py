@@ -17,7 +17,11 @@ original so its traceback stays available.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 
 class WhybertError(Exception):
@@ -95,59 +99,29 @@ def from_rpc_error(error: grpc.RpcError) -> WhybertError:
 
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
-_BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 
 
-def _field_violations(trailers: object) -> list[tuple[str, str]]:
-    """Decode google.rpc.BadRequest from the status details, without googleapis protos."""
-    for key, value in trailers:  # type: ignore[attr-defined]
+def _field_violations(trailers: Iterable[tuple[str, str | bytes]]) -> list[tuple[str, str]]:
+    """The google.rpc.BadRequest field violations in the status details, or none.
+
+    Broken details must not hide the error itself: a Status that does not parse gives
+    no violations, and a detail that does not parse is skipped, rather than raising.
+    """
+    for key, value in trailers:
         if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
-        out = []
-        for field, detail in _fields(value):
-            if field != 3:  # google.rpc.Status.details (repeated Any)
+        try:
+            details = status_pb2.Status.FromString(value).details
+        except DecodeError:
+            return []
+        out: list[tuple[str, str]] = []
+        for detail in details:
+            bad_request = error_details_pb2.BadRequest()
+            try:
+                if not detail.Unpack(bad_request):  # another detail type
+                    continue
+            except DecodeError:
                 continue
-            parts = dict(_fields(detail))
-            if parts.get(1) != _BAD_REQUEST_TYPE.encode():
-                continue
-            for vfield, violation in _fields(parts.get(2, b"")):
-                if vfield == 1:  # BadRequest.field_violations
-                    fv = dict(_fields(violation))
-                    out.append((fv.get(1, b"").decode(), fv.get(2, b"").decode()))
+            out.extend((v.field, v.description) for v in bad_request.field_violations)
         return out
     return []
-
-
-def _fields(data: bytes) -> list[tuple[int, bytes]]:
-    """Length-delimited fields of a protobuf message (other wire types are skipped)."""
-    out, pos = [], 0
-    try:
-        while pos < len(data):
-            tag, pos = _varint(data, pos)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 2:
-                size, pos = _varint(data, pos)
-                out.append((number, data[pos : pos + size]))
-                pos += size
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            else:
-                break
-    except IndexError:
-        pass
-    return out
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
