@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +19,28 @@ from typing import Any
 import numpy as np
 import pytest
 import whybert
-from _chromium import CHROMIUM, browser
+from playwright.sync_api import Page, expect, sync_playwright
 from whybert.render import BLUE, RED
 from whybert.ui import UIServer
 
 TEXT = "The food was great, but the service was slow."
 OTHER = "Awful place, rude staff."
+
+CHROMIUM = shutil.which("chromium")
+# Nothing that reaches for the network (updates, sync, QUIC probes): the tests run offline.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # tests run as root in containers
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-dev-shm-usage",  # containers' /dev/shm is often too small for the renderer
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_TIMEOUT_MS = 30_000  # a click or a page answer that needs only the page's server
+EXPLAIN_TIMEOUT_MS = 120_000  # an explanation computed on a busy CPU
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +53,24 @@ def client(target: str) -> Iterator[whybert.Client]:
 def ui(client: whybert.Client) -> Iterator[UIServer]:
     with UIServer(client).start() as server:
         yield server
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A page in Debian's headless Chromium, driven by Playwright.
+
+    Debian's binary, never `playwright install`: the tests run where nothing can be downloaded.
+    """
+    if CHROMIUM is None:
+        pytest.skip("chromium is not on PATH (scripts/test installs Debian's chromium package)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.set_default_timeout(SERVER_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
 
 
 def call(
@@ -108,50 +144,49 @@ def test_unknown_paths_are_404(ui: UIServer) -> None:
     assert call(ui, "static/../__init__.py")[0] == 404
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test installs it)")
-def test_page_end_to_end_in_chromium(ui: UIServer, client: whybert.Client) -> None:
+def exactly(text: str) -> re.Pattern[str]:
+    """A pattern for `to_have_text` that matches the whole text, whitespace included.
+
+    A plain string there is matched after collapsing whitespace, which would hide a space
+    the page adds or drops between tokens.
+    """
+    return re.compile(f"^{re.escape(text)}$")
+
+
+def test_page_end_to_end_in_chromium(page: Page, ui: UIServer, client: whybert.Client) -> None:
     """Type a text, submit, see its tokens highlighted; compare two texts; see an error."""
-    tokens = "[...document.querySelectorAll('#results .wb-tok')]"
-    with browser(width=1300, height=900) as b:
-        b.navigate(ui.url)
-        b.wait_for("document.querySelectorAll('#model option').length > 0")
-        assert b.evaluate("document.querySelector('#model').value") == "tiny"
-        b.type("#text-a", TEXT)
-        b.type("#budget", "80")  # shap's max_evals
-        b.click("#submit")
-        b.wait_for(f"{tokens}.length > 0", timeout=120)
+    page.goto(ui.url)
+    expect(page.locator("#model")).to_have_value("tiny", timeout=SERVER_TIMEOUT_MS)
+    page.locator("#text-a").fill(TEXT)
+    page.locator("#budget").fill("80")  # shap's max_evals
+    page.locator("#submit").click()
 
-        expected = client.explain(TEXT, model="tiny", max_evals=80)[0]
-        j = expected.labels.index(expected.prediction.label)
-        assert b.evaluate("document.querySelector('#results .wb-label').textContent") == (
-            expected.prediction.label
-        )
-        assert b.evaluate("document.querySelector('#results .wb-text').textContent") == TEXT
-        shown = b.evaluate(
-            f"{tokens}.map(s => [s.textContent, getComputedStyle(s).backgroundColor])"
-        )
-        visible = [i for i, special in enumerate(expected.special) if not special]
-        assert [piece for piece, _ in shown] == [TEXT[slice(*expected.offsets[i])] for i in visible]
-        top = int(np.argmax(np.abs(expected.values[visible, j])))
-        assert shown[top][1] == "rgb({}, {}, {})".format(
-            *(RED if expected.values[visible[top], j] > 0 else BLUE)
-        )
+    expected = client.explain(TEXT, model="tiny", max_evals=80)[0]
+    j = expected.labels.index(expected.prediction.label)
+    visible = [i for i, special in enumerate(expected.special) if not special]
+    tokens = page.locator("#results .wb-tok")
+    expect(tokens.first).to_be_attached(timeout=EXPLAIN_TIMEOUT_MS)
+    expect(tokens).to_have_text([exactly(TEXT[slice(*expected.offsets[i])]) for i in visible])
+    expect(page.locator("#results .wb-label")).to_have_text(exactly(expected.prediction.label))
+    expect(page.locator("#results .wb-text")).to_have_text(exactly(TEXT))
+    top = int(np.argmax(np.abs(expected.values[visible, j])))
+    colour = RED if expected.values[visible[top], j] > 0 else BLUE
+    expect(tokens.nth(top)).to_have_css("background-color", "rgb({}, {}, {})".format(*colour))
 
-        b.click("#compare")
-        b.type("#text-b", OTHER)
-        b.click("#submit")
-        b.wait_for("document.querySelectorAll('#results .wb-explanation').length === 2", 120)
-        texts = b.evaluate(
-            "[...document.querySelectorAll('#results .wb-text')].map(p => p.textContent)"
-        )
-        assert texts == [TEXT, OTHER]
-        assert b.evaluate("document.querySelector('#results').classList.contains('two')")
+    page.locator("#compare").check()
+    page.locator("#text-b").fill(OTHER)
+    page.locator("#submit").click()
+    results = page.locator("#results")
+    expect(results.locator(".wb-explanation")).to_have_count(2, timeout=EXPLAIN_TIMEOUT_MS)
+    expect(results.locator(".wb-text")).to_have_text([exactly(TEXT), exactly(OTHER)])
+    expect(results).to_contain_class("two")
 
-        b.evaluate("document.querySelector('#text-a').value = ''")
-        b.click("#submit")
-        error = b.wait_for("!document.querySelector('#error').hidden"
-                           " && document.querySelector('#error').textContent", 60)
-        assert "INVALID_ARGUMENT" in error and "texts[0]" in error
+    page.locator("#text-a").fill("")
+    page.locator("#submit").click()
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=SERVER_TIMEOUT_MS)
+    expect(error).to_contain_text("INVALID_ARGUMENT")
+    expect(error).to_contain_text("texts[0]")
 
 
 def test_cli_ui_serves_the_page_until_interrupted(target: str) -> None:
