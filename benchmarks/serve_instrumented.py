@@ -69,11 +69,11 @@ STAGES: list[tuple[str, str, str]] = [
      "_observe_batch"),
     ("worker: metrics (queue depth, batch observations)", "whybert_service.batching.worker:ModelWorker",
      "_batch_done"),
-    ("result: explanation object", "whybert_service.explainers.shap_partition:ShapPartitionExplainer", "_result"),
+    ("result: explanation object", "whybert_service.explainers.base:Explainer", "result"),
     ("protobuf: validate, convert, size checks", "whybert_service.grpc.convert", "explain_response"),
-    ("protobuf: validate, convert, size checks", "whybert_service.validation", "explain_params"),
-    ("protobuf: validate, convert, size checks", "whybert_service.validation", "check_reply_size"),
-    ("protobuf: validate, convert, size checks", "whybert_service.validation", "check_reply_sent"),
+    ("protobuf: validate, convert, size checks", "whybert_service.grpc.validation", "explain_params"),
+    ("protobuf: validate, convert, size checks", "whybert_service.grpc.validation", "check_reply_size"),
+    ("protobuf: validate, convert, size checks", "whybert_service.grpc.validation", "check_reply_sent"),
 ]
 MODEL_STAGE = "model: Classifier.forward"
 NAMES = sorted({s for s, _, _ in STAGES} | {MODEL_STAGE})

@@ -17,11 +17,12 @@ import grpc
 import numpy as np
 import torch
 from whybert_service.batching.worker import ModelWorker, WorkerCrash
+from whybert_service.compose import ModelLoader, serve_classifier, worker_config
 from whybert_service.context import RequestContext
-from whybert_service.grpc.server import WhybertServer, worker_config
+from whybert_service.grpc.server import WhybertServer
 from whybert_service.metrics import Metrics
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.registry import ModelHandle, ModelRegistry
+from whybert_service.registry import ModelRegistry
 from whybert_service.settings import ServerSettings
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)"
@@ -112,19 +113,14 @@ def _holds(row: Sequence[int], part: tuple[int, ...]) -> bool:
     return any(tuple(row[i : i + n]) == part for i in range(len(row) - n + 1))
 
 
-def registry_factory(
-    classifier: Classifier, settings: ServerSettings
-) -> Callable[[Metrics, Callable[[bool], None]], ModelRegistry]:
-    """A registry serving just `classifier`, with the worker the settings describe."""
+def registry_factory(classifier: Classifier, settings: ServerSettings) -> ModelLoader:
+    """A loader serving just `classifier`, with the worker the settings describe."""
 
-    def factory(metrics: Metrics, on_health: Callable[[bool], None]) -> ModelRegistry:
-        registry = ModelRegistry(classifier.name)
-        worker = ModelWorker(classifier, worker_config(settings), metrics, on_health)
-        worker.start()
-        registry.add(ModelHandle(classifier, worker))
-        return registry
+    def load(registry: ModelRegistry, metrics: Metrics, on_health: Callable[[bool], None]) -> None:
+        serve_classifier(registry, classifier, worker_config(settings), metrics, on_health)
+        registry.open(classifier.name)
 
-    return factory
+    return load
 
 
 class ServerThread:
@@ -133,7 +129,7 @@ class ServerThread:
     def __init__(
         self,
         settings: ServerSettings,
-        registry_factory: Callable[[Metrics, Callable[[bool], None]], ModelRegistry] | None = None,
+        registry_factory: ModelLoader | None = None,
     ) -> None:
         self.settings = settings
         self._factory = registry_factory

@@ -6,7 +6,6 @@ dashboard and the alerts names a metric that whybert exports."""
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import json
 import re
@@ -19,7 +18,7 @@ import pytest
 import yaml
 from whybert.v1 import explainer_pb2 as pb
 from whybert_service.metrics import Metrics
-from whybert_service.settings import ServerSettings
+from whybert_service.settings import ServerSettings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "deploy" / "compose.replicas.yml"]
@@ -200,7 +199,7 @@ def test_replicas_example_runs_several_whybert_behind_envoy() -> None:
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_compose_environment_names_real_settings(path: Path) -> None:
-    fields = {f"WHYBERT_{f.name.upper()}" for f in dataclasses.fields(ServerSettings)}
+    fields = {env_name(name) for name in ServerSettings.model_fields}
     for name, spec in whybert_services(path).items():
         for variable in spec.get("environment", {}):
             assert variable in fields or not variable.startswith("WHYBERT_"), f"{name}: {variable}"
@@ -278,7 +277,7 @@ def test_dockerfile_runs_unprivileged_with_a_grpc_health_check() -> None:
     scripts = (ROOT / "pyproject.toml").read_text()
     assert 'whybert = "whybert.cli:main"' in scripts
     env = " ".join(a for k, a in steps if k == "ENV")
-    fields = {f"WHYBERT_{f.name.upper()}" for f in dataclasses.fields(ServerSettings)}
+    fields = {env_name(name) for name in ServerSettings.model_fields}
     assert set(re.findall(r"WHYBERT_[A-Z_]+", env)) <= fields
 
 

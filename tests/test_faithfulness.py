@@ -16,7 +16,6 @@ from conftest import tiny_settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from whybert_service.batching.worker import ModelWorker
 from whybert_service.context import Priority, RequestContext
-from whybert_service.explainers.base import prediction_from_logits
 from whybert_service.explainers.faithfulness import (
     faithfulness,
     perturbed_texts,
@@ -24,7 +23,8 @@ from whybert_service.explainers.faithfulness import (
     with_faithfulness,
 )
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.registry import ModelHandle
+from whybert_service.outputs import prediction_from_logits
+from whybert_service.registry import ModelHandle
 from whybert_service.types import (
     ExplainerName,
     ExplanationResult,

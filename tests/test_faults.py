@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 from whybert_service.grpc.server import WhybertServer
-from whybert_service.models.registry import ModelRegistry
+from whybert_service.registry import ModelRegistry
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -233,9 +233,9 @@ async def test_while_models_load_calls_are_unavailable_and_health_is_not_serving
     release = threading.Event()
     inner = registry_factory(FaultyClassifier(tiny_classifier), settings)
 
-    def slow_factory(metrics: Any, on_health: Any) -> ModelRegistry:
+    def slow_factory(registry: ModelRegistry, metrics: Any, on_health: Any) -> None:
         release.wait(30)
-        return inner(metrics, on_health)
+        inner(registry, metrics, on_health)
 
     server = WhybertServer(settings, slow_factory)
     starting = asyncio.ensure_future(server.start())

@@ -30,7 +30,7 @@ from whybert_service.explainers.integrated_gradients import (
     run_step_batches,
 )
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.registry import ModelHandle
+from whybert_service.registry import ModelHandle
 from whybert_service.types import (
     ExplainerName,
     ExplainParams,

@@ -26,8 +26,8 @@ from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import Cancelled, DeadlineExceeded
 from whybert_service.explainers.lime_text import LimeExplainer
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.registry import ModelHandle
 from whybert_service.outputs import to_output_space
+from whybert_service.registry import ModelHandle
 from whybert_service.types import (
     ExplainerName,
     ExplainParams,

@@ -125,17 +125,18 @@ async def test_health_is_not_serving_until_models_are_loaded(tiny_model_dir: Pat
     import threading
 
     from conftest import tiny_settings
-    from whybert_service.grpc.server import WhybertServer, default_registry_factory
+    from whybert_service.compose import model_loader
+    from whybert_service.grpc.server import WhybertServer
 
     settings = tiny_settings(tiny_model_dir)
     release = threading.Event()
-    real = default_registry_factory(settings)
+    real = model_loader(settings)
 
-    def slow_factory(metrics: Any, on_health: Any) -> Any:
+    def slow_loader(registry: Any, metrics: Any, on_health: Any) -> None:
         release.wait(30)
-        return real(metrics, on_health)
+        real(registry, metrics, on_health)
 
-    server = WhybertServer(settings, registry_factory=slow_factory)
+    server = WhybertServer(settings, load_models=slow_loader)
     starting = asyncio.ensure_future(server.start())
     try:
         while not server.port:  # noqa: ASYNC110 - start() sets a plain attribute

@@ -21,7 +21,7 @@ from _servers import ServerThread
 from conftest import tiny_settings
 from whybert._exceptions import from_rpc_error
 from whybert.v1 import explainer_pb2 as pb
-from whybert_service import validation
+from whybert_service.grpc import validation
 from whybert_service.types import ExplainParams, TargetModeName
 
 LIMIT = 128 * 1024

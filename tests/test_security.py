@@ -5,13 +5,17 @@ message size limits, and model loading that never unpickles."""
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
 import json
 import os
 import pickle
 import shutil
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ import grpc
 import pytest
 import whybert
 from _servers import ServerThread, health, wait_for
-from conftest import tiny_settings
+from conftest import free_port, tiny_settings
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -360,12 +364,17 @@ def test_messages_beyond_the_configured_size_are_resource_exhausted(
     assert "larger than max" in (exc.value.details() or "")
 
 
-def test_tokens_come_from_the_file_the_flag_and_the_environment(tmp_path: Path) -> None:
+def test_tokens_come_from_the_file_the_flag_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("from-file\n# a comment\n")
-    env = {"WHYBERT_AUTH_TOKENS": "env-one, env-two", "WHYBERT_AUTH_TOKENS_FILE": str(tokens_file)}
-    settings = settings_mod.from_sources(None, env)
+    monkeypatch.setenv("WHYBERT_AUTH_TOKENS", "env-one, env-two")
+    monkeypatch.setenv("WHYBERT_AUTH_TOKENS_FILE", str(tokens_file))
+    settings = settings_mod.from_sources(None)
     assert load_tokens(settings) == {"from-file", "env-one", "env-two"}
+    monkeypatch.delenv("WHYBERT_AUTH_TOKENS")
+    monkeypatch.delenv("WHYBERT_AUTH_TOKENS_FILE")
     assert load_tokens(settings_mod.ServerSettings()) == frozenset()  # open server
 
 
@@ -398,6 +407,52 @@ def test_the_token_check_needs_tokens_and_compares_whole_tokens() -> None:
     assert not auth.authorized([("authorization", "Bearer s3cret2")])
     assert not auth.authorized([("authorization", "Bearer s3cre")])
     assert not auth.authorized([])
+
+
+# ---- the metrics endpoint follows the server's security --------------------------------------
+
+
+def scrape(port: int, context: ssl.SSLContext | None = None) -> str:
+    scheme = "https" if context is not None else "http"
+    with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", timeout=10, context=context) as reply:
+        return str(reply.read().decode())
+
+
+def test_the_metrics_of_a_tls_server_are_https_on_loopback(tiny_model_dir: Path, pki: dict[str, Any]) -> None:
+    settings = tiny_settings(
+        tiny_model_dir,
+        host="0.0.0.0",
+        metrics_port=free_port(),
+        tls_cert=str(pki["server"].cert),
+        tls_key=str(pki["server"].key),
+    )
+    with ServerThread(settings) as server:
+        assert server.server is not None
+        assert server.server.metrics.address == ("127.0.0.1", settings.metrics_port)
+        body = scrape(settings.metrics_port, ssl.create_default_context(cafile=str(pki["ca"])))
+        assert "# TYPE grpc_server_started_total counter" in body
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # the server's own
+            scrape(settings.metrics_port, ssl.create_default_context(cafile=str(pki["rogue_ca"])))
+        with pytest.raises((OSError, http.client.HTTPException)):  # nothing in clear
+            scrape(settings.metrics_port)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "address"),
+    [
+        ({"auth_tokens": "alpha-token-1"}, "127.0.0.1"),
+        ({}, "0.0.0.0"),  # an open server's metrics are as open as its gRPC port
+    ],
+    ids=["tokens", "open"],
+)
+def test_the_metrics_of_a_token_server_listen_on_loopback(
+    tiny_model_dir: Path, overrides: dict[str, str], address: str
+) -> None:
+    settings = tiny_settings(tiny_model_dir, host="0.0.0.0", metrics_port=free_port(), **overrides)
+    with ServerThread(settings) as server:
+        assert server.server is not None
+        assert server.server.metrics.address == (address, settings.metrics_port)
+        assert "# TYPE grpc_server_started_total counter" in scrape(settings.metrics_port)
 
 
 # ---- reflection -----------------------------------------------------------------------------

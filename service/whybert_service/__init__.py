@@ -1,8 +1,9 @@
 """whybert's server: a gRPC service that classifies texts and explains why.
 
 Install with `pip install "whybert[server]"`. The path of a request:
-`grpc.servicer` → `validation` → `dataplane` → `batching.worker` (one per model) →
-`models.classifier`; explainers (`explainers.*`) submit their rows to the same worker.
+`grpc.servicer` → `grpc.validation` → `dataplane` → `explainers.*` → `batching.worker`
+(one per model, with its scheduler `batching.queue`) → `models.classifier`. `compose`
+loads the models and starts their workers into the `registry`. See docs/architecture.md.
 """
 
 __version__ = "0.1.0"

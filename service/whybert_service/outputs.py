@@ -1,10 +1,10 @@
-"""Output spaces, in plain numpy (imported by explainer processes, which never load torch)."""
+"""The model's outputs read as predictions and output spaces, in plain numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .types import OutputName
+from .types import OutputName, PredictionResult
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -21,3 +21,16 @@ def to_output_space(logits: np.ndarray, output: OutputName) -> np.ndarray:
     if output is OutputName.LOGIT:
         return logits.astype(np.float64)
     return softmax(logits)
+
+
+def prediction_from_logits(
+    labels: list[str], logits: np.ndarray, truncated: bool, token_count: int
+) -> PredictionResult:
+    """The classifier's prediction on one text, from its raw logits."""
+    return PredictionResult(
+        labels=list(labels),
+        probabilities=softmax(logits[None, :])[0],
+        logits=logits.astype(np.float64),
+        truncated=truncated,
+        token_count=token_count,
+    )

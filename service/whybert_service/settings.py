@@ -1,255 +1,288 @@
-"""Every knob of the server in one place.
+"""Every knob of the server in one place: a pydantic-settings model.
 
 Each field has a command-line flag (`--max-batch-tokens`) and an environment variable
 (`WHYBERT_MAX_BATCH_TOKENS`); the flag wins over the variable, the variable over the
-default. The help text of each flag is the field's `doc`.
+default. The flags are generated from the fields (the help text is the field's
+description) and the constraints live on the fields, so a new setting is one field.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
+
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "WHYBERT_"
+LOOPBACK = "127.0.0.1"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def _doc(text: str, **extra: Any) -> dict[str, Any]:
-    return {"doc": text, **extra}
+class SettingsError(ValueError):
+    """Settings that cannot work; the message is one line that names the flag."""
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(BaseSettings):
     """Configuration of one whybert server process."""
 
-    host: str = field(default="0.0.0.0", metadata=_doc("Address to listen on."))
-    port: int = field(default=50051, metadata=_doc("gRPC port."))
-    metrics_port: int = field(
-        default=9464, metadata=_doc("Port of the Prometheus /metrics endpoint; 0 turns it off.")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,  # WHYBERT_X= (empty) means "not set", as it always has
+        frozen=True,
+        extra="forbid",
     )
-    model: tuple[str, ...] = field(
-        default=(),
-        metadata=_doc(
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off."
+    )
+    metrics_host: str = Field(
+        "",
+        description=(
+            "Address of the /metrics endpoint; empty means --host, except 127.0.0.1 when TLS or "
+            "tokens are on (HTTPS with the server's certificate under --tls-cert)."
+        ),
+    )
+    model: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
             "A model to serve, NAME=PATH to a Hugging Face sequence-classification directory "
-            "(safetensors). Repeatable; the variable takes a comma-separated list.",
-            repeat=True,
+            "(safetensors). Repeatable; the variable takes a comma-separated list."
         ),
+        json_schema_extra={"metavar": "NAME=PATH"},
     )
-    default_model: str = field(
-        default="",
-        metadata=_doc("Model used when a request names none; empty means the built-in 'sentiment'."),
+    default_model: str = Field(
+        "", description="Model used when a request names none; empty means the built-in 'sentiment'."
     )
-    no_builtin_model: bool = field(
-        default=False, metadata=_doc("Do not load the built-in 'sentiment' model.")
-    )
-    device: str = field(
-        default="auto", metadata=_doc("auto, cpu, cuda or cuda:N.")
-    )
-    dtype: str = field(
-        default="auto",
-        metadata=_doc(
+    no_builtin_model: bool = Field(False, description="Do not load the built-in 'sentiment' model.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
             "Weights' type: auto (bfloat16 on a GPU that has it, else float16; float32 on CPU), "
-            "float32, bfloat16 or float16.",
-            choices=("auto", "float32", "bfloat16", "float16"),
+            "float32, bfloat16 or float16."
         ),
     )
-    max_batch_tokens: int = field(
-        default=8192,
-        metadata=_doc("Token budget of one forward batch: longest row × rows, as TEI counts it."),
+    max_batch_tokens: PositiveInt = Field(
+        8192, description="Token budget of one forward batch: longest row × rows, as TEI counts it."
     )
-    max_batch_delay_ms: float = field(
-        default=4.0,
-        metadata=_doc("Longest wait for more rows before an under-full batch runs."),
+    max_batch_delay_ms: float = Field(
+        4.0, ge=0, allow_inf_nan=False, description="Longest wait for more rows before an under-full batch runs."
     )
-    max_queued_rows: int = field(
-        default=200_000,
-        metadata=_doc("Rows a model's queue holds at most; beyond, RESOURCE_EXHAUSTED at once."),
+    max_queued_rows: PositiveInt = Field(
+        200_000, description="Rows a model's queue holds at most; beyond, RESOURCE_EXHAUSTED at once."
     )
-    max_concurrent_requests: int = field(
-        default=512,
-        metadata=_doc("Requests in progress at once; beyond, RESOURCE_EXHAUSTED at once."),
+    max_concurrent_requests: PositiveInt = Field(
+        512, description="Requests in progress at once; beyond, RESOURCE_EXHAUSTED at once."
     )
-    max_texts_per_request: int = field(default=64, metadata=_doc("Texts one request may carry."))
-    max_chars_per_text: int = field(
-        default=20_000, metadata=_doc("Characters (code points) one text may have.")
-    )
-    max_evals_limit: int = field(
-        default=4000, metadata=_doc("Largest SHAP max_evals a request may ask for.")
-    )
-    max_lime_samples: int = field(
-        default=10_000, metadata=_doc("Largest LIME num_samples a request may ask for.")
-    )
-    max_ig_steps: int = field(
-        default=512, metadata=_doc("Largest integrated-gradients n_steps a request may ask for.")
-    )
-    max_rows_per_request: int = field(
-        default=200_000, metadata=_doc("Model rows one request may cost in total.")
-    )
-    explain_threads: int = field(
-        default=32,
-        metadata=_doc(
+    max_texts_per_request: PositiveInt = Field(64, description="Texts one request may carry.")
+    max_chars_per_text: PositiveInt = Field(20_000, description="Characters (code points) one text may have.")
+    max_evals_limit: PositiveInt = Field(4000, description="Largest SHAP max_evals a request may ask for.")
+    max_lime_samples: PositiveInt = Field(10_000, description="Largest LIME num_samples a request may ask for.")
+    max_ig_steps: PositiveInt = Field(512, description="Largest integrated-gradients n_steps a request may ask for.")
+    max_rows_per_request: PositiveInt = Field(200_000, description="Model rows one request may cost in total.")
+    explain_threads: PositiveInt = Field(
+        32,
+        description=(
             "LIME, integrated-gradient and faithfulness explanations computed at once (SHAP "
             "needs no thread: its rounds are scheduled work on the model's worker)."
         ),
     )
-    cache_entries: int = field(
-        default=4096, metadata=_doc("Finished explanations kept in memory; 0 turns the cache off.")
+    cache_entries: NonNegativeInt = Field(
+        4096, description="Finished explanations kept in memory; 0 turns the cache off."
     )
-    cache_bytes: int = field(
-        default=256 * 1024 * 1024,
-        metadata=_doc(
+    cache_bytes: NonNegativeInt = Field(
+        256 * 1024 * 1024,
+        description=(
             "Estimated memory the cached explanations may hold, in bytes (least recently used "
             "go first); 0 turns the cache off."
         ),
     )
-    reflection: bool = field(
-        default=True, metadata=_doc("Serve gRPC server reflection.", negatable=True)
+    reflection: bool = Field(True, description="Serve gRPC server reflection.")
+    grace_seconds: float = Field(
+        10.0, ge=0, allow_inf_nan=False, description="On SIGTERM/SIGINT, time calls in flight get to finish."
     )
-    grace_seconds: float = field(
-        default=10.0, metadata=_doc("On SIGTERM/SIGINT, time calls in flight get to finish.")
+    tls_cert: str = Field("", description="PEM certificate chain: serve TLS.")
+    tls_key: str = Field("", description="PEM private key of --tls-cert.")
+    tls_client_ca: str = Field("", description="PEM CA bundle: require client certificates (mutual TLS).")
+    auth_tokens_file: str = Field(
+        "", description="File of accepted bearer tokens, one a line: require authentication."
     )
-    tls_cert: str = field(default="", metadata=_doc("PEM certificate chain: serve TLS."))
-    tls_key: str = field(default="", metadata=_doc("PEM private key of --tls-cert."))
-    tls_client_ca: str = field(
-        default="", metadata=_doc("PEM CA bundle: require client certificates (mutual TLS).")
+    auth_tokens: SecretStr = Field(
+        SecretStr(""), description="Accepted bearer tokens, comma-separated (prefer the variable or a file)."
     )
-    auth_tokens_file: str = field(
-        default="",
-        metadata=_doc("File of accepted bearer tokens, one a line: require authentication."),
-    )
-    auth_tokens: str = field(
-        default="",
-        metadata=_doc("Accepted bearer tokens, comma-separated (prefer the variable or a file)."),
-    )
-    max_message_bytes: int = field(
-        default=8 * 1024 * 1024,
-        metadata=_doc(
+    max_message_bytes: PositiveInt = Field(
+        8 * 1024 * 1024,
+        description=(
             "Largest gRPC message received or sent; an Explain whose reply could be larger is "
             "refused before any work."
         ),
     )
-    max_watch_streams: int = field(
-        default=64,
-        metadata=_doc(
+    max_watch_streams: PositiveInt = Field(
+        64,
+        description=(
             "grpc.health.v1 Watch streams open at once (health needs no token); beyond, "
             "RESOURCE_EXHAUSTED at once."
         ),
     )
-    log_level: str = field(
-        default="warning",
-        metadata=_doc("debug, info, warning or error.", choices=("debug", "info", "warning", "error")),
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "warning", description="debug, info, warning or error."
     )
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split_model_list(cls, value: object) -> object:
+        """The variable is one comma-separated string; the flag gives one pair per use."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model_pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Refuse a bad pair at start-up, before any model loads."""
+        _model_paths(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        """WHYBERT_LOG_LEVEL=INFO has always worked (logging's own spelling)."""
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        """A typo must stop the start, not fall back to some device."""
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        """A certificate without its key (or a client CA without TLS) cannot serve."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return self
+
     def model_paths(self) -> dict[str, str]:
-        """Parse the NAME=PATH pairs of --model."""
-        out: dict[str, str] = {}
-        for spec in self.model:
-            name, sep, path = spec.partition("=")
-            if not sep or not name.strip() or not path.strip():
-                raise ValueError(f"--model expects NAME=PATH, got {spec!r}")
-            if name.strip() in out:
-                raise ValueError(f"model {name.strip()!r} is given twice")
-            out[name.strip()] = path.strip()
-        return out
+        """The NAME=PATH pairs of --model, as a dict."""
+        return _model_paths(self.model)
+
+    def secured(self) -> bool:
+        """Whether the gRPC side is locked (TLS or tokens), so /metrics should be too."""
+        tokens = any(t.strip() for t in self.auth_tokens.get_secret_value().split(","))
+        return bool(self.tls_cert or self.auth_tokens_file or tokens)
+
+    def metrics_address(self) -> str:
+        """Where /metrics listens: --metrics-host; else --host, but loopback on a secured
+        server, whose metrics should not be open to everyone its gRPC port refuses."""
+        if self.metrics_host:
+            return self.metrics_host
+        return LOOPBACK if self.secured() else self.host
+
+    def describe(self) -> dict[str, Any]:
+        """The settings for the start-up log line, secrets masked."""
+        return self.model_dump(mode="json")
 
 
-# Field types are strings (postponed annotations); those that argparse and the
-# environment must convert.
-_CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
+def _model_paths(specs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"expects NAME=PATH, got {spec!r}")
+        if name.strip() in out:
+            raise ValueError(f"model {name.strip()!r} is given twice")
+        out[name.strip()] = path.strip()
+    return out
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of a field."""
     return "--" + name.replace("_", "-")
 
 
-def _env_value(f: dataclasses.Field[Any], raw: str) -> Any:
-    if f.metadata.get("repeat"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if f.type == "bool":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return _CONVERTERS.get(str(f.type), str)(raw)
+def env_name(name: str) -> str:
+    """The environment variable of a field."""
+    return ENV_PREFIX + name.upper()
+
+
+def _argument(name: str, info: FieldInfo) -> dict[str, Any]:
+    """argparse keywords for one field. Unset flags stay None, so the environment and the
+    default can fill them; values stay strings, so pydantic converts and checks them all."""
+    default = info.default.get_secret_value() if isinstance(info.default, SecretStr) else info.default
+    help_text = f"{info.description} [env {env_name(name)}; default {default!r}]"
+    kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text.replace("%", "%%")}
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "metavar" in extra:
+        kwargs["metavar"] = extra["metavar"]
+    if info.annotation is bool:
+        # A switch that is on by default gets --no-X as well; one off by default is a flag.
+        if default:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(action="store_const", const=True)
+    elif get_origin(info.annotation) is tuple:
+        kwargs["action"] = "append"
+    elif get_origin(info.annotation) is Literal:
+        kwargs["choices"] = get_args(info.annotation)
+    return kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per settings field; defaults stay unset so the environment can fill them."""
-    for f in dataclasses.fields(ServerSettings):
-        help_text = f"{f.metadata['doc']} [env {ENV_PREFIX}{f.name.upper()}; default {f.default!r}]"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
-        if f.metadata.get("repeat"):
-            parser.add_argument(_flag(f.name), action="append", metavar="NAME=PATH", **kwargs)
-        elif f.type == "bool":
-            action = argparse.BooleanOptionalAction if f.metadata.get("negatable") else "store_const"
-            if action == "store_const":
-                kwargs["const"] = True
-            parser.add_argument(_flag(f.name), action=action, **kwargs)
-        else:
-            type_ = _CONVERTERS.get(str(f.type), str)
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-            parser.add_argument(_flag(f.name), type=type_, **kwargs)
+    """Add one flag per settings field."""
+    for name, info in ServerSettings.model_fields.items():
+        parser.add_argument(flag(name), **_argument(name, info))
 
 
-def from_sources(
-    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
-) -> ServerSettings:
-    """Build settings from parsed flags, then the environment, then the defaults."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(ServerSettings):
-        given = getattr(args, f.name, None) if args is not None else None
-        env_raw = environ.get(ENV_PREFIX + f.name.upper())
-        if given is not None:
-            values[f.name] = tuple(given) if isinstance(given, list) else given
-        elif env_raw is not None and env_raw != "":
-            try:
-                values[f.name] = _env_value(f, env_raw)
-            except ValueError as exc:
-                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={env_raw!r}: {exc}") from exc
-    settings = ServerSettings(**values)
-    validate(settings)
-    return settings
+def from_sources(args: argparse.Namespace | None = None) -> ServerSettings:
+    """Settings from the parsed flags, then the WHYBERT_* variables, then the defaults.
+
+    Raises SettingsError, one line naming the flag (and the variable when the value came
+    from it), instead of pydantic's multi-line report.
+    """
+    given = {
+        name: getattr(args, name)
+        for name in ServerSettings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return ServerSettings(**given)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_explain(e, given, os.environ) for e in exc.errors())) from None
 
 
-def validate(settings: ServerSettings) -> None:
-    """Refuse settings that cannot work, with the flag's name in the message."""
-    positive = (
-        "max_batch_tokens",
-        "max_queued_rows",
-        "max_concurrent_requests",
-        "max_texts_per_request",
-        "max_chars_per_text",
-        "max_evals_limit",
-        "max_lime_samples",
-        "max_ig_steps",
-        "max_rows_per_request",
-        "explain_threads",
-        "max_message_bytes",
-        "max_watch_streams",
-    )
-    for name in positive:
-        if getattr(settings, name) <= 0:
-            raise ValueError(f"{_flag(name)} must be positive")
-    for name in ("cache_entries", "cache_bytes"):
-        if getattr(settings, name) < 0:
-            raise ValueError(f"{_flag(name)} must not be negative (0 turns the cache off)")
-    if settings.max_batch_delay_ms < 0 or settings.grace_seconds < 0:
-        raise ValueError("--max-batch-delay-ms and --grace-seconds must not be negative")
-    if not settings.device == "auto" and not settings.device.startswith(("cpu", "cuda")):
-        raise ValueError("--device must be auto, cpu, cuda or cuda:N")
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together")
-    if settings.tls_client_ca and not settings.tls_cert:
-        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-    settings.model_paths()
-
-
-def describe(settings: ServerSettings) -> Sequence[tuple[str, Any]]:
-    """The settings as (name, value) pairs, secrets hidden, for the start-up log line."""
-    hidden = {"auth_tokens"}
-    return [
-        (f.name, "***" if f.name in hidden and getattr(settings, f.name) else getattr(settings, f.name))
-        for f in dataclasses.fields(ServerSettings)
-    ]
+def _explain(error: ErrorDetails, given: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """One problem as 'where: what', where being the flag, or the variable and its flag."""
+    cause = (error.get("ctx") or {}).get("error")
+    what = str(cause) if error["type"] == "value_error" and cause is not None else error["msg"]
+    if not error["loc"]:
+        return what  # a cross-field check, whose message names the flags
+    name = str(error["loc"][0])
+    info = ServerSettings.model_fields.get(name)
+    secret = info is not None and info.annotation is SecretStr
+    if name in given:
+        shown = f" {given[name]!r}" if isinstance(given[name], str) and not secret else ""
+        return f"{flag(name)}{shown}: {what}"
+    if env_name(name) in environ:
+        shown = "" if secret else f"={environ[env_name(name)]!r}"
+        return f"{env_name(name)}{shown} ({flag(name)}): {what}"
+    return f"{flag(name)}: {what}"

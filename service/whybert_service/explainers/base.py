@@ -1,9 +1,14 @@
-"""What every explainer shares: the model as a function of strings, fed through the worker.
+"""What every explainer shares: one shell around each method, and the model as a function.
 
-`ModelFunction` is the one door from an explainer to the model. Every call submits its
-rows to the model's shared batching worker, so the rounds of all concurrent explanations
-(and Predict rows) share forward batches. It evaluates each distinct string once per
-explanation and counts the rows and queue time it cost.
+`Explainer` owns what is the same for every method, as shap's `Explainer.__call__` owns its
+loop and a subclass writes `explain_row`: the timing, the prediction read off the model's
+logits, which outputs are explained (`targets`) and the result. A method writes only
+`attribute`: one text's attributions (`Attribution`).
+
+`ModelFunction` is the door from a method that wants f(strings) to the model. Every call
+submits its rows to the model's shared batching worker, so the rounds of all concurrent
+explanations (and Predict rows) share forward batches. It evaluates each distinct string
+once per explanation and counts the rows and queue time it cost.
 """
 
 from __future__ import annotations
@@ -11,29 +16,20 @@ from __future__ import annotations
 import abc
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..context import RequestContext
 from ..models.classifier import Classifier
-from ..models.registry import ModelHandle
-from ..outputs import softmax, to_output_space
-from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, PredictionResult
-
-
-def prediction_from_logits(
-    labels: list[str], logits: np.ndarray, truncated: bool, token_count: int
-) -> PredictionResult:
-    return PredictionResult(
-        labels=list(labels),
-        probabilities=softmax(logits[None, :])[0],
-        logits=logits.astype(np.float64),
-        truncated=truncated,
-        token_count=token_count,
-    )
+from ..outputs import prediction_from_logits, to_output_space
+from ..registry import ModelHandle
+from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, PredictionResult, TokenSpan
+from .targets import resolve_targets
 
 
 class ModelFunction:
@@ -97,8 +93,30 @@ class ModelFunction:
         return out if self.targets is None else out[:, self.targets]
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """What a method computes for one text; the shell builds the result around it."""
+
+    tokens: list[TokenSpan]
+    targets: list[int]  # the model's outputs explained, by index
+    values: np.ndarray  # tokens × targets, in the requested output space
+    base_values: np.ndarray
+    output_values: np.ndarray
+    logits: np.ndarray  # the model's raw logits on the explained text
+    token_count: int  # the model's tokens of the explained text
+    truncated: bool  # the text went on past what the model reads ...
+    explained_chars: int  # ... and the explanation covers text[:explained_chars]
+    rows: int  # model rows the method cost
+    queue_seconds: float
+    convergence_delta: np.ndarray | None = None
+
+
 class Explainer(abc.ABC):
-    """An explanation method; `explain` runs on an explainer thread and may block."""
+    """An explanation method in the shell all methods share.
+
+    `attribute` may block (it runs on an explainer thread); a method whose work is all
+    scheduled on the model's worker overrides `attribute_async` to need no thread.
+    """
 
     name: ExplainerName
 
@@ -115,12 +133,53 @@ class Explainer(abc.ABC):
     async def explain_async(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext, executor: Executor
     ) -> ExplanationResult:
-        """Explain from the event loop; by default `explain` on one of the executor's threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self.explain, handle, text, params, context)
+        """Explain one text from the event loop."""
+        started = time.perf_counter()
+        attribution = await self.attribute_async(handle, text, params, context, executor)
+        return self.result(handle, params, attribution, started)
 
-    @abc.abstractmethod
     def explain(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
     ) -> ExplanationResult:
-        """Explain the model's output on one text."""
+        """Explain one text, blocking the calling thread."""
+        started = time.perf_counter()
+        return self.result(handle, params, self.attribute(handle, text, params, context), started)
+
+    async def attribute_async(
+        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext, executor: Executor
+    ) -> Attribution:
+        """By default `attribute` on one of the executor's threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self.attribute, handle, text, params, context)
+
+    @abc.abstractmethod
+    def attribute(
+        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
+    ) -> Attribution:
+        """The method itself: one text's attributions for the outputs `targets` picks."""
+
+    @staticmethod
+    def targets(params: ExplainParams, classifier: Classifier, logits: np.ndarray) -> list[int]:
+        """The outputs to explain, once the model's logits on the text are known."""
+        return resolve_targets(params, classifier.labels, int(np.argmax(logits)))
+
+    def result(
+        self, handle: ModelHandle, params: ExplainParams, a: Attribution, started: float
+    ) -> ExplanationResult:
+        labels = handle.classifier.labels
+        return ExplanationResult(
+            tokens=a.tokens,
+            labels=[labels[t] for t in a.targets],
+            values=a.values,
+            base_values=a.base_values,
+            output_values=a.output_values,
+            prediction=prediction_from_logits(labels, a.logits, a.truncated, a.token_count),
+            explainer=self.name,
+            output=params.output,
+            model_rows=a.rows,
+            queue_seconds=a.queue_seconds,
+            compute_seconds=time.perf_counter() - started,
+            convergence_delta=a.convergence_delta,
+            truncated=a.truncated,
+            explained_chars=a.explained_chars,
+        )

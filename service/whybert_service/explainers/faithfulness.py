@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..context import RequestContext
-from ..models.registry import ModelHandle
+from ..registry import ModelHandle
 from ..types import ExplanationResult, Faithfulness, OutputName, TokenSpan
 from .base import ModelFunction
 

@@ -44,11 +44,10 @@ from ..batching.worker import ModelWorker
 from ..context import RequestContext
 from ..errors import InvalidArgument, ModelFailure
 from ..models.classifier import Classifier
-from ..models.registry import ModelHandle
 from ..outputs import to_output_space
-from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, TokenSpan
-from ..validation import resolve_targets
-from .base import Explainer, prediction_from_logits
+from ..registry import ModelHandle
+from ..types import ExplainerName, ExplainParams, OutputName, TokenSpan
+from .base import Attribution, Explainer
 
 METHOD = "gausslegendre"  # Captum's default approximation
 
@@ -321,10 +320,9 @@ class IntegratedGradientsExplainer(Explainer):
 
         integration_points(50)
 
-    def explain(
+    def attribute(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
-    ) -> ExplanationResult:
-        started = time.perf_counter()
+    ) -> Attribution:
         classifier = handle.classifier
         tokens, ids, truncated = word_pieces(classifier, text)
         baseline = [
@@ -332,29 +330,26 @@ class IntegratedGradientsExplainer(Explainer):
             for row_id, token in zip(ids, tokens, strict=True)
         ]
         ends = handle.worker.run_blocking([ids, baseline], context)
-        prediction = prediction_from_logits(classifier.labels, ends.logits[0], truncated, len(ids))
-        targets = resolve_targets(params, classifier.labels, int(np.argmax(ends.logits[0])))
+        targets = self.targets(params, classifier, ends.logits[0])
         outputs = to_output_space(ends.logits, params.output)[:, targets]
         request = GradientRequest(
             ids, baseline, targets, params.integrated_gradients.n_steps, params.output
         )
         result = run_step_batches(handle.worker, request, context)
         values = result.attributions
-        return ExplanationResult(
+        return Attribution(
             tokens=tokens,
-            labels=[classifier.labels[t] for t in targets],
+            targets=targets,
             values=values,
             base_values=outputs[1],
             output_values=outputs[0],
-            prediction=prediction,
-            explainer=self.name,
-            output=params.output,
-            model_rows=2 + result.rows,
-            queue_seconds=ends.queue_seconds + result.queue_seconds,
-            compute_seconds=time.perf_counter() - started,
-            convergence_delta=values.sum(axis=0) - (outputs[0] - outputs[1]),
+            logits=ends.logits[0],
+            token_count=len(ids),
             truncated=truncated,
             explained_chars=max((t.end for t in tokens), default=0) if truncated else len(text),
+            rows=2 + result.rows,
+            queue_seconds=ends.queue_seconds + result.queue_seconds,
+            convergence_delta=values.sum(axis=0) - (outputs[0] - outputs[1]),
         )
 
 

@@ -22,7 +22,6 @@ keeps `base + sum(values)` equal to LIME's local model at the text.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -33,11 +32,10 @@ import numpy as np
 from ..batching.queue import RowsResult
 from ..context import RequestContext
 from ..errors import InvalidArgument
-from ..models.registry import ModelHandle
 from ..outputs import to_output_space
-from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
-from ..validation import resolve_targets
-from .base import Explainer, prediction_from_logits
+from ..registry import ModelHandle
+from ..types import ExplainerName, ExplainParams, TokenSpan
+from .base import Attribution, Explainer
 
 CHUNK_ROWS = 256  # perturbed strings built, tokenized and queued at once
 CHUNK_CHARS = 1 << 20  # ... and their characters: bounds the tokenizer's memory per chunk
@@ -54,12 +52,11 @@ class LimeExplainer(Explainer):
         """Importing lime pulls in scikit-learn and scipy (a second or two): do it now."""
         import lime.lime_text  # noqa: F401
 
-    def explain(
+    def attribute(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
-    ) -> ExplanationResult:
+    ) -> Attribution:
         from lime.lime_text import IndexedString, LimeTextExplainer
 
-        started = time.perf_counter()
         text, truncated = handle.classifier.readable_prefix(text)
         indexed = IndexedString(text)  # what LimeTextExplainer builds, with the same defaults
         if indexed.num_words() == 0:
@@ -80,8 +77,7 @@ class LimeExplainer(Explainer):
             max_chars=self.chunk_chars,
         )
         raw = samples.logits[0]  # the first sample is the text itself
-        prediction = prediction_from_logits(classifier.labels, raw, truncated, samples.text_tokens)
-        targets = resolve_targets(params, classifier.labels, int(np.argmax(raw)))
+        targets = self.targets(params, classifier, raw)
         outputs = to_output_space(samples.logits, params.output)
         data = samples.masks.astype(np.float64)  # what lime fits on: num_samples × words
         num_features = params.lime.num_features or indexed.num_words()
@@ -103,20 +99,18 @@ class LimeExplainer(Explainer):
         tokens, features = word_occurrences(indexed)
         counts = np.bincount(features, minlength=weights.shape[0])
         values = weights[features] / counts[features][:, None]
-        return ExplanationResult(
+        return Attribution(
             tokens=tokens,
-            labels=[classifier.labels[t] for t in targets],
+            targets=targets,
             values=values,
             base_values=np.array([intercepts[t] for t in targets], dtype=np.float64),
             output_values=to_output_space(raw[None, :], params.output)[0, targets],
-            prediction=prediction,
-            explainer=self.name,
-            output=params.output,
-            model_rows=samples.rows,
-            queue_seconds=samples.queue_seconds,
-            compute_seconds=time.perf_counter() - started,
+            logits=raw,
+            token_count=samples.text_tokens,
             truncated=truncated,
             explained_chars=len(text),
+            rows=samples.rows,
+            queue_seconds=samples.queue_seconds,
         )
 
 

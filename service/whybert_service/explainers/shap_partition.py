@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import Executor
-
-import numpy as np
 
 from ..context import RequestContext
 from ..models.classifier import Classifier
-from ..models.registry import ModelHandle
-from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
-from ..validation import resolve_targets
-from .base import Explainer, prediction_from_logits
+from ..registry import ModelHandle
+from ..types import ExplainerName, ExplainParams, TokenSpan
+from .base import Attribution, Explainer
 from .partition import MaskingSpec, PartitionEngine, PartitionResult, PreparedText, prepare_text
 from .partition.task import PartitionTask
 
@@ -58,16 +54,16 @@ class ShapPartitionExplainer(Explainer):
             self.spec(classifier),
             _encoder(classifier),
             output=params.output,
-            targets=lambda logits: resolve_targets(params, classifier.labels, int(np.argmax(logits))),
+            targets=lambda logits: self.targets(params, classifier, logits),
             max_evals=params.shap.max_evals,
             fixed_context=params.shap.fixed_context,
             batch_size=params.shap.batch_size,
         )
 
-    async def explain_async(
+    async def attribute_async(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext, executor: Executor
-    ) -> ExplanationResult:
-        started = time.perf_counter()
+    ) -> Attribution:
+        """No thread: tokenizing runs aside, then every round is scheduled on the worker."""
         prepared = await asyncio.to_thread(self.prepare, handle, text)
         context.ensure_alive("before the explanation started")
         task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
@@ -78,45 +74,30 @@ class ShapPartitionExplainer(Explainer):
             context.cancel()
             future.cancel()
             raise
-        return self._result(handle, prepared, params, task, result, started)
+        return _attribution(prepared, task, result)
 
-    def explain(
+    def attribute(
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
-    ) -> ExplanationResult:
-        started = time.perf_counter()
+    ) -> Attribution:
         prepared = self.prepare(handle, text)
         task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
-        result = context.wait(task.start(), "the explanation")
-        return self._result(handle, prepared, params, task, result, started)
+        return _attribution(prepared, task, context.wait(task.start(), "the explanation"))
 
-    def _result(
-        self,
-        handle: ModelHandle,
-        prepared: PreparedText,
-        params: ExplainParams,
-        task: PartitionTask,
-        result: PartitionResult,
-        started: float,
-    ) -> ExplanationResult:
-        classifier = handle.classifier
-        prediction = prediction_from_logits(
-            classifier.labels, result.unmasked_logits, prepared.truncated, prepared.size
-        )
-        return ExplanationResult(
-            tokens=token_spans(prepared),
-            labels=[classifier.labels[t] for t in result.targets],
-            values=result.values,
-            base_values=result.base_values,
-            output_values=result.output_values,
-            prediction=prediction,
-            explainer=self.name,
-            output=params.output,
-            model_rows=task.rows,
-            queue_seconds=task.queue_seconds,
-            compute_seconds=time.perf_counter() - started,
-            truncated=prepared.truncated,
-            explained_chars=len(prepared.text),
-        )
+
+def _attribution(prepared: PreparedText, task: PartitionTask, result: PartitionResult) -> Attribution:
+    return Attribution(
+        tokens=token_spans(prepared),
+        targets=list(result.targets),
+        values=result.values,
+        base_values=result.base_values,
+        output_values=result.output_values,
+        logits=result.unmasked_logits,
+        token_count=prepared.size,
+        truncated=prepared.truncated,
+        explained_chars=len(prepared.text),
+        rows=task.rows,
+        queue_seconds=task.queue_seconds,
+    )
 
 
 def _encoder(classifier: Classifier):  # type: ignore[no-untyped-def]

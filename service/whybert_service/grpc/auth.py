@@ -33,7 +33,7 @@ REFUSAL = "a valid bearer token is required: send the metadata 'authorization: B
 
 def load_tokens(settings: ServerSettings) -> frozenset[str]:
     """The accepted tokens from the settings and the tokens file; ValueError when unusable."""
-    tokens = [t.strip() for t in settings.auth_tokens.split(",") if t.strip()]
+    tokens = [t.strip() for t in settings.auth_tokens.get_secret_value().split(",") if t.strip()]
     if settings.auth_tokens_file:
         path = Path(settings.auth_tokens_file)
         try:

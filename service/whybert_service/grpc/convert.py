@@ -1,4 +1,4 @@
-"""Typed results → protobuf messages."""
+"""Typed results → protobuf messages, and the one table of each wire enum."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ OUTPUT_SPACES = {
     OutputName.PROBABILITY: pb.OUTPUT_SPACE_PROBABILITY,
     OutputName.LOGIT: pb.OUTPUT_SPACE_LOGIT,
 }
+# The same tables read from the wire (validation adds what UNSPECIFIED means).
+EXPLAINER_NAMES = {kind: name for name, kind in EXPLAINER_KINDS.items()}
+OUTPUT_NAMES = {space: name for name, space in OUTPUT_SPACES.items()}
 
 
 def prediction(p: PredictionResult) -> pb.Prediction:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from ..errors import InvalidArgument
-from .servicer import to_status
+from .status import to_status
 
 
 class Undecodable:

@@ -15,7 +15,6 @@ import concurrent.futures
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -26,49 +25,24 @@ from grpc_reflection.v1alpha import reflection
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
-from ..batching.worker import WorkerConfig
+from ..compose import ModelLoader, model_loader
 from ..dataplane import DataPlane
 from ..explainers import create_explainers
 from ..metrics import Metrics
-from ..models.registry import ModelRegistry, build_registry
-from ..settings import ServerSettings, describe
-from ..validation import Limits
+from ..registry import ModelRegistry
+from ..settings import ServerSettings
 from .auth import TokenAuthInterceptor, load_tokens
 from .decoding import DecodeErrorInterceptor
 from .interceptors import MetricsInterceptor, StreamLimitInterceptor
 from .servicer import ExplainerServicer
+from .validation import Limits
 
 log = logging.getLogger(__name__)
 
 # After the grace period, how long the models' workers get to finish the batch they run.
 WORKER_STOP_SECONDS = 1.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
-RegistryFactory = Callable[[Metrics, Callable[[bool], None]], ModelRegistry]
 T = TypeVar("T")
-
-
-def worker_config(settings: ServerSettings) -> WorkerConfig:
-    return WorkerConfig(
-        max_batch_tokens=settings.max_batch_tokens,
-        max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
-        max_queued_rows=settings.max_queued_rows,
-    )
-
-
-def default_registry_factory(settings: ServerSettings) -> RegistryFactory:
-    def factory(metrics: Metrics, on_health: Callable[[bool], None]) -> ModelRegistry:
-        return build_registry(
-            settings.model_paths(),
-            default_model=settings.default_model,
-            load_builtin=not settings.no_builtin_model,
-            device_spec=settings.device,
-            dtype_spec=settings.dtype,
-            worker_config=worker_config(settings),
-            metrics=metrics,
-            on_health=on_health,
-        )
-
-    return factory
 
 
 def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -89,14 +63,23 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
 class WhybertServer:
     """One server process's gRPC server, health, reflection, metrics and models."""
 
-    def __init__(self, settings: ServerSettings, registry_factory: RegistryFactory | None = None) -> None:
+    def __init__(self, settings: ServerSettings, load_models: ModelLoader | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self._registry_factory = registry_factory or default_registry_factory(settings)
-        self.registry: ModelRegistry | None = None
-        self.dataplane: DataPlane | None = None
+        self._load = load_models or model_loader(settings)
+        # Built empty: until the models are loaded, the registry answers UNAVAILABLE.
+        self.registry = ModelRegistry()
+        self.dataplane = DataPlane(
+            self.registry,
+            self.metrics,
+            explain_threads=settings.explain_threads,
+            max_concurrent_requests=settings.max_concurrent_requests,
+            cache_entries=settings.cache_entries,
+            cache_bytes=settings.cache_bytes,
+            explainers=create_explainers(),
+        )
         self.health = health.aio.HealthServicer()
-        self.servicer = ExplainerServicer(Limits.from_settings(settings))
+        self.servicer = ExplainerServicer(self.dataplane, Limits.from_settings(settings))
         self.watch_limit = StreamLimitInterceptor(settings.max_watch_streams)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -104,16 +87,14 @@ class WhybertServer:
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Future[None] | None = None
         self._loading: asyncio.Future[None] | None = None
-        # Between the loading thread publishing the registry and stop() releasing it.
-        self._registry_lock = threading.Lock()
-        self._closing = False
 
     async def start(self) -> int:
         """Listen, then load the models; returns the bound gRPC port."""
         self._loop = asyncio.get_running_loop()
         s = self.settings
         if s.metrics_port:
-            self.metrics.serve(s.metrics_port, s.host)
+            # Loopback on a secured server unless --metrics-host says otherwise; HTTPS under TLS.
+            self.metrics.serve(s.metrics_port, s.metrics_address(), certfile=s.tls_cert, keyfile=s.tls_key)
         self.server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=channel_options(s),
@@ -134,7 +115,7 @@ class WhybertServer:
         if not self.port:
             raise RuntimeError(f"cannot listen on {address}")
         await self.server.start()
-        log.info("listening", extra={"address": address, "port": self.port, "settings": dict(describe(s))})
+        log.info("listening", extra={"address": address, "port": self.port, "settings": s.describe()})
         self._loading = asyncio.ensure_future(self._load_models())
         try:
             await self._loading
@@ -159,44 +140,28 @@ class WhybertServer:
 
     async def _load_models(self) -> None:
         """Load the models and warm the explainers up, side by side."""
-        explainers = create_explainers()
+        explainers = self.dataplane.explainers.values()
 
         def warm_up() -> None:
-            for e in explainers.values():
+            for e in explainers:
                 e.warm_up()
 
-        registry, _ = await asyncio.gather(
-            _in_daemon_thread(self._build_registry, "whybert-load-models"),
+        await asyncio.gather(
+            _in_daemon_thread(self._load_registry, "whybert-load-models"),
             _in_daemon_thread(warm_up, "whybert-warm-up"),
         )
-        s = self.settings
-        self.dataplane = DataPlane(
-            registry,
-            self.metrics,
-            explain_threads=s.explain_threads,
-            max_concurrent_requests=s.max_concurrent_requests,
-            cache_entries=s.cache_entries,
-            cache_bytes=s.cache_bytes,
-            explainers=explainers,
-        )
-        self.servicer.dataplane = self.dataplane
-        await self._set_health(registry.all_healthy())
-        log.info("serving", extra={"models": [h.name for h in registry]})
+        await self._set_health(self.registry.all_healthy())
+        log.info("serving", extra={"models": [h.name for h in self.registry]})
 
-    def _build_registry(self) -> ModelRegistry:
-        """Load the models (on a loading thread); if the server stopped meanwhile, release them."""
-        registry = self._registry_factory(self.metrics, self._on_worker_health)
-        with self._registry_lock:
-            if not self._closing:
-                self.registry = registry
-                return registry
-        registry.stop()
-        raise RuntimeError("the server stopped while its models were loading")
+    def _load_registry(self) -> None:
+        """Fill the registry (on a loading thread); a model that finishes loading after the
+        server stopped is released by the registry itself."""
+        self._load(self.registry, self.metrics, self._on_worker_health)
 
     def _on_worker_health(self, _ok: bool) -> None:
         """Called from worker threads; recompute overall health on the loop."""
         loop = self._loop
-        if loop is None or loop.is_closed() or self.registry is None:
+        if loop is None or loop.is_closed():
             return
         registry = self.registry
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._set_health(registry.all_healthy())))
@@ -227,13 +192,8 @@ class WhybertServer:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-        with self._registry_lock:
-            self._closing = True
-            registry = self.registry
-        if registry is not None:
-            await asyncio.to_thread(_stop_workers, registry, WORKER_STOP_SECONDS)
-        if self.dataplane is not None:
-            self.dataplane.close()
+        await asyncio.to_thread(self.registry.close, WORKER_STOP_SECONDS)
+        self.dataplane.close()
         self.metrics.close()
 
     async def wait_stopped(self) -> None:
@@ -250,15 +210,6 @@ class WhybertServer:
     def _on_signal(self, sig: signal.Signals) -> None:
         log.warning("shutting down", extra={"signal": sig.name, "grace_seconds": self.settings.grace_seconds})
         self._begin_stop(None)
-
-
-def _stop_workers(registry: ModelRegistry, seconds: float) -> None:
-    """Stop every model's worker (their queued work gets UNAVAILABLE at once), giving the
-    batches that run at most `seconds` in all: the process must exit within the grace
-    period plus a little, and a batch left running is only work nobody waits for."""
-    deadline = time.monotonic() + seconds
-    for handle in registry:
-        handle.worker.stop(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:

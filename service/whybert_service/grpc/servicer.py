@@ -9,44 +9,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
-from .. import validation
 from ..context import Priority, RequestContext
 from ..dataplane import DataPlane
-from ..errors import InvalidArgument, ServiceError, Unavailable
-from . import convert
+from ..errors import ServiceError
+from . import convert, validation
 from .interceptors import deadline_passed
+from .status import to_status
 
 log = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
-
-
-def to_status(error: ServiceError) -> grpc.Status:
-    """A service error as a rich gRPC status (BadRequest details for bad fields)."""
-    status = status_pb2.Status(code=_CODE_NUMBERS[error.code], message=error.message)
-    if isinstance(error, InvalidArgument):
-        detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                    for f, d in error.violations
-                ]
-            )
-        )
-        status.details.append(detail)
-    converted: grpc.Status = rpc_status.to_status(status)
-    return converted
-
-
-_CODE_NUMBERS = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
 
 
 def handles_errors(method: Handler[Response]) -> Handler[Response]:
@@ -86,19 +62,14 @@ def request_context(
 class ExplainerServicer(pb_grpc.ExplainerServicer):
     """Thin: validate, call the data plane, convert."""
 
-    def __init__(self, limits: validation.Limits) -> None:
+    def __init__(self, dataplane: DataPlane, limits: validation.Limits) -> None:
+        self.dataplane = dataplane
         self.limits = limits
-        self.dataplane: DataPlane | None = None
-
-    def _plane(self) -> DataPlane:
-        if self.dataplane is None:
-            raise Unavailable("the server is still loading its models; retry shortly")
-        return self.dataplane
 
     @handles_errors
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         params = validation.predict_params(request, self.limits)
-        plane = self._plane()
+        plane = self.dataplane
         with plane.admitted("Predict"):
             ctx = request_context(context, Priority.PREDICT, self.limits.max_rows)
             model, predictions = await plane.predict(params, ctx)
@@ -109,15 +80,14 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     @handles_errors
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         params = validation.explain_params(request, self.limits)
-        plane = self._plane()
-        # Checks that need the model (its labels and token window), before any work.
-        classifier = plane.registry.get(params.model).classifier
-        validation.check_target_labels(params, classifier.labels)
-        validation.check_reply_size(params, classifier.labels, classifier.max_length, self.limits)
+        plane = self.dataplane
+        # The reply's bound needs the model's labels and window: refused before any work.
+        model = plane.describe(params.model)
+        validation.check_reply_size(params, model.labels, model.max_tokens, self.limits)
         with plane.admitted("Explain"):
             ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
-            model, results = await plane.explain(params, ctx)
-        response = convert.explain_response(model, results)
+            name, results = await plane.explain(params, ctx)
+        response = convert.explain_response(name, results)
         validation.check_reply_sent(response.ByteSize(), self.limits)
         return response
 
@@ -125,5 +95,5 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models, default = self._plane().list_models()
+        models, default = self.dataplane.list_models()
         return convert.list_models_response(models, default)

@@ -1,4 +1,8 @@
-"""Requests in, typed parameters out: every field checked against the server's limits.
+"""Protobuf requests in, typed parameters out: every field checked against the server's limits.
+
+The transport's last step: below `grpc/`, code sees only the types of `types.py`. Checks
+that need the model (its labels) belong to the explainers; the one check here that needs
+the model's size, the reply bound, is given the model's labels and window.
 
 All violations of a request are collected and reported together, each with the path of
 its field (`texts[3]`, `shap.max_evals`), as google.rpc.BadRequest field violations.
@@ -13,9 +17,9 @@ from typing import Any
 
 from whybert.v1 import explainer_pb2 as pb
 
-from .errors import InvalidArgument, ResourceExhausted, quote_some
-from .settings import ServerSettings
-from .types import (
+from ..errors import InvalidArgument, ResourceExhausted
+from ..settings import ServerSettings
+from ..types import (
     ExplainerName,
     ExplainParams,
     IntegratedGradientsParams,
@@ -25,20 +29,13 @@ from .types import (
     ShapParams,
     TargetModeName,
 )
+from . import convert
 
-EXPLAINERS = {
-    pb.EXPLAINER_KIND_UNSPECIFIED: ExplainerName.SHAP_PARTITION,
-    pb.EXPLAINER_KIND_SHAP_PARTITION: ExplainerName.SHAP_PARTITION,
-    pb.EXPLAINER_KIND_LIME: ExplainerName.LIME,
-    pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS: ExplainerName.INTEGRATED_GRADIENTS,
-}
-OUTPUTS = {
-    pb.OUTPUT_SPACE_UNSPECIFIED: OutputName.PROBABILITY,
-    pb.OUTPUT_SPACE_PROBABILITY: OutputName.PROBABILITY,
-    pb.OUTPUT_SPACE_LOGIT: OutputName.LOGIT,
-}
+# Wire enums to the service's names; UNSPECIFIED means the default of types.py.
+EXPLAINERS = {pb.EXPLAINER_KIND_UNSPECIFIED: ExplainParams.explainer, **convert.EXPLAINER_NAMES}
+OUTPUTS = {pb.OUTPUT_SPACE_UNSPECIFIED: ExplainParams.output, **convert.OUTPUT_NAMES}
 TARGET_MODES = {
-    pb.TARGET_MODE_UNSPECIFIED: TargetModeName.PREDICTED,
+    pb.TARGET_MODE_UNSPECIFIED: ExplainParams.target_mode,
     pb.TARGET_MODE_PREDICTED: TargetModeName.PREDICTED,
     pb.TARGET_MODE_ALL: TargetModeName.ALL,
     pb.TARGET_MODE_NAMED: TargetModeName.NAMED,
@@ -183,7 +180,7 @@ def _bounded(value: int, low: int, high: int, field: str, v: _Violations) -> boo
 def _shap_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> ShapParams | None:
     opts = request.shap
     ok = True
-    max_evals = opts.max_evals if opts.HasField("max_evals") else 500
+    max_evals = opts.max_evals if opts.HasField("max_evals") else ShapParams.max_evals
     ok &= _bounded(max_evals, 3, limits.max_evals, "shap.max_evals", v)
     batch_size = opts.batch_size if opts.HasField("batch_size") else None
     if batch_size is not None:
@@ -199,12 +196,12 @@ def _shap_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> 
 def _lime_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> LimeParams | None:
     opts = request.lime
     ok = True
-    samples = opts.num_samples if opts.HasField("num_samples") else 5000
+    samples = opts.num_samples if opts.HasField("num_samples") else LimeParams.num_samples
     ok &= _bounded(samples, 10, limits.max_lime_samples, "lime.num_samples", v)
     features = opts.num_features if opts.HasField("num_features") else None
     if features is not None:
         ok &= _bounded(features, 1, 10_000, "lime.num_features", v)
-    seed = opts.random_seed if opts.HasField("random_seed") else 0
+    seed = opts.random_seed if opts.HasField("random_seed") else LimeParams.random_seed
     return LimeParams(num_samples=samples, num_features=features, random_seed=seed) if ok else None
 
 
@@ -212,7 +209,7 @@ def _ig_params(
     request: pb.ExplainRequest, limits: Limits, v: _Violations
 ) -> IntegratedGradientsParams | None:
     opts = request.integrated_gradients
-    steps = opts.n_steps if opts.HasField("n_steps") else 50
+    steps = opts.n_steps if opts.HasField("n_steps") else IntegratedGradientsParams.n_steps
     if not _bounded(steps, 2, limits.max_ig_steps, "integrated_gradients.n_steps", v):
         return None
     return IntegratedGradientsParams(n_steps=steps)
@@ -225,26 +222,6 @@ def _check_total_rows(n_texts: int, per_text: int, limits: Limits, v: _Violation
             "texts",
             f"{n_texts} texts × {per_text} evaluations = {total} model rows; at most "
             f"{limits.max_rows} per request (send fewer texts or a smaller budget)",
-        )
-
-
-def resolve_targets(params: ExplainParams, labels: list[str], predicted: int) -> list[int]:
-    """Indices of the labels to explain for one text."""
-    if params.target_mode is TargetModeName.ALL:
-        return list(range(len(labels)))
-    if params.target_mode is TargetModeName.NAMED:
-        return [labels.index(name) for name in params.target_labels]
-    return [predicted]
-
-
-def check_target_labels(params: ExplainParams, labels: list[str]) -> None:
-    """Named targets must be labels of the model. The message quotes a few of the unknown
-    ones, each cut short: a caller may send thousands, or one of 16 KiB."""
-    known = set(labels)
-    unknown = [name for name in params.target_labels if name not in known]
-    if unknown:
-        raise InvalidArgument(
-            [("target_labels", f"unknown label(s) {quote_some(unknown)}; the model has {labels}")]
         )
 
 
