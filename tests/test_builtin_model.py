@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from whybert_service.models import builtin
+from whybert_service.models import adapter, builtin
 from whybert_service.models.classifier import Classifier
 from whybert_service.models.loading import ModelLoadError
 
@@ -140,8 +142,37 @@ def test_model_card_states_the_test_figures() -> None:
 def test_the_artefact_is_small_safetensors() -> None:
     files = [p for p in builtin.ADAPTER_DIR.iterdir() if p.is_file()]
     assert {p.suffix for p in files} <= {".safetensors", ".json", ".md"}
-    weights = builtin.ADAPTER_DIR / builtin.ADAPTER_WEIGHTS
+    weights = builtin.ADAPTER_DIR / adapter.ADAPTER_WEIGHTS
     assert weights.stat().st_size <= 5 * 1024 * 1024
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # inside peft
+def test_peft_reads_the_committed_adapter_as_the_served_model(sentiment: Classifier) -> None:
+    """The committed files are peft's format, not only something whybert's merge accepts."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    config = json.loads((builtin.ADAPTER_DIR / adapter.ADAPTER_CONFIG).read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] is None
+    base = AutoModelForSequenceClassification.from_pretrained(builtin.encoder_dir(), num_labels=3)
+    model = peft.PeftModel.from_pretrained(base, builtin.ADAPTER_DIR).merge_and_unload().eval()
+    texts = [*POSITIVE[:3], *NEGATIVE[:3], "the food was great but the service was painfully slow"]
+    ids = sentiment.encode(texts).ids
+    with torch.no_grad():
+        for row in ids:
+            by_peft = model(input_ids=torch.tensor([row])).logits.numpy()
+            np.testing.assert_allclose(by_peft, sentiment.forward([row]), atol=1e-4)
+
+
+def test_serving_imports_neither_training_nor_peft() -> None:
+    """models/ must not reach into training/ (no package cycle), and the server needs no peft."""
+    code = (
+        "import sys, torch; from whybert_service.models import builtin; "
+        "builtin.build_builtin(); "
+        "print(sorted(m for m in sys.modules if m == 'peft' or m.startswith('whybert_service.training')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.fixture

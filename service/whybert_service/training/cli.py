@@ -4,13 +4,15 @@ What --out holds:
 
 - `--format hf` (the default): a plain Hugging Face directory (config.json with the label
   names, model.safetensors, the tokenizer) that `whybert serve --model NAME=DIR` and
-  `transformers` load as they are. With LoRA (the default) the adapters are merged into
-  the weights first, so nothing about LoRA is left in it; `--lora-rank 0` fine-tunes every
-  weight instead.
-- `--format adapter`: only what training changed (`adapter.safetensors`: LoRA factors and
-  the fully-trained norms, biases, pooler and head) and `adapter_config.json` with the
-  labels, the LoRA settings and the SHA-256 of the base encoder's files. This is how the
-  built-in `sentiment` model is stored; it is loaded onto the same base encoder.
+  `transformers` load as they are. With LoRA (the default, done with peft) the adapters are
+  merged into the weights first, so nothing about LoRA is left in it; `--lora-rank 0`
+  fine-tunes every weight instead.
+- `--format adapter`: only what training changed, as a peft adapter (`adapter_config.json`,
+  `adapter_model.safetensors`: the LoRA factors and the fully-trained norms, biases, pooler
+  and head; peft's `PeftModel.from_pretrained` loads it too) plus `whybert_adapter.json`
+  with the labels and the SHA-256 of the base encoder's files. This is how the built-in
+  `sentiment` model is stored; `whybert_service.models.adapter` merges it onto the same
+  base encoder without peft.
 
 Either way `training_report.json` records the command, the split, every validation and
 the test figures. The best validation state is written to --out as soon as it is reached,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -40,8 +43,7 @@ import torch
 
 from . import data as data_mod
 from .data import DataError, Dataset, Split
-from .loop import Evaluation, Metrics, Tokenized, TrainConfig, TrainResult, evaluate, train
-from .lora import adapter_state, inject, lora_targets, merge_in_place
+from .loop import EvalScores, Evaluation, Tokenized, TrainConfig, TrainResult, evaluate, train
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.format == "adapter" and args.lora_rank <= 0:
         raise ValueError("--format adapter needs LoRA (--lora-rank > 0)")
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("training needs peft: pip install 'whybert[train]'")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
@@ -156,17 +160,17 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)  # the new head's and the adapters' initial weights
     tokenizer, model = _load_base(base, names)
-    targets = _prepare(model, args)
+    model, targets = _prepare(model, args)
     model.to(device)
     config = _train_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     best_state: dict[str, torch.Tensor] = {}
-    save = _BestWriter(model, tokenizer, out, _adapter_config(names, args, base, targets))
+    save = _BestWriter(model, tokenizer, out, _adapter_files(model, names, args, base))
 
     def on_evaluation(evaluation: Evaluation, is_best: bool) -> None:
         mark = "  (best so far, saved)" if is_best else ""
-        tqdm.write(f"epoch {evaluation.epoch:g}: validation {evaluation.metrics.summary()}{mark}")
+        tqdm.write(f"epoch {evaluation.epoch:g}: validation {evaluation.scores.summary()}{mark}")
         if is_best:
             best_state.clear()
             best_state.update(_trainable_copy(model))
@@ -178,10 +182,10 @@ def _run(args: argparse.Namespace) -> int:
     result = train(model, train_rows, validation, names, config, on_evaluation, bar)
     # The test split is scored once, at the end, by the best state merged as it is served.
     _restore(model, best_state)
-    merge_in_place(model)
-    test = evaluate(model, Tokenized(tokenizer, split.test, config.max_length), names)
+    plain = _merged(model)
+    test = evaluate(plain, Tokenized(tokenizer, split.test, config.max_length), names)
     first = split.test[:REGRESSION_SLICE]
-    regression = evaluate(model, Tokenized(tokenizer, first, config.max_length), names)
+    regression = evaluate(plain, Tokenized(tokenizer, first, config.max_length), names)
     if split.test:
         tqdm.write(f"test ({len(split.test)} rows): {test.summary()}")
     report = _report(args, names, split, config, len(targets), result, test, regression)
@@ -216,8 +220,8 @@ def _report(
     config: TrainConfig,
     targets: int,
     result: TrainResult,
-    test: Metrics,
-    regression: Metrics,
+    test: EvalScores,
+    regression: EvalScores,
 ) -> dict[str, Any]:
     """`training_report.json`: how the model was made and how well it does."""
     return {
@@ -240,7 +244,7 @@ def _report(
         },
         "validations": [_evaluation_dict(e) for e in result.evaluations],
         "best": _evaluation_dict(result.best) if result.best else None,
-        "test": _metrics_dict(test) if split.test else None,
+        "test": _scores_dict(test) if split.test else None,
         "regression_slice": {"rows": regression.rows, "accuracy": round(regression.accuracy, 4)},
         "train_seconds": round(result.seconds, 1),
         "machine": {
@@ -311,17 +315,24 @@ def _load_base(base: Path, names: Sequence[str]) -> tuple[Any, torch.nn.Module]:
     return tokenizer, model
 
 
-def _prepare(model: torch.nn.Module, args: argparse.Namespace) -> list[str]:
-    """Freeze, inject LoRA (or unfreeze all for a full fine-tune); return the LoRA targets."""
-    from .lora import below
+def _prepare(model: torch.nn.Module, args: argparse.Namespace) -> tuple[torch.nn.Module, list[str]]:
+    """Wrap the model with peft's LoRA (or unfreeze all above the frozen layers for a full
+    fine-tune); return the model to train and the LoRA targets."""
+    from .lora import below, lora_config, with_lora
 
-    prefix = str(getattr(model, "base_model_prefix", ""))
     if args.lora_rank <= 0:
         for name, param in model.named_parameters():
             param.requires_grad_(not below(name, args.freeze_layers))
-        return []
-    targets = lora_targets(model, prefix, args.freeze_layers)
-    return inject(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, args.freeze_layers)
+        return model, []
+    config = lora_config(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.freeze_layers)
+    targets = sorted(config.target_modules or [])
+    return with_lora(model, config), targets
+
+
+def _merged(model: torch.nn.Module) -> torch.nn.Module:
+    from .lora import merged
+
+    return merged(model)
 
 
 def _trainable_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -339,54 +350,53 @@ class _BestWriter:
     """Writes the best state to --out: the weights at every new best; the files that never
     change during a run (the tokenizer, or the adapter's config) only at the first."""
 
-    def __init__(
-        self, model: torch.nn.Module, tokenizer: Any, out: Path, adapter_config: dict[str, Any] | None
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, out: Path, adapter_files: dict[str, str] | None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.out = out
-        self.adapter_config = adapter_config  # None for --format hf
+        self.adapter_files = adapter_files  # None for --format hf
         self.first = True
 
     def __call__(self) -> None:
-        if self.adapter_config is None:
-            plain = merge_in_place(copy.deepcopy(self.model)).to("cpu")
+        if self.adapter_files is None:
+            plain = _merged(copy.deepcopy(self.model)).to("cpu")
             plain.save_pretrained(self.out, safe_serialization=True)  # type: ignore[operator]
             if self.first:
                 self.tokenizer.save_pretrained(self.out)
         else:
             from safetensors.torch import save_file
 
-            from ..models.builtin import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+            from ..models.adapter import ADAPTER_WEIGHTS
+            from .lora import adapter_state
 
             save_file(adapter_state(self.model), str(self.out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
             if self.first:
-                (self.out / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config, indent=2) + "\n")
+                for name, text in self.adapter_files.items():
+                    (self.out / name).write_text(text)
         self.first = False
 
 
-def _adapter_config(
-    names: Sequence[str], args: argparse.Namespace, base: Path, targets: Sequence[str]
-) -> dict[str, Any] | None:
-    """`adapter_config.json` for --format adapter (None for hf); hashes the base encoder's files."""
+def _adapter_files(
+    model: torch.nn.Module, names: Sequence[str], args: argparse.Namespace, base: Path
+) -> dict[str, str] | None:
+    """For --format adapter (None for hf): peft's `adapter_config.json` and `whybert_adapter.json`
+    (the labels, how it was trained and the SHA-256 of the base encoder's files)."""
     if args.format != "adapter":
         return None
+    from ..models.adapter import ADAPTER_CONFIG, ADAPTER_INFO
     from ..models.builtin import describe_encoder, file_hashes
+    from .lora import config_json
 
     encoder = describe_encoder(base) if not args.base else {"path": str(args.base), "sha256": file_hashes(base)}
-    return {
-        "format": "whybert-lora-adapter/1",
+    info = {
+        "format": "whybert-peft-adapter/2",
         "labels": list(names),
-        "lora": {
-            "rank": args.lora_rank,
-            "alpha": args.lora_alpha,
-            "scaling": args.lora_alpha / args.lora_rank,
-            "targets": list(targets),
-            "frozen_layers": args.freeze_layers,
-        },
         "encoder": encoder,
+        "frozen_layers": args.freeze_layers,
         "train_max_length": args.max_length,
     }
+    peft_json = config_json(model, str(args.base) if args.base else None)  # never the wheel's path
+    return {ADAPTER_CONFIG: peft_json, ADAPTER_INFO: json.dumps(info, indent=2) + "\n"}
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -413,10 +423,10 @@ def _describe_data(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _metrics_dict(metrics: Metrics) -> dict[str, Any]:
-    out = asdict(metrics)
+def _scores_dict(scores: EvalScores) -> dict[str, Any]:
+    out = asdict(scores)
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()} | {
-        "per_label_f1": {k: round(v, 4) for k, v in metrics.per_label_f1.items()}
+        "per_label_f1": {k: round(v, 4) for k, v in scores.per_label_f1.items()}
     }
 
 
@@ -424,7 +434,7 @@ def _evaluation_dict(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "epoch": evaluation.epoch,
         "step": evaluation.step,
-        "validation": _metrics_dict(evaluation.metrics),
+        "validation": _scores_dict(evaluation.scores),
     }
 
 

@@ -44,8 +44,8 @@ class TrainConfig:
 
 
 @dataclass
-class Metrics:
-    """Classification figures of one evaluation."""
+class EvalScores:
+    """Classification figures of one evaluation (not the server's Prometheus `Metrics`)."""
 
     rows: int
     accuracy: float
@@ -68,7 +68,7 @@ class Evaluation:
 
     epoch: float
     step: int
-    metrics: Metrics
+    scores: EvalScores
 
 
 @dataclass
@@ -156,7 +156,7 @@ def score(
     labels: np.ndarray,
     names: Sequence[str],
     confidence: np.ndarray | None = None,
-) -> Metrics:
+) -> EvalScores:
     """Accuracy, macro-F1 over all labels, and accuracy on rows with confidence ≥ 0.7."""
     pred = logits.argmax(axis=1)
     f1s: dict[str, float] = {}
@@ -165,7 +165,7 @@ def score(
         fp = int(((pred == k) & (labels != k)).sum())
         fn = int(((pred != k) & (labels == k)).sum())
         f1s[name] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    metrics = Metrics(
+    scores = EvalScores(
         rows=len(labels),
         accuracy=float((pred == labels).mean()) if len(labels) else 0.0,
         macro_f1=float(np.mean(list(f1s.values()))),
@@ -173,16 +173,16 @@ def score(
     )
     if confidence is not None and not np.isnan(confidence).all():
         sure = confidence >= CONFIDENT
-        metrics.confident_rows = int(sure.sum())
-        metrics.confident_accuracy = float((pred[sure] == labels[sure]).mean()) if sure.any() else None
+        scores.confident_rows = int(sure.sum())
+        scores.confident_accuracy = float((pred[sure] == labels[sure]).mean()) if sure.any() else None
     if len(labels):
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        metrics.loss = float(-log_probs[np.arange(len(labels)), labels].mean())
-    return metrics
+        scores.loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    return scores
 
 
-def evaluate(model: nn.Module, data: Tokenized, names: Sequence[str]) -> Metrics:
+def evaluate(model: nn.Module, data: Tokenized, names: Sequence[str]) -> EvalScores:
     return score(predict(model, data), data.labels, names, data.confidence)
 
 
@@ -284,15 +284,15 @@ def _validate(
     result: TrainResult,
     on_evaluation: Callable[[Evaluation, bool], None],
 ) -> None:
-    metrics = evaluate(model, validation, names)
-    evaluation = Evaluation(epoch=round(epoch, 3), step=step, metrics=metrics)
+    scores = evaluate(model, validation, names)
+    evaluation = Evaluation(epoch=round(epoch, 3), step=step, scores=scores)
     result.evaluations.append(evaluation)
-    log.info("epoch %.2f step %d validation %s", epoch, step, metrics.summary())
+    log.info("epoch %.2f step %d validation %s", epoch, step, scores.summary())
     best = result.best
     better = (
         best is None
         or not len(validation)
-        or ((metrics.accuracy, metrics.macro_f1) > (best.metrics.accuracy, best.metrics.macro_f1))
+        or ((scores.accuracy, scores.macro_f1) > (best.scores.accuracy, best.scores.macro_f1))
     )
     if better:
         result.best = evaluation
