@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from ._types import Explanation, ModelInfo, Prediction
+from ._types import EXPLAINER_ALIASES, EXPLAINER_KINDS, OUTPUT_SPACES, Explanation, ModelInfo, Prediction
 from .v1 import explainer_pb2 as pb
 from .v1 import explainer_pb2_grpc as pb_grpc
 
@@ -32,14 +32,6 @@ class _UseClientDefault:
 
 USE_CLIENT_DEFAULT: Any = _UseClientDefault()
 
-EXPLAINERS = {
-    "shap-partition": pb.EXPLAINER_KIND_SHAP_PARTITION,
-    "shap": pb.EXPLAINER_KIND_SHAP_PARTITION,
-    "lime": pb.EXPLAINER_KIND_LIME,
-    "integrated-gradients": pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
-    "ig": pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
-}
-OUTPUTS = {"probability": pb.OUTPUT_SPACE_PROBABILITY, "logit": pb.OUTPUT_SPACE_LOGIT}
 FIXED_CONTEXTS = {None: pb.FIXED_CONTEXT_UNSPECIFIED, 0: pb.FIXED_CONTEXT_ZERO, 1: pb.FIXED_CONTEXT_ONE}
 EXPLAIN_OPTIONS = (
     "max_evals", "fixed_context", "batch_size",      # shap-partition
@@ -183,14 +175,16 @@ class BaseClient:
         unknown = sorted(set(options) - set(EXPLAIN_OPTIONS))
         if unknown:
             raise TypeError(f"unknown explain option(s): {', '.join(unknown)}; known: {', '.join(EXPLAIN_OPTIONS)}")
-        if explainer not in EXPLAINERS:
-            raise ValueError(f"unknown explainer {explainer!r}; known: {', '.join(EXPLAINERS)}")
-        req = pb.ExplainRequest(model=model or "", texts=_texts(texts), explainer=EXPLAINERS[explainer])
+        kind = EXPLAINER_KINDS.get(EXPLAINER_ALIASES.get(explainer, explainer))
+        if kind is None:
+            known = ", ".join([*EXPLAINER_KINDS, *EXPLAINER_ALIASES])
+            raise ValueError(f"unknown explainer {explainer!r}; known: {known}")
+        req = pb.ExplainRequest(model=model or "", texts=_texts(texts), explainer=kind)
         output = options.get("output")
         if output is not None:
-            if output not in OUTPUTS:
-                raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
-            req.output = OUTPUTS[output]
+            if output not in OUTPUT_SPACES:
+                raise ValueError(f"output must be one of {', '.join(OUTPUT_SPACES)}, not {output!r}")
+            req.output = OUTPUT_SPACES[output]
         _set_targets(req, options.get("targets"))
         if options.get("fixed_context") not in FIXED_CONTEXTS:
             raise ValueError("fixed_context must be None, 0 or 1")

@@ -9,12 +9,16 @@ import numpy as np
 
 from .v1 import explainer_pb2 as pb
 
-EXPLAINER_NAMES = {
-    pb.EXPLAINER_KIND_SHAP_PARTITION: "shap-partition",
-    pb.EXPLAINER_KIND_LIME: "lime",
-    pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS: "integrated-gradients",
+# The explainers and output spaces by their names in the API: one table each, read both ways.
+EXPLAINER_KINDS = {
+    "shap-partition": pb.EXPLAINER_KIND_SHAP_PARTITION,
+    "lime": pb.EXPLAINER_KIND_LIME,
+    "integrated-gradients": pb.EXPLAINER_KIND_INTEGRATED_GRADIENTS,
 }
-OUTPUT_NAMES = {pb.OUTPUT_SPACE_PROBABILITY: "probability", pb.OUTPUT_SPACE_LOGIT: "logit"}
+EXPLAINER_ALIASES = {"shap": "shap-partition", "ig": "integrated-gradients"}  # accepted in calls
+EXPLAINER_NAMES = {kind: name for name, kind in EXPLAINER_KINDS.items()}
+OUTPUT_SPACES = {"probability": pb.OUTPUT_SPACE_PROBABILITY, "logit": pb.OUTPUT_SPACE_LOGIT}
+OUTPUT_NAMES = {space: name for name, space in OUTPUT_SPACES.items()}
 
 
 @dataclass(frozen=True)

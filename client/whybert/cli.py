@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._client import Client
-from ._core import DEFAULT_TARGET, DEFAULT_TIMEOUT, OUTPUTS, TLSConfig
+from ._core import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
 from ._exceptions import WhybertError
-from ._types import EXPLAINER_NAMES, Explanation, Prediction
+from ._types import EXPLAINER_KINDS, OUTPUT_SPACES, Explanation, Prediction
 from .render import print_terminal, write_html, write_png
 
 SERVER_COMMANDS = ("serve", "train", "export-model")
@@ -170,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--explainer", default="shap-partition",
-                   choices=tuple(EXPLAINER_NAMES.values()))
+                   choices=tuple(EXPLAINER_KINDS))
     p.add_argument("--targets", nargs="+", default=None,
                    help="'predicted' (default), 'all', or label names")
-    p.add_argument("--output", choices=tuple(OUTPUTS), default=None)
+    p.add_argument("--output", choices=tuple(OUTPUT_SPACES), default=None)
     p.add_argument("--max-evals", type=int, default=None, help="shap-partition: evaluations per text")
     p.add_argument("--fixed-context", type=int, choices=(0, 1), default=None)
     p.add_argument("--batch-size", type=int, default=None, help="shap-partition: nodes per round")

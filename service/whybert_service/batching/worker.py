@@ -148,7 +148,7 @@ class ModelWorker:
         """
         future: Future[RowsResult] = Future()
         if not rows:
-            future.set_result(RowsResult(np.zeros((0, self.classifier.num_labels), np.float32), 0.0))
+            settle(future, result=RowsResult(np.zeros((0, self.classifier.num_labels), np.float32), 0.0))
             return future
         context.ensure_alive("before the model could run")
         if not context.charge(len(rows)):
@@ -409,15 +409,15 @@ class ModelWorker:
         if not job.future.set_running_or_notify_cancel():
             return
         try:
-            job.future.set_result(job.fn(self.classifier))
+            settle(job.future, result=job.fn(self.classifier))
         except WorkerCrash:
-            job.future.set_exception(Unavailable("the model worker restarted; retry"))
+            settle(job.future, exception=Unavailable("the model worker restarted; retry"))
             raise
         except ServiceError as exc:
-            job.future.set_exception(exc)
+            settle(job.future, exception=exc)
         except Exception as exc:
             log.warning("job on model %s failed: %r", self.classifier.name, exc)
-            job.future.set_exception(ModelFailure(f"the model failed on this request: {exc}"))
+            settle(job.future, exception=ModelFailure(f"the model failed on this request: {exc}"))
 
     def _observe_batch(self, batch: Batch) -> list[tuple[Submission, int]]:
         name = self.classifier.name

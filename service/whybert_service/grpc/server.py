@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
+from ..batching.queue import settle
 from ..compose import ModelLoader, model_loader
 from ..dataplane import DataPlane
 from ..explainers import create_explainers
@@ -221,9 +222,9 @@ def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
         if not done.set_running_or_notify_cancel():
             return
         try:
-            done.set_result(fn())
+            settle(done, result=fn())
         except BaseException as exc:
-            done.set_exception(exc)
+            settle(done, exception=exc)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return asyncio.wrap_future(done)
