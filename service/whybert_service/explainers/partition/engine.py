@@ -109,6 +109,29 @@ class PartitionEngine:
         """Token-id rows the engine needs evaluated before it can go on (empty when done)."""
         return self._pending_rows
 
+    @property
+    def started(self) -> bool:
+        """Whether the base and unmasked rows are in (the explained targets are known)."""
+        return bool(self.targets)
+
+    def snapshot(self) -> PartitionResult:
+        """The explanation as it would end if the budget ran out now: what the finished
+        nodes earned, plus f11 − f00 of every node still queued or being expanded, shared
+        down to the pieces (as `_finish` does when the budget is spent). Additive at every
+        round (base + sum = output), coarser than the end and equal to it once done."""
+        if self._result is not None:
+            return self._result
+        if not self.targets:
+            raise RuntimeError("no snapshot before the base and unmasked rows are in")
+        d = [row[:] for row in self._dvalues]
+        queued = list(self._heap) + (list(self._round[0]) if self._round is not None else [])
+        f = self._f
+        for _, _, _, _, i00, i11, ind, weight in queued:
+            row = d[ind]
+            for t, (a, b) in enumerate(zip(f[i11], f[i00], strict=True)):
+                row[t] += (a - b) * weight
+        return self._result_of(d)
+
     def feed(self, logits: np.ndarray) -> None:
         """The raw logits of the rows `rows()` returned, in that order; advances to the
         next round that needs the model (or to the end)."""
@@ -246,10 +269,14 @@ class PartitionEngine:
                 d[t] += (a - b) * weight
 
     def _finish(self) -> None:
-        dvalues = np.array(self._dvalues, dtype=np.float64).reshape(2 * self._m - 1, len(self.targets))
+        self._result = self._result_of(self._dvalues)
+        self._heap = []
+
+    def _result_of(self, credits: list[list[float]]) -> PartitionResult:
+        dvalues = np.array(credits, dtype=np.float64).reshape(2 * self._m - 1, len(self.targets))
         values = lower_credit(dvalues, self.text.clustering, self._m)
         f00, f11 = self._root
-        self._result = PartitionResult(
+        return PartitionResult(
             values=values[: self._m].copy(),
             base_values=np.array(self._f[f00], dtype=np.float64),
             output_values=np.array(self._f[f11], dtype=np.float64),
@@ -258,7 +285,6 @@ class PartitionEngine:
             rows=len(self._memo),
             evals=self.evals + 2,
         )
-        self._heap = []
 
 
 def _gap(a: list[float], b: list[float]) -> float:

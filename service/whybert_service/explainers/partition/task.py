@@ -10,6 +10,8 @@ round after its caller left or its deadline passed.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from ...batching.queue import RowsResult, settle
@@ -21,16 +23,33 @@ from .engine import PartitionEngine, PartitionResult
 log = logging.getLogger(__name__)
 
 
-class PartitionTask:
-    """Drives one `PartitionEngine` to its end; `future` receives its result or error."""
+Progress = Callable[[PartitionResult], None]
 
-    def __init__(self, worker: ModelWorker, engine: PartitionEngine, context: RequestContext) -> None:
+
+class PartitionTask:
+    """Drives one `PartitionEngine` to its end; `future` receives its result or error.
+
+    With `on_progress`, the engine's snapshot (the values so far, additive) is handed to it
+    after a round at most every `progress_interval` seconds, on the worker thread: it must
+    only hand the snapshot on (a queue, a loop's call_soon_threadsafe)."""
+
+    def __init__(
+        self,
+        worker: ModelWorker,
+        engine: PartitionEngine,
+        context: RequestContext,
+        on_progress: Progress | None = None,
+        progress_interval: float = 0.1,
+    ) -> None:
         self.worker = worker
         self.engine = engine
         self.context = context
         self.future: Future[PartitionResult] = Future()
         self.queue_seconds = 0.0
         self.rows = 0
+        self._on_progress = on_progress
+        self._interval = progress_interval
+        self._last_progress = time.monotonic()
 
     def start(self) -> Future[PartitionResult]:
         self._submit()
@@ -64,5 +83,13 @@ class PartitionTask:
             return
         if self.engine.done:
             settle(self.future, result=self.engine.result)
-        else:
-            self._submit()
+            return
+        if self._on_progress is not None and self.engine.started:
+            now = time.monotonic()
+            if now - self._last_progress >= self._interval:
+                self._last_progress = now
+                try:
+                    self._on_progress(self.engine.snapshot())
+                except BaseException:  # a listener's failure must not stop the explanation
+                    log.exception("a progress listener failed")
+        self._submit()
