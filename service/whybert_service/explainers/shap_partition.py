@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
 
 from ..context import RequestContext
 from ..models.classifier import Classifier
 from ..registry import ModelHandle
-from ..types import ExplainerName, ExplainParams, TokenSpan
+from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
 from .base import Attribution, Explainer
 from .partition import MaskingSpec, PartitionEngine, PartitionResult, PreparedText, prepare_text
 from .partition.task import PartitionTask
@@ -82,6 +86,76 @@ class ShapPartitionExplainer(Explainer):
         prepared = self.prepare(handle, text)
         task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
         return _attribution(prepared, task, context.wait(task.start(), "the explanation"))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One message of a progressive explanation: the values so far (additive), how much of
+    the budget they cost, and whether they are the final ones."""
+
+    result: ExplanationResult
+    evals: int
+    final: bool
+
+
+class _Latest:
+    """The newest snapshot, handed from the worker thread to the event loop. A reader slower
+    than the rounds sees fewer snapshots, never a growing backlog: older ones are replaced."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.value: PartitionResult | None = None
+        self.ready = asyncio.Event()
+
+    def offer(self, snapshot: PartitionResult) -> None:  # on the worker thread
+        self._loop.call_soon_threadsafe(self._set, snapshot)
+
+    def _set(self, snapshot: PartitionResult) -> None:
+        self.value = snapshot
+        self.ready.set()
+
+    def take(self) -> PartitionResult | None:
+        value, self.value = self.value, None
+        self.ready.clear()
+        return value
+
+
+async def explain_progressively(
+    explainer: ShapPartitionExplainer,
+    handle: ModelHandle,
+    text: str,
+    params: ExplainParams,
+    context: RequestContext,
+    interval: float = 0.1,
+) -> AsyncIterator[Progress]:
+    """One text's Owen values as the budget is spent, coarse to fine, at most one message per
+    `interval` seconds, ending with exactly the values `explain` gives. The rounds are the
+    same scheduled work as any explanation's; the caller leaving stops them."""
+    started = time.perf_counter()
+    prepared = await asyncio.to_thread(explainer.prepare, handle, text)
+    context.ensure_alive("before the explanation started")
+    latest = _Latest(asyncio.get_running_loop())
+    engine = explainer.engine(handle, prepared, params)
+    task = PartitionTask(handle.worker, engine, context, on_progress=latest.offer, progress_interval=interval)
+    done = asyncio.wrap_future(task.start())
+    try:
+        while not done.done():
+            waiter = asyncio.ensure_future(latest.ready.wait())
+            either: list[asyncio.Future[Any]] = [done, waiter]
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            snapshot = latest.take()
+            if snapshot is not None and not done.done():
+                yield Progress(explainer.result(handle, params, _attribution(prepared, task, snapshot), started),
+                               snapshot.evals, final=False)
+        final = done.result()
+    except BaseException:
+        context.cancel()
+        done.cancel()
+        raise
+    yield Progress(explainer.result(handle, params, _attribution(prepared, task, final), started), final.evals, True)
 
 
 def _attribution(prepared: PreparedText, task: PartitionTask, result: PartitionResult) -> Attribution:
