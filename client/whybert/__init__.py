@@ -23,17 +23,23 @@ from ._exceptions import (
     UnavailableError,
     WhybertError,
 )
-from ._types import Explanation, Faithfulness, ModelInfo, Prediction
+from ._types import Explanation, Faithfulness, ModelInfo, Prediction, Progress
+from .aggregate import Aggregate, WordStat, aggregate
+from .corpus import CorpusResult, explain_corpus
+from .evaluation import Evaluation, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EXPLAIN_OPTIONS",
     "USE_CLIENT_DEFAULT",
+    "Aggregate",
     "AsyncClient",
     "CancelledError",
     "Client",
+    "CorpusResult",
     "DeadlineExceededError",
+    "Evaluation",
     "Explanation",
     "Faithfulness",
     "InternalError",
@@ -42,9 +48,14 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "Prediction",
+    "Progress",
     "ResourceExhaustedError",
     "TLSConfig",
     "UnauthenticatedError",
     "UnavailableError",
     "WhybertError",
+    "WordStat",
+    "aggregate",
+    "evaluate",
+    "explain_corpus",
 ]

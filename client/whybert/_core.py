@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,16 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from ._types import EXPLAINER_ALIASES, EXPLAINER_KINDS, OUTPUT_SPACES, Explanation, ModelInfo, Prediction
+from ._exceptions import ResourceExhaustedError, WhybertError, from_rpc_error
+from ._types import (
+    EXPLAINER_ALIASES,
+    EXPLAINER_KINDS,
+    OUTPUT_SPACES,
+    Explanation,
+    ModelInfo,
+    Prediction,
+    Progress,
+)
 from .v1 import explainer_pb2 as pb
 from .v1 import explainer_pb2_grpc as pb_grpc
 
@@ -168,39 +177,75 @@ class BaseClient:
     def predict_request(texts: Sequence[str] | str, model: str | None) -> pb.PredictRequest:
         return pb.PredictRequest(model=model or "", texts=_texts(texts))
 
+    def predict_stream_request(self, texts: Iterable[str] | str, model: str | None) -> pb.PredictStreamRequest:
+        request = pb.PredictStreamRequest(model=model or "", texts=_texts(texts))
+        self.check_request_size(request)
+        return request
+
     @staticmethod
     def explain_request(
         texts: Sequence[str] | str, model: str | None, explainer: str, options: dict[str, Any]
     ) -> pb.ExplainRequest:
-        unknown = sorted(set(options) - set(EXPLAIN_OPTIONS))
-        if unknown:
-            raise TypeError(f"unknown explain option(s): {', '.join(unknown)}; known: {', '.join(EXPLAIN_OPTIONS)}")
-        kind = EXPLAINER_KINDS.get(EXPLAINER_ALIASES.get(explainer, explainer))
-        if kind is None:
-            known = ", ".join([*EXPLAINER_KINDS, *EXPLAINER_ALIASES])
-            raise ValueError(f"unknown explainer {explainer!r}; known: {known}")
-        req = pb.ExplainRequest(model=model or "", texts=_texts(texts), explainer=kind)
-        output = options.get("output")
-        if output is not None:
-            if output not in OUTPUT_SPACES:
-                raise ValueError(f"output must be one of {', '.join(OUTPUT_SPACES)}, not {output!r}")
-            req.output = OUTPUT_SPACES[output]
-        _set_targets(req, options.get("targets"))
-        if options.get("fixed_context") not in FIXED_CONTEXTS:
-            raise ValueError("fixed_context must be None, 0 or 1")
-        req.shap.fixed_context = FIXED_CONTEXTS[options.get("fixed_context")]
-        for name, message in (
-            ("max_evals", req.shap), ("batch_size", req.shap),
-            ("num_samples", req.lime), ("num_features", req.lime), ("random_seed", req.lime),
-            ("n_steps", req.integrated_gradients),
-        ):
-            value = options.get(name)
-            if value is not None:
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
-                setattr(message, name, value)
-        req.faithfulness = bool(options.get("faithfulness", False))
+        req = pb.ExplainRequest()
+        _fill_explain_request(req, texts, model, explainer, options)
         return req
+
+    def explain_stream_request(
+        self, texts: Iterable[str] | str, model: str | None, explainer: str, options: dict[str, Any]
+    ) -> pb.ExplainStreamRequest:
+        req = pb.ExplainStreamRequest()
+        _fill_explain_request(req, texts, model, explainer, options)
+        self.check_request_size(req)
+        return req
+
+    @staticmethod
+    def progressive_request(
+        text: str, model: str | None, interval: float | None, options: dict[str, Any]
+    ) -> pb.ExplainProgressiveRequest:
+        """One text, SHAP Partition's options (output, targets, max_evals, batch_size,
+        fixed_context), and the least time between messages in seconds."""
+        allowed = {"output", "targets", "max_evals", "batch_size", "fixed_context"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise TypeError(f"unknown option(s) of a progressive explanation: {', '.join(unknown)}")
+        single = pb.ExplainRequest()
+        _fill_explain_request(single, [text], model, "shap-partition", options)
+        req = pb.ExplainProgressiveRequest(
+            model=single.model, text=text, output=single.output, target_mode=single.target_mode,
+            target_labels=single.target_labels, shap=single.shap,
+        )
+        if interval is not None:
+            req.interval_ms = max(0, round(interval * 1000))
+        return req
+
+    def check_request_size(self, request: pb.PredictStreamRequest | pb.ExplainStreamRequest) -> None:
+        """A stream's texts all travel in its one request message: refuse, before sending, one
+        larger than this client's message limit (the server's, `--max-message-bytes`, 8 MiB
+        by default, may be smaller: `stream_error` explains that refusal)."""
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise ValueError(
+                f"the request is {size} bytes ({len(request.texts)} texts), more than this client's "
+                f"message limit of {self.max_message_bytes} bytes (max_message_bytes=); the server's "
+                "--max-message-bytes bounds it too: split the texts over several calls"
+            )
+
+    @staticmethod
+    def stream_error(
+        error: grpc.RpcError, request: pb.PredictStreamRequest | pb.ExplainStreamRequest | pb.ExplainProgressiveRequest
+    ) -> WhybertError:
+        """A stream's failure as a WhybertError; a request the server refused as too large
+        says so in words (gRPC itself only says "Received message larger than max")."""
+        exc = from_rpc_error(error)
+        if isinstance(exc, ResourceExhaustedError) and "larger than max" in exc.message:
+            hint = (
+                f"{exc.message} (the request of {len(getattr(request, 'texts', [0]))} texts is "
+                f"{request.ByteSize()} bytes, "
+                "more than the server accepts in one message: its --max-message-bytes; split the texts "
+                "over several calls)"
+            )
+            return ResourceExhaustedError(exc.code, hint, exc.field_violations)
+        return exc
 
     # ---- responses -----------------------------------------------------------------------
 
@@ -213,16 +258,30 @@ class BaseClient:
         return [Explanation.from_proto(t, e) for t, e in zip(request.texts, response.explanations, strict=True)]
 
     @staticmethod
+    def streamed_progress(request: pb.ExplainProgressiveRequest, response: pb.ExplainProgressiveResponse) -> Progress:
+        return Progress.from_proto(request.text, response)
+
+    @staticmethod
+    def streamed_prediction(response: pb.PredictStreamResponse) -> tuple[int, Prediction]:
+        return response.index, Prediction.from_proto(response.prediction)
+
+    @staticmethod
+    def streamed_explanation(
+        request: pb.ExplainStreamRequest, response: pb.ExplainStreamResponse
+    ) -> tuple[int, Explanation]:
+        return response.index, Explanation.from_proto(request.texts[response.index], response.explanation)
+
+    @staticmethod
     def models(response: pb.ListModelsResponse) -> list[ModelInfo]:
         return [ModelInfo.from_proto(m) for m in response.models]
 
 
-def _as_list(items: str | Sequence[str]) -> list[Any]:
+def _as_list(items: str | Iterable[str]) -> list[Any]:
     """One string as a list of one; any other iterable as a list."""
     return [items] if isinstance(items, str) else list(items)
 
 
-def _texts(texts: Sequence[str] | str) -> list[str]:
+def _texts(texts: Iterable[str] | str) -> list[str]:
     items = _as_list(texts)
     bad = [type(t).__name__ for t in items if not isinstance(t, str)]
     if bad:
@@ -230,7 +289,47 @@ def _texts(texts: Sequence[str] | str) -> list[str]:
     return items
 
 
-def _set_targets(req: pb.ExplainRequest, targets: Any) -> None:
+def _fill_explain_request(
+    req: pb.ExplainRequest | pb.ExplainStreamRequest,
+    texts: Iterable[str] | str,
+    model: str | None,
+    explainer: str,
+    options: dict[str, Any],
+) -> None:
+    """Set an Explain or ExplainStream request's fields (the two have the same ones)."""
+    unknown = sorted(set(options) - set(EXPLAIN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown explain option(s): {', '.join(unknown)}; known: {', '.join(EXPLAIN_OPTIONS)}")
+    kind = EXPLAINER_KINDS.get(EXPLAINER_ALIASES.get(explainer, explainer))
+    if kind is None:
+        known = ", ".join([*EXPLAINER_KINDS, *EXPLAINER_ALIASES])
+        raise ValueError(f"unknown explainer {explainer!r}; known: {known}")
+    req.model = model or ""
+    req.texts.extend(_texts(texts))
+    req.explainer = kind
+    output = options.get("output")
+    if output is not None:
+        if output not in OUTPUT_SPACES:
+            raise ValueError(f"output must be one of {', '.join(OUTPUT_SPACES)}, not {output!r}")
+        req.output = OUTPUT_SPACES[output]
+    _set_targets(req, options.get("targets"))
+    if options.get("fixed_context") not in FIXED_CONTEXTS:
+        raise ValueError("fixed_context must be None, 0 or 1")
+    req.shap.fixed_context = FIXED_CONTEXTS[options.get("fixed_context")]
+    for name, message in (
+        ("max_evals", req.shap), ("batch_size", req.shap),
+        ("num_samples", req.lime), ("num_features", req.lime), ("random_seed", req.lime),
+        ("n_steps", req.integrated_gradients),
+    ):
+        value = options.get(name)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+            setattr(message, name, value)
+    req.faithfulness = bool(options.get("faithfulness", False))
+
+
+def _set_targets(req: pb.ExplainRequest | pb.ExplainStreamRequest, targets: Any) -> None:
     if targets is None or targets == "predicted":
         req.target_mode = pb.TARGET_MODE_PREDICTED
     elif targets == "all":

@@ -138,6 +138,20 @@ class Explanation:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """One message of a progressive explanation: the values so far (additive), the budget
+    spent on them, and whether they are the final ones."""
+
+    explanation: Explanation
+    evals: int
+    final: bool
+
+    @classmethod
+    def from_proto(cls, text: str, msg: pb.ExplainProgressiveResponse) -> Progress:
+        return cls(Explanation.from_proto(text, msg.explanation), msg.evals, msg.final)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model the server serves."""
 

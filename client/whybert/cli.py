@@ -1,5 +1,5 @@
-"""The `whybert` command: talk to a server (predict, explain, models, health, ui) or, with the
-server extra installed, run one (serve, train, export-model)."""
+"""The `whybert` command: talk to a server (predict, explain, evaluate, explain-corpus, models,
+health, ui) or, with the server extra installed, run one (serve, train, export-model)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._client import Client
 from ._core import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
@@ -16,7 +16,12 @@ from ._exceptions import WhybertError
 from ._types import EXPLAINER_KINDS, OUTPUT_SPACES, Explanation, Prediction
 from .render import print_terminal, write_html, write_png
 
+if TYPE_CHECKING:
+    from .corpus import CorpusResult
+    from .evaluation import Evaluation
+
 SERVER_COMMANDS = ("serve", "train", "export-model")
+STREAM_HELP = "one call for all the texts; print one JSON line per text (with its index) as each is ready"
 SERVER_HINT = (
     "'whybert {cmd}' needs the server parts, which are not installed here.\n"
     "Install them with:  pip install \"whybert[server]\"   (training also needs \"whybert[train]\")"
@@ -82,7 +87,17 @@ def _explanation_json(e: Explanation) -> dict[str, Any]:
     }
 
 
+def _print_line(item: dict[str, Any]) -> None:
+    """One JSON line, flushed: a reader of the pipe sees each result as it arrives."""
+    print(json.dumps(item), flush=True)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.stream:
+        with _make_client(args) as client:
+            for index, p in client.predict_stream(args.texts, model=args.model):
+                _print_line({"index": index, **_prediction_json(args.texts[index], p)})
+        return 0
     with _make_client(args) as client:
         predictions = client.predict(args.texts, model=args.model)
     if args.json:
@@ -98,15 +113,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    # Options left out on the command line are None (faithfulness False), which the client
-    # treats exactly as absent.
+def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The explain options of `_add_explain_options`, for `Client.explain`. Those left out on
+    the command line are None (faithfulness False), which the client treats exactly as absent."""
     options = {
         name: getattr(args, name)
         for name in ("max_evals", "batch_size", "num_samples", "n_steps", "output", "fixed_context", "faithfulness")
     }
     targets = args.targets
     options["targets"] = targets[0] if targets in (["all"], ["predicted"]) else targets
+    return options
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    options = _explain_options(args)
+    if args.stream:
+        if args.html or args.png or args.bar_png or args.hist_png:
+            raise ValueError("--stream prints one JSON line per text; the pictures need the whole batch")
+        with _make_client(args) as client:
+            stream = client.explain_stream(args.texts, model=args.model, explainer=args.explainer, **options)
+            for index, e in stream:
+                _print_line({"index": index, **_explanation_json(e)})
+        return 0
     with _make_client(args) as client:
         explanations = client.explain(args.texts, model=args.model, explainer=args.explainer, **options)
     if args.json:
@@ -125,14 +153,153 @@ def _write_pictures(args: argparse.Namespace, explanations: list[Explanation]) -
         write_html(explanations, args.html)
     if args.png:  # matplotlib is imported only here, by render, when a PNG is asked for
         write_png(explanations[0], args.png)
+    if args.bar_png or args.hist_png:
+        from . import charts
+
+        if args.bar_png:  # one text: its tokens; several: their words pooled (whybert.aggregate)
+            if len(explanations) == 1:
+                figure = charts.token_bars(explanations[0])
+            else:
+                from .aggregate import aggregate
+
+                figure = charts.aggregate_bars(aggregate(explanations, lowercase=True))
+            charts.save_png(figure, args.bar_png)
+        if args.hist_png:
+            charts.save_png(charts.value_histogram(explanations), args.hist_png)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Check the whole CSV first (columns, labels, and the row count for the ETA), then
+    stream it through the server, writing the CSVs as batches are answered."""
+    from .evaluation import EvalCSV, OutputFiles, evaluate_rows, model_info
+
+    chart = bool(args.out) and _can_draw("confusion_matrix.png")
+    with _make_client(args) as client:
+        info = model_info(client, args.model)
+        data = EvalCSV.check(args.data, args.text_column, args.label_column, info)
+        files = OutputFiles(args.out, info.labels) if args.out else None
+        try:
+            result = evaluate_rows(
+                client, info, data, batch_size=args.batch_size, concurrency=args.concurrency,
+                progress=not args.json and sys.stderr.isatty(), total=data.rows,
+                on_batch=files.batch if files else None,
+            )
+        finally:
+            if files:
+                files.close()
+    written = files.finish(result, chart=chart) if files else []
+    if args.json:
+        print(result.to_json())
+        return 0
+    print(_report_table(result))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_explain_corpus(args: argparse.Namespace) -> int:
+    """Check the whole CSV first, then explain it into --out a chunk at a time (resuming what
+    is there), then write the report."""
+    from .corpus import CorpusCSV, explain_corpus_rows
+    from .evaluation import model_info
+
+    compare = [x.strip() for x in args.compare_explainers.split(",") if x.strip()] if args.compare_explainers else None
+    charts = _can_draw("every chart of the report")
+    with _make_client(args) as client:
+        info = model_info(client, args.model)
+        data = CorpusCSV.check(args.data, args.text_column, args.label_column, info)
+        source = {"data": args.data, "text_column": args.text_column, "label_column": args.label_column}
+        try:
+            result = explain_corpus_rows(
+                client, info, data, out_dir=args.out, explainer=args.explainer, compare_explainers=compare,
+                restart=args.restart, chunk_size=args.chunk_size, report_rows=args.report_rows, charts=charts,
+                progress=not args.json and sys.stderr.isatty(), total=data.rows, source=source,
+                **_explain_options(args),
+            )
+        except WhybertError:
+            print(f"the explanations received so far are kept in {args.out}: the same command again resumes",
+                  file=sys.stderr)
+            raise
+    if args.json:
+        print(result.to_json())
+        return 0
+    print(_corpus_summary(result))
+    return 0
+
+
+def _corpus_summary(result: CorpusResult) -> str:
+    """What a person reads after a run: the counts, each label's top words, the ranking."""
+    lines = [
+        f"model {result.model}: {result.rows} rows, {result.explained} explanations made in {result.seconds:.1f} s"
+        + (f", {result.resumed} kept from before" if result.resumed else "")
+        + (f"; accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""),
+    ]
+    for label in result.words.labels:
+        top = ", ".join(f"{w.word} {w.mean:+.3f}" for w in result.words.top(label, "mean_abs", 8))
+        lines.append(f"  {label} ({result.words.explanations[label]} rows): {top}")
+    if result.ranking is not None:
+        lines += ["", f"{'explainer':<22}{'comprehensiveness':>18}{'sufficiency':>13}{'Spearman':>10}"
+                  f"{'top-' + str(result.ranking['k']):>8}"]
+        for item in result.ranking["explainers"]:
+            cells = [item[m] for m in ("comprehensiveness", "sufficiency", "spearman", "top_k_overlap")]
+            shown = [("" if v is None else f"{v:.4f}") for v in cells]
+            lines.append(f"{item['explainer']:<22}{shown[0]:>18}{shown[1]:>13}{shown[2]:>10}{shown[3]:>8}")
+    lines.append("")
+    lines += [f"wrote {path}" for path in result.files]
+    if result.shown_rows < result.rows:
+        lines.append(f"(report.html shows the explanations of the first {result.shown_rows} rows)")
+    return "\n".join(lines)
+
+
+def _can_draw(what: str) -> bool:
+    """Whether matplotlib is there; if not, say at once (before a long run) what is left out."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    print(f'warning: {what} needs matplotlib, which is not installed: pip install "whybert[evaluate]"; '
+          "the other files are written", file=sys.stderr)
+    return False
+
+
+def _report_table(result: Evaluation) -> str:
+    """The report as scikit-learn prints it, then the confusion matrix."""
+    report = result.report
+    width = max([len(n) for n in result.labels] + [len("weighted avg")])
+    lines = [
+        f"model {result.model}: {len(result.true)} rows in {result.seconds:.1f} s, accuracy {result.accuracy:.4f}",
+        "",
+        f"{'':<{width}}  {'precision':>9}  {'recall':>9}  {'f1-score':>9}  {'support':>7}",
+    ]
+    for name in [*result.labels, "macro avg", "weighted avg"]:
+        if name == "macro avg":
+            lines.append("")
+        r = report[name]
+        lines.append(
+            f"{name:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1-score']:>9.4f}  {r['support']:>7}"
+        )
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    cell = max([len(n) for n in result.labels] + [len(str(result.confusion.max(initial=0)))])
+    lines.append(f"{'':<{width}}  " + "  ".join(f"{n:>{cell}}" for n in result.labels))
+    for name, counts in zip(result.labels, result.confusion, strict=True):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:>{cell}}" for c in counts))
+    return "\n".join(lines)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the local web page; it reaches the server through this command's client."""
-    from .ui import serve
+    from .ui import Limits, serve
 
+    limits = Limits(
+        max_dataset_bytes=args.max_dataset_bytes,
+        max_dataset_rows=args.max_dataset_rows,
+        max_explain_rows=args.max_explain_rows,
+        max_jobs=args.max_jobs,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+    )
     with _make_client(args) as client:
-        serve(client, host=args.host, port=args.port)
+        serve(client, host=args.host, port=args.port, limits=limits)
     return 0
 
 
@@ -156,6 +323,21 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _add_explain_options(parser: argparse.ArgumentParser) -> None:
+    """The explainer and its options, as `explain` and `explain-corpus` take them."""
+    parser.add_argument("--explainer", default="shap-partition",
+                        choices=tuple(EXPLAINER_KINDS))
+    parser.add_argument("--targets", nargs="+", default=None,
+                        help="'predicted' (default), 'all', or label names")
+    parser.add_argument("--output", choices=tuple(OUTPUT_SPACES), default=None)
+    parser.add_argument("--max-evals", type=int, default=None, help="shap-partition: evaluations per text")
+    parser.add_argument("--fixed-context", type=int, choices=(0, 1), default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="shap-partition: nodes per round")
+    parser.add_argument("--num-samples", type=int, default=None, help="lime: perturbed samples")
+    parser.add_argument("--n-steps", type=int, default=None, help="integrated-gradients: steps")
+    parser.add_argument("--faithfulness", action="store_true", help="add AOPC faithfulness figures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whybert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -163,27 +345,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="class probabilities of texts")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     _client_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="per-token attributions of texts")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
-    p.add_argument("--explainer", default="shap-partition",
-                   choices=tuple(EXPLAINER_KINDS))
-    p.add_argument("--targets", nargs="+", default=None,
-                   help="'predicted' (default), 'all', or label names")
-    p.add_argument("--output", choices=tuple(OUTPUT_SPACES), default=None)
-    p.add_argument("--max-evals", type=int, default=None, help="shap-partition: evaluations per text")
-    p.add_argument("--fixed-context", type=int, choices=(0, 1), default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="shap-partition: nodes per round")
-    p.add_argument("--num-samples", type=int, default=None, help="lime: perturbed samples")
-    p.add_argument("--n-steps", type=int, default=None, help="integrated-gradients: steps")
-    p.add_argument("--faithfulness", action="store_true", help="add AOPC faithfulness figures")
+    _add_explain_options(p)
     p.add_argument("--html", default=None, metavar="FILE", help="also write an HTML rendering")
     p.add_argument("--png", default=None, metavar="FILE", help="also write a PNG bar chart")
+    p.add_argument("--bar-png", default=None, metavar="FILE",
+                   help="also write a PNG of the top tokens of every explained label (several texts: "
+                   "their words' mean |value| over all of them)")
+    p.add_argument("--hist-png", default=None, metavar="FILE",
+                   help="also write a PNG histogram of the token values, per explained label")
+    p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     _client_options(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-label precision/recall/F1 and the confusion matrix "
+                       "of a model on a labelled CSV")
+    p.add_argument("--data", required=True, metavar="FILE.csv", help="CSV with a header row")
+    p.add_argument("--text-column", default="text", help="the texts' column (default: text)")
+    p.add_argument("--label-column", default="label", help="the true labels' column (default: label)")
+    p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write metrics.json, confusion_matrix.png, "
+                   "predictions.csv and misclassified.csv here")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="texts per request (default 64, or the server's lower limit)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    _client_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain-corpus",
+        help="explain every row of a CSV into a directory (resumable): word statistics, charts, an HTML report",
+        description="Explain every row of a CSV through the server's ExplainStream, appending each explanation "
+        "to DIR/explanations.jsonl as it arrives; the same command again resumes. Then write words.json/.csv, "
+        "rows.csv, the charts and report.html (and explainers.json with --compare-explainers). --timeout is "
+        "per text: a stream of k texts gets k times it.",
+    )
+    p.add_argument("--data", required=True, metavar="FILE.csv", help="CSV with a header row")
+    p.add_argument("--text-column", default="text", help="the texts' column (default: text)")
+    p.add_argument("--label-column", default=None,
+                   help="the true labels' column, if any: the report says which predictions are right")
+    p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    _add_explain_options(p)
+    p.add_argument("--compare-explainers", default=None, metavar="A,B[,C]",
+                   help="explain each row with each of these explainers (with faithfulness) and rank them: "
+                   "e.g. shap-partition,lime,integrated-gradients")
+    p.add_argument("--out", required=True, metavar="DIR", help="the run's directory (resumed when it holds one)")
+    p.add_argument("--restart", action="store_true", help="discard a run in DIR made with other options")
+    p.add_argument("--chunk-size", type=int, default=64, help="texts per stream (default 64)")
+    p.add_argument("--report-rows", type=int, default=2000,
+                   help="rows whose explanations report.html shows (default 2000; the files have all)")
+    _client_options(p)
+    p.set_defaults(func=cmd_explain_corpus)
 
     p = sub.add_parser("models", help="the models a server serves")
     _client_options(p)
@@ -194,9 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_health)
 
-    p = sub.add_parser("ui", help="a local web page to try explanations (type, compare, see)")
+    p = sub.add_parser("ui", help="a local web page: explain a text, compare explainers, evaluate a CSV")
     p.add_argument("--host", default="127.0.0.1", help="the page's address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="the page's port (default 8080; 0: any)")
+    p.add_argument("--max-dataset-bytes", type=int, default=4 << 20,
+                   help="largest CSV the dataset mode takes, in bytes (default 4 MiB)")
+    p.add_argument("--max-dataset-rows", type=int, default=10_000, help="most rows of a CSV (default 10000)")
+    p.add_argument("--max-explain-rows", type=int, default=500,
+                   help="most rows one 'explain a sample' job explains (default 500)")
+    p.add_argument("--max-jobs", type=int, default=4, help="dataset jobs running at once (default 4)")
+    p.add_argument("--max-connections", type=int, default=32,
+                   help="connections served at once; more are answered 503 (default 32)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a request's line and headers may take to arrive (default 10)")
     _client_options(p, json_output=False)
     p.set_defaults(func=cmd_ui)
 

@@ -3,14 +3,17 @@ PNG bar chart.
 
 Colours follow shap's convention: red pushes the explained label's output up, blue pushes
 it down; the stronger the colour, the larger the attribution relative to the text's largest.
+A value that is not finite (a broken model can give NaN or ±inf) is shown as such: `nan` in
+grey, `±inf` in the full colour; the scale comes from the finite values only.
 HTML needs only the standard library; the PNG needs matplotlib (`whybert[plot]`).
 """
 
 from __future__ import annotations
 
 import html as html_lib
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,11 +23,17 @@ from ._types import Explanation
 
 RED = (255, 13, 87)
 BLUE = (30, 136, 229)
+GREY = (190, 190, 198)  # NaN: neither raises nor lowers
 
 
 def blend(value: float, scale: float) -> tuple[int, int, int]:
-    """White fading to red (positive) or blue (negative) as |value| approaches `scale`."""
-    if scale <= 0:
+    """White fading to red (positive) or blue (negative) as |value| approaches `scale`;
+    ±inf is the full colour and NaN grey, so a broken value is seen, not a crash."""
+    if math.isnan(value):
+        return GREY
+    if math.isinf(value):
+        return RED if value > 0 else BLUE
+    if not scale > 0 or math.isinf(scale):
         return (255, 255, 255)
     strength = min(abs(value) / scale, 1.0)
     base = RED if value > 0 else BLUE
@@ -49,17 +58,17 @@ def terminal(e: Explanation, label: str | None = None, colour: bool = True, top:
             r, g, b = blend(float(column[i]), scale)
             parts.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{token}\x1b[0m")
         else:
-            parts.append(f"{token.strip()}[{column[i]:+.3f}] ")
+            parts.append(f"{token.strip()}[{_signed(float(column[i]), 3)}] ")
     scores = ", ".join(f"{k} {v:.3f}" for k, v in e.prediction.scores.items())
     lines = [
         f"prediction: {e.prediction.label} ({scores})",
-        f"explaining {e.labels[j]!r} ({e.output}, {e.explainer}): base {e.base_values[j]:+.4f} "
-        f"+ attributions {column.sum():+.4f} = {e.output_values[j]:+.4f}",
+        f"explaining {e.labels[j]!r} ({e.output}, {e.explainer}): base {_signed(float(e.base_values[j]))} "
+        f"+ attributions {_signed(float(column.sum()))} = {_signed(float(e.output_values[j]))}",
         "".join(parts).rstrip(),
     ]
     ranked = e.top_tokens(e.labels[j], top)
     if ranked:
-        lines.append("top: " + ", ".join(f"{tok} {val:+.3f}" for tok, val in ranked))
+        lines.append("top: " + ", ".join(f"{tok} {_signed(val, 3)}" for tok, val in ranked))
     return "\n".join(lines)
 
 
@@ -112,9 +121,25 @@ def _ink(colour: tuple[int, int, int]) -> str:
     return "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "#fff"
 
 
+def _signed(value: float, digits: int = 4) -> str:
+    """`+0.1234`, and `nan`, `+inf`, `-inf` for values that are not numbers to read."""
+    if math.isnan(value):
+        return "nan"
+    return f"{value:+.{digits}f}"
+
+
 def _number(value: float) -> str:
     """Signed, with enough digits for the tiny values of near-constant outputs."""
-    return f"{value:+.2e}" if value and abs(value) < 1e-4 else f"{value:+.4f}"
+    return f"{value:+.2e}" if value and abs(value) < 1e-4 else _signed(value)
+
+
+def _data_number(value: float) -> str:
+    """A value for a data attribute that both Python's float() and JavaScript's Number() read."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
 
 
 def _visible(e: Explanation) -> list[int]:
@@ -123,9 +148,11 @@ def _visible(e: Explanation) -> list[int]:
 
 
 def _text_scale(e: Explanation, j: int) -> float:
-    """The largest |attribution| of one label over the tokens shown."""
-    visible = _visible(e)
-    return float(np.max(np.abs(e.values[visible, j]))) if visible else 0.0
+    """The largest finite |attribution| of one label over the tokens shown (NaN and ±inf
+    are drawn apart, so they cannot wash every other colour out)."""
+    shown = np.abs(e.values[_visible(e), j])
+    shown = shown[np.isfinite(shown)]
+    return float(np.max(shown)) if shown.size else 0.0
 
 
 def _token_span(piece: str, value: float, label: str, scale: float) -> str:
@@ -133,7 +160,7 @@ def _token_span(piece: str, value: float, label: str, scale: float) -> str:
     tip = _esc(f"{piece.strip() or piece}: {_number(value)} to {label}")
     return (
         f'<span class="wb-tok" style="background:{_rgb(colour)};color:{_ink(colour)}" '
-        f'data-value="{value!r}" data-tip="{tip}" title="{tip}">{_esc(piece)}</span>'
+        f'data-value="{_data_number(value)}" data-tip="{tip}" title="{tip}">{_esc(piece)}</span>'
     )
 
 
@@ -177,7 +204,7 @@ def _target_block(e: Explanation, j: int, scale: float) -> str:
     label = _esc(e.labels[j])
     caption = (
         f"why <b>{label}</b> · {_esc(e.explainer)}, {_esc(e.output)}: "
-        f"base {e.base_values[j]:.4f} + attributions {e.values[:, j].sum():+.4f} "
+        f"base {e.base_values[j]:.4f} + attributions {_signed(float(e.values[:, j].sum()))} "
         f"= {e.output_values[j]:.4f}"
     )
     gradient = f"linear-gradient(to right, {_rgb(BLUE)}, #fff, {_rgb(RED)})"
@@ -274,22 +301,51 @@ def bar_chart(e: Explanation, label: str | None = None, top: int = 10) -> Any:
     figure_cls = _matplotlib_figure()
     j = _label_index(e, label)
     ranked = e.top_tokens(e.labels[j], top)
-    values = [val for _, val in ranked]
     fig = figure_cls(figsize=(7.0, 1.3 + 0.38 * max(len(ranked), 1)), layout="constrained")
     ax = fig.add_subplot()
-    positions = list(range(len(values)))[::-1]
-    colours = [tuple(c / 255 for c in (RED if v > 0 else BLUE)) for v in values]
-    bars = ax.barh(positions, values, color=colours, height=0.7)
-    ax.set_yticks(positions, _unique_names([tok for tok, _ in ranked]))
-    ax.bar_label(bars, labels=[_number(v) for v in values], padding=3, fontsize=8)
-    ax.axvline(0.0, color="#8e8e98", linewidth=0.8)
-    ax.margins(x=0.25)
-    ax.spines[["top", "right"]].set_visible(False)
+    draw_bars(ax, [tok for tok, _ in ranked], [val for _, val in ranked])
     p = e.prediction
     title = f"prediction: {p.label} ({p.scores.get(p.label, 0.0):.3f}) · why {e.labels[j]}"
     ax.set_title(title, loc="left", fontsize=11)
     ax.set_xlabel(f"attribution to {e.labels[j]} ({e.output}, {e.explainer})")
     return fig
+
+
+def draw_bars(
+    ax: Any,
+    names: Sequence[str],
+    values: Sequence[float],
+    notes: Sequence[str] | None = None,
+    signs: Sequence[float] | None = None,
+    value_text: Callable[[float], str] | None = None,
+) -> None:
+    """Horizontal bars, first at the top, red for positive and blue for negative values (or
+    `signs`: a mean |value| bar coloured by the mean's direction), each labelled with its
+    value (`value_text`, default signed) and its note (such as a count).
+
+    A value that is not finite still gets its row: ±inf a hatched bar a little longer than
+    the longest finite one, NaN no bar; both labelled `nan`/`+inf`/`-inf`. matplotlib
+    itself cannot scale an axis to an infinite bar.
+    """
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    longest = max(finite, default=0.0) or 1.0
+    widths = [v if math.isfinite(v) else (0.0 if math.isnan(v) else math.copysign(1.15 * longest, v)) for v in values]
+    colours = [
+        tuple(c / 255 for c in (GREY if math.isnan(s) else RED if s > 0 else BLUE))
+        for s in (values if signs is None else signs)
+    ]
+    positions = list(range(len(values)))[::-1]
+    bars = ax.barh(positions, widths, color=colours, height=0.7)
+    for bar, v in zip(bars, values, strict=True):
+        if math.isinf(v):
+            bar.set_hatch("//")
+    ax.set_yticks(positions, _unique_names(list(names)))
+    write = value_text or _number
+    texts = [write(v) + (f"  {n}" if n else "") for v, n in zip(values, notes or [""] * len(values), strict=True)]
+    ax.bar_label(bars, labels=texts, padding=3, fontsize=8)
+    ax.axvline(0.0, color="#8e8e98", linewidth=0.8)
+    ax.margins(x=0.25)
+    ax.spines[["top", "right"]].set_visible(False)
 
 
 def _label_index(e: Explanation, label: str | None) -> int:

@@ -36,6 +36,8 @@ class RequestContext:
     deadline: float | None = None
     # Model rows the whole request may cost, over all its texts and rounds; None: no limit.
     max_rows: int | None = None
+    # The request this is one part of (one text of a stream), made by `part()`.
+    parent: RequestContext | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _rows: int = 0
     _rows_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,6 +48,17 @@ class RequestContext:
     ) -> RequestContext:
         deadline = None if seconds is None else time.monotonic() + seconds
         return cls(priority=priority, deadline=deadline, max_rows=max_rows)
+
+    def part(self) -> RequestContext:
+        """One part of this request (one text of a stream): the same priority and deadline,
+        a row budget of its own of the same size, cancelled with this request, and scheduled
+        as this request (`flow`), so a stream gets one fair share, not one per text."""
+        return RequestContext(self.priority, self.deadline, self.max_rows, parent=self)
+
+    @property
+    def flow(self) -> RequestContext:
+        """The whole request this context belongs to: what the scheduler shares fairly."""
+        return self if self.parent is None else self.parent.flow
 
     def charge(self, rows: int) -> bool:
         """Count rows against the request's budget; False, counting nothing, when they
@@ -66,7 +79,7 @@ class RequestContext:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled.is_set() or (self.parent is not None and self.parent.cancelled)
 
     def expired(self, now: float | None = None) -> bool:
         if self.deadline is None:

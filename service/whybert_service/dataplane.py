@@ -11,14 +11,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from .cache import ExplanationCache
 from .context import RequestContext
 from .errors import InvalidArgument, ResourceExhausted, ServiceError
 from .explainers import Explainer, create_explainers
 from .explainers.faithfulness import with_faithfulness
+from .explainers.shap_partition import Progress, ShapPartitionExplainer, explain_progressively
 from .explainers.targets import check_target_labels
 from .metrics import Metrics
 from .outputs import prediction_from_logits
@@ -32,6 +34,8 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class DataPlane:
@@ -99,6 +103,26 @@ class DataPlane:
         ]
         return handle.name, predictions
 
+    async def _predict_one(self, handle: ModelHandle, text: str, ctx: RequestContext) -> PredictionResult:
+        """One text's prediction (a text of a PredictStream)."""
+        classifier = handle.classifier
+        encoded = await asyncio.to_thread(classifier.encode, (text,))
+        result = await handle.worker.run(encoded.ids, ctx)
+        return prediction_from_logits(classifier.labels, result.logits[0], encoded.truncated[0], len(encoded.ids[0]))
+
+    async def predict_stream(
+        self, params: PredictParams, ctx: RequestContext, window: int
+    ) -> AsyncGenerator[tuple[int, PredictionResult], None]:
+        """Each text's prediction with its index, as each is ready (see `_stream`)."""
+        handle = self.registry.get(params.model)
+        texts = params.texts
+        stream = self._stream(
+            "PredictStream", len(texts), lambda i: self._predict_one(handle, texts[i], ctx.part()), ctx, window
+        )
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                yield item
+
     # ---- Explain -------------------------------------------------------------------------
 
     async def explain(self, params: ExplainParams, ctx: RequestContext) -> tuple[str, list[ExplanationResult]]:
@@ -120,6 +144,102 @@ class DataPlane:
         finally:
             self._explaining.discard(ctx)
         return handle.name, list(results)
+
+    async def explain_stream(
+        self, params: ExplainParams, ctx: RequestContext, window: int
+    ) -> AsyncGenerator[tuple[int, ExplanationResult], None]:
+        """Each text's explanation with its index, as each is ready (see `_stream`). Each
+        text is a part of the request (`RequestContext.part`): the row budget applies to it
+        alone, and the cache is consulted for it as in Explain."""
+        handle = self.registry.get(params.model)
+        check_target_labels(params, handle.classifier.labels)
+        explainer = self._explainer_for(params, handle)
+        texts = params.texts
+        self._explaining.add(ctx)
+        try:
+            stream = self._stream(
+                "ExplainStream",
+                len(texts),
+                lambda i: self._explain_one(explainer, handle, texts[i], params, ctx.part()),
+                ctx,
+                window,
+            )
+            async with contextlib.aclosing(stream):
+                async for item in stream:
+                    yield item
+        finally:
+            self._explaining.discard(ctx)
+
+    async def explain_progressive(
+        self, params: ExplainParams, ctx: RequestContext, interval: float
+    ) -> AsyncGenerator[Progress, None]:
+        """One text's SHAP values as they refine (`explain_progressively`); the last message
+        is the explanation, which joins the cache. Not served from the cache: the point is
+        to watch the values form."""
+        handle = self.registry.get(params.model)
+        check_target_labels(params, handle.classifier.labels)
+        explainer = self._explainer_for(params, handle)
+        if not isinstance(explainer, ShapPartitionExplainer):
+            raise InvalidArgument([("explainer", "progressive explanations are SHAP Partition's")])
+        text = params.texts[0]
+        self._explaining.add(ctx)
+        try:
+            messages = explain_progressively(explainer, handle, text, params, ctx, interval)
+            async with contextlib.aclosing(messages):
+                async for progress in messages:
+                    if progress.final:
+                        self.cache.put(self.cache.key(handle.classifier, text, params), progress.result)
+                    yield progress
+        finally:
+            self._explaining.discard(ctx)
+
+    async def _stream(
+        self, method: str, count: int, start: Callable[[int], Awaitable[T]], ctx: RequestContext, window: int
+    ) -> AsyncGenerator[tuple[int, T], None]:
+        """`start(i)` for each i < count, yielded as (i, result) as each finishes.
+
+        At most `window` texts are started and not yet taken back by the consumer: a
+        finished text's place frees only when the consumer asks for the next one, i.e. once
+        it has written the result, and the next text starts then, so a slow reader holds
+        the work back instead of piling up results. A failed text ends the stream with its
+        error; whatever way the stream ends early (an error, the consumer closing it, the
+        handler cancelled), the request's context is cancelled and the texts still running
+        are stopped. The metrics count the texts in flight and those taken back (sent).
+        """
+        in_flight = self.metrics.stream_texts_in_flight.labels(method)
+        sent = self.metrics.stream_texts.labels(method)
+        running: dict[asyncio.Future[T], int] = {}
+        following = 0
+
+        def fill() -> None:
+            nonlocal following
+            while following < count and len(running) < window:
+                ctx.ensure_alive("before the stream's next text started")
+                started: asyncio.Future[T] = asyncio.ensure_future(start(following))
+                started.add_done_callback(_retrieve)
+                running[started] = following
+                following += 1
+                in_flight.inc()
+
+        complete = False
+        try:
+            fill()
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=running.__getitem__):
+                    yield running[task], task.result()
+                    # The consumer asked for the next one: this result is written.
+                    del running[task]
+                    in_flight.dec()
+                    sent.inc()
+                    fill()
+            complete = True
+        finally:
+            if not complete:
+                ctx.cancel()
+                for task in running:
+                    task.cancel()
+                in_flight.dec(len(running))
 
     def _explainer_for(self, params: ExplainParams, handle: ModelHandle) -> Explainer:
         """The requested explainer, if this server has it and it can explain this model."""
@@ -189,3 +309,10 @@ class DataPlane:
             device=str(c.device),
             dtype=str(c.dtype).removeprefix("torch."),
         )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a stream text's error as seen: a stream that ended early leaves the texts it
+    stopped unread, and asyncio would log each one's error as never retrieved."""
+    if not task.cancelled():
+        task.exception()

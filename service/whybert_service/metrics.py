@@ -74,6 +74,19 @@ class Metrics:
         self.requests_in_flight = Gauge(
             "whybert_requests_in_flight", "Requests being served.", ("method",), registry=r
         )
+        self.stream_texts = Counter(
+            "whybert_stream_texts_total",
+            "Texts whose result a PredictStream or ExplainStream call has sent.",
+            ("method",),
+            registry=r,
+        )
+        self.stream_texts_in_flight = Gauge(
+            "whybert_stream_texts_in_flight",
+            "Texts of streams started and whose result is not sent yet (at most --stream-window "
+            "per stream).",
+            ("method",),
+            registry=r,
+        )
         self.queue_wait_seconds = Histogram(
             "whybert_queue_wait_seconds",
             "Time a submission's rows waited before their batch started.",

@@ -96,6 +96,20 @@ class ServerSettings(BaseSettings):
     max_lime_samples: PositiveInt = Field(10_000, description="Largest LIME num_samples a request may ask for.")
     max_ig_steps: PositiveInt = Field(512, description="Largest integrated-gradients n_steps a request may ask for.")
     max_rows_per_request: PositiveInt = Field(200_000, description="Model rows one request may cost in total.")
+    max_stream_texts: PositiveInt = Field(
+        10_000,
+        description=(
+            "Texts one PredictStream or ExplainStream request may carry; each text is held to "
+            "the per-text limits and to the per-request row budget on its own."
+        ),
+    )
+    stream_window: PositiveInt = Field(
+        128,
+        description=(
+            "Texts one stream works on at once (started, result not yet sent): the next text "
+            "starts only once a result has been written, so a slow reader slows its stream."
+        ),
+    )
     explain_threads: PositiveInt = Field(
         32,
         description=(

@@ -1,36 +1,54 @@
 """`whybert ui`: a small local web page for people to try a whybert server.
 
-Type or paste a text (or two, to compare them), choose the model and explainer, and see the
-prediction with each token highlighted by its attribution. The page's HTTP server uses only
-the standard library: it serves the static page and a JSON API that calls the whybert
-server through `whybert.Client`, and renders explanations with `whybert.render`, so the page
-shows exactly what `whybert explain --html` writes.
+One text: type or paste it (or two, to compare them), choose the model and explainer, and
+see the prediction with each token highlighted by its attribution; or see SHAP, LIME and
+integrated gradients side by side with how well their rankings agree; or watch a SHAP
+explanation refine as its budget is spent. A dataset: load a CSV, choose its text and label
+columns, and every row goes through the server's Predict, streamed, with progress; then the
+metrics of `whybert evaluate`, the confusion matrix, a table of the rows, the words that
+drive each label over a sample of rows, and any row's explanation.
 
-    GET  /             the page (static/index.html, app.js, app.css; /render.css)
-    GET  /api/models   {"target", "models": [{name, labels, explainers, is_default, ...}]}
-    POST /api/explain  {"texts": [...], "model", "explainer", "targets", "output", options}
-                       → {"html": "<section>…", "explanations": [{text, label, scores, top}]}
+The page's HTTP server uses only the standard library (hardened: `ui/http.py`): it serves
+the static page and a JSON API that calls the whybert server through `whybert.Client`, and
+renders explanations with `whybert.render`, so the page shows exactly what
+`whybert explain --html` writes.
+
+    GET    /                the page (static/index.html, app.js, app.css; /render.css)
+    GET    /api/models      {"target", "models": [{name, labels, explainers, ...}], "limits"}
+    POST   /api/explain     {"texts": [...], "model", "explainer", options}
+                            → {"html": "<section>…", "explanations": [{text, label, scores, top}]}
+    POST   /api/compare     {"text", "model", "targets", "output", budgets, "k"}
+                            → {"label", "k", "panels": [{explainer, html, summary}], "agreement"}
+    POST   /api/explain/progressive   {"text", "model", "targets", "output", "max_evals", "interval"}
+                            → one JSON line per refinement: {evals, final, html, explanation}
+    POST   /api/datasets    a CSV (Content-Type: text/csv; ?name=FILE) → {id, columns, rows, preview}
+    POST   /api/jobs        {"kind": "predict", "dataset", "text_column", "label_column", "model"}
+                            or {"kind": "explain", "source": a predict job, "sample", "explainer", options}
+    GET    /api/jobs/ID     {state, done, total, seconds, detail, error}
+    GET    /api/jobs/ID/result   a finished job's result
+    DELETE /api/jobs/ID     cancel it
 
 Errors come back as {"error": {"code", "message", "field_violations"}} with an HTTP status
-that matches the gRPC code. The page is meant for a trusted machine: it listens on loopback
-by default, accepts only JSON posts (so other sites cannot post forms to it) and, on
-loopback, only its own Host header (against DNS rebinding).
+that matches the gRPC code. Non-finite numbers travel as the strings "NaN", "Infinity" and
+"-Infinity". The page is meant for a trusted machine: it listens on loopback by default,
+accepts only JSON or CSV posts (so other sites cannot post forms to it) and, on loopback,
+only its own Host header (against DNS rebinding).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
+import re
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 
@@ -38,11 +56,24 @@ from .._client import Client
 from .._core import EXPLAIN_OPTIONS
 from .._exceptions import WhybertError
 from .._types import Explanation
+from ..agreement import agreement
+from ..evaluation import model_info
 from ..render import STYLE, html_fragment
+from .http import SECURITY_HEADERS, HardenedHandler, HardenedHTTPServer, HTTPError, Limits, dump_json
+from .jobs import (
+    DatasetStore,
+    JobManager,
+    check_labelled,
+    close,
+    explain_rows,
+    parse_csv,
+    predict_rows,
+    sample_rows,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = Limits.max_body_bytes
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -60,13 +91,9 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
 }
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-SECURITY_HEADERS = {
-    # The explanations colour tokens with style attributes, hence 'unsafe-inline' for styles.
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
+SIDE_BY_SIDE = ("shap-partition", "lime", "integrated-gradients")
+MAX_INTERVAL = 5.0  # seconds between progressive messages, at most
+_JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})(/result)?")
 
 
 @functools.cache
@@ -75,29 +102,44 @@ def _static_file(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
-class BadRequest(Exception):
+class BadRequest(HTTPError):
     """The page's request to this server was malformed (not the whybert server's verdict)."""
 
     def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, message)
+
+
+def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, default: str | None = None) -> str | None:
+    value = body.get(name)
+    if value in (None, ""):
+        return default
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _options(body: dict[str, Any], names: tuple[str, ...] = EXPLAIN_OPTIONS) -> dict[str, Any]:
+    return {k: body[k] for k in names if body.get(k) not in (None, "")}
 
 
 def explain_arguments(body: Any) -> tuple[list[str], str | None, str, dict[str, Any]]:
     """texts, model, explainer and explain options from the JSON the page posts."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = _object(body, {"texts", "model", "explainer", *EXPLAIN_OPTIONS})
     texts = body.get("texts")
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise BadRequest("texts must be a non-empty list of strings")
-    model, explainer = body.get("model") or None, body.get("explainer") or "shap-partition"
-    if not isinstance(model, str | None) or not isinstance(explainer, str):
-        raise BadRequest("model and explainer must be strings")
-    unknown = sorted(set(body) - {"texts", "model", "explainer", *EXPLAIN_OPTIONS})
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
-    options = {k: body[k] for k in EXPLAIN_OPTIONS if body.get(k) not in (None, "")}
-    return texts, model, explainer, options
+    model, explainer = _string(body, "model"), _string(body, "explainer", "shap-partition")
+    assert explainer is not None
+    return texts, model, explainer, _options(body)
 
 
 def explanation_summary(e: Explanation) -> dict[str, Any]:
@@ -110,25 +152,53 @@ def explanation_summary(e: Explanation) -> dict[str, Any]:
         "output": e.output,
         "top": e.top_tokens(None, 10),
         "cached": e.cached,
+        "model_rows": e.model_rows,
     }
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+def _integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if value in (None, ""):
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return value
 
 
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
+def _agreement_label(explanations: list[Explanation]) -> str:
+    """The label every explanation explains: the predicted one where they all have it."""
+    first = explanations[0]
+    common = [label for label in first.labels if all(label in e.labels for e in explanations)]
+    if not common:
+        raise BadRequest("the explainers explained different labels")
+    return first.prediction.label if first.prediction.label in common else common[0]
+
+
+def _refinements(stream: Iterator[Any]) -> Iterator[dict[str, Any]]:
+    """Each progressive message rendered; closing this closes the stream (the call)."""
+    try:
+        for m in stream:
+            yield {
+                "evals": m.evals,
+                "final": bool(m.final),
+                "html": html_fragment([m.explanation]),
+                "explanation": explanation_summary(m.explanation),
+            }
+    finally:
+        close(stream)
 
 
 class UIServer:
     """The page's HTTP server; one `Client` (thread-safe) serves every request."""
 
-    def __init__(self, client: Client, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, client: Client, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None) -> None:
         self.client = client
+        self.limits = limits or Limits()
         server_class = _HTTPServer6 if ":" in host else _HTTPServer
-        self.httpd = server_class((host, port), _Handler)
-        self.httpd.ui = self  # type: ignore[attr-defined]
+        self.httpd = server_class((host, port), _Handler, self.limits)
+        self.httpd.ui = self
+        self.datasets = DatasetStore(max(4, 2 * self.limits.max_jobs))
+        self.jobs = JobManager(self.limits)
         self._thread: threading.Thread | None = None
         # The socket is bound: host and port are fixed from here on.
         self._allowed_hosts = self._compute_allowed_hosts()
@@ -169,6 +239,7 @@ class UIServer:
             self.httpd.shutdown()
             self._thread.join()
         self.httpd.server_close()
+        self.jobs.close()
 
     def __enter__(self) -> UIServer:
         return self
@@ -180,120 +251,288 @@ class UIServer:
 
     def models(self) -> dict[str, Any]:
         models = self.client.list_models()
-        return {"target": self.client.target, "models": [vars(m) for m in models]}
+        limits = self.limits
+        return {
+            "target": self.client.target,
+            "models": [vars(m) for m in models],
+            "limits": {
+                "max_dataset_bytes": limits.max_dataset_bytes,
+                "max_dataset_rows": limits.max_dataset_rows,
+                "max_explain_rows": limits.max_explain_rows,
+                "progressive": hasattr(self.client, "explain_progressive"),
+            },
+        }
 
     def explain(self, body: Any) -> dict[str, Any]:
         texts, model, explainer, options = explain_arguments(body)
-        try:
-            explanations = self.client.explain(texts, model=model, explainer=explainer, **options)
-        except (TypeError, ValueError) as exc:  # the client's own checks of the options
-            raise BadRequest(str(exc)) from exc
+        explanations = self._client_call(
+            lambda: self.client.explain(texts, model=model, explainer=explainer, **options)
+        )
         return {
             "html": html_fragment(explanations, shared_scale=len(explanations) > 1),
             "explanations": [explanation_summary(e) for e in explanations],
         }
 
+    @staticmethod
+    def _client_call(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except (TypeError, ValueError) as exc:  # the client's own checks of the options
+            raise BadRequest(str(exc)) from exc
 
-class _Handler(BaseHTTPRequestHandler):
+    def compare(self, body: Any) -> dict[str, Any]:
+        """One text through SHAP, LIME and integrated gradients (those the model has), and
+        how well each pair ranks its words alike (`whybert.agreement`)."""
+        budgets = ("max_evals", "num_samples", "n_steps")
+        body = _object(body, {"text", "model", "targets", "output", "k", *budgets})
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise BadRequest("text must be a string")
+        model = _string(body, "model")
+        k = _integer(body, "k", 5, 1, 100)
+        served = {m.name: m for m in self.client.list_models()}
+        info = served.get(model) if model else next((m for m in served.values() if m.is_default), None)
+        if info is None:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"the server has no model {model!r}", "NOT_FOUND")
+        explainers = [x for x in SIDE_BY_SIDE if x in info.explainers]
+        if not explainers:
+            raise BadRequest(f"model {info.name!r} has none of the explainers {', '.join(SIDE_BY_SIDE)}")
+        common = _options(body, ("targets", "output"))
+        own = {"shap-partition": "max_evals", "lime": "num_samples", "integrated-gradients": "n_steps"}
+
+        def run(explainer: str) -> Explanation:
+            options = {**common, **_options(body, (own[explainer],))}
+            return self._client_call(
+                lambda: self.client.explain([text], model=info.name, explainer=explainer, **options)[0]
+            )
+
+        with ThreadPoolExecutor(len(explainers), thread_name_prefix="whybert-ui-compare") as pool:
+            explanations = list(pool.map(run, explainers))
+        label = _agreement_label(explanations)
+        pairs = []
+        for i, a in enumerate(explanations):
+            for b in explanations[i + 1 :]:
+                agreed = agreement(a, b, label, k)
+                pairs.append({
+                    "a": a.explainer, "b": b.explainer, "spearman": agreed.spearman,
+                    "top_k_overlap": agreed.top_k_overlap, "k": agreed.k, "words": len(agreed.words),
+                })
+        return {
+            "label": label,
+            "k": k,
+            "panels": [
+                {"explainer": e.explainer, "html": html_fragment([e]), "summary": explanation_summary(e)}
+                for e in explanations
+            ],
+            "agreement": pairs,
+        }
+
+    def progressive(self, body: Any) -> Iterator[dict[str, Any]]:
+        """A SHAP explanation's refinements, as the server sends them, each rendered."""
+        body = _object(body, {"text", "model", "targets", "output", "max_evals", "interval"})
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise BadRequest("text must be a string")
+        interval = body.get("interval", 0.25)
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 <= interval <= MAX_INTERVAL:
+            raise BadRequest(f"interval must be a number of seconds from 0 to {MAX_INTERVAL:g}")
+        stream_call = getattr(self.client, "explain_progressive", None)
+        if stream_call is None:
+            raise HTTPError(
+                HTTPStatus.NOT_IMPLEMENTED, "this whybert client has no explain_progressive", "UNIMPLEMENTED"
+            )
+        options = _options(body, ("targets", "output", "max_evals"))
+        stream = self._client_call(
+            lambda: stream_call(text, model=_string(body, "model"), interval=float(interval), **options)
+        )
+        return _refinements(stream)
+
+    def add_dataset(self, data: bytes, name: str) -> dict[str, Any]:
+        dataset = parse_csv(data, name, self.limits)
+        self.datasets.add(dataset)
+        return dataset.summary()
+
+    def start_job(self, body: Any) -> dict[str, Any]:
+        kind = body.get("kind") if isinstance(body, dict) else None
+        if kind == "predict":
+            body = _object(body, {"kind", "dataset", "text_column", "label_column", "model"})
+            dataset = self.datasets.get(body.get("dataset"))
+            info = self._client_call(lambda: model_info(self.client, _string(body, "model")))
+            texts, labels = check_labelled(dataset, body.get("text_column"), body.get("label_column"), info)
+            job = self.jobs.start("predict", len(texts), predict_rows(self.client, info, texts, labels))
+        elif kind == "explain":
+            per_text = tuple(o for o in EXPLAIN_OPTIONS if o != "targets")  # every label is explained
+            body = _object(body, {"kind", "source", "sample", "explainer", *per_text})
+            source = self.jobs.get(str(body.get("source")))
+            if source.kind != "predict" or source.state != "done":
+                raise HTTPError(HTTPStatus.CONFLICT, "explain the rows of a finished predict job", "NOT_READY")
+            texts, model = source.data["texts"], source.data["model"]
+            size = _integer(body, "sample", min(50, self.limits.max_explain_rows), 1, self.limits.max_explain_rows)
+            rows = sample_rows(len(texts), size)
+            explainer = _string(body, "explainer", "shap-partition")
+            assert explainer is not None
+            options = _options(body, per_text)
+            # The client checks the options before anything starts.
+            self._client_call(lambda: self.client.explain_stream_request([texts[rows[0]]], model, explainer, options))
+            work = explain_rows(self.client, model, texts, rows, explainer, options)
+            job = self.jobs.start("explain", len(rows), work)
+        else:
+            raise BadRequest("kind must be 'predict' or 'explain'")
+        return job.status()
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        return self.jobs.get(job_id).status()
+
+    def job_result(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs.get(job_id)
+        if job.result is None:
+            raise HTTPError(HTTPStatus.CONFLICT, f"the job is {job.state}: it has no result", "NOT_READY")
+        return {"status": job.status(), "result": job.result}
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.jobs.cancel(job_id).status()
+
+
+class _HTTPServer(HardenedHTTPServer):
+    ui: UIServer
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(HardenedHandler):
     server_version = "whybert-ui"
-    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
 
     @property
     def ui(self) -> UIServer:
-        return self.server.ui  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("ui request", extra={"client": self.client_address[0], "line": format % args})
+        return self.server.ui
 
     def do_GET(self) -> None:
         if not self._host_allowed():
             return
         path = urlsplit(self.path).path
+        job = _JOB_PATH.fullmatch(path)
         if path in STATIC:
             name, content_type = STATIC[path]
-            self._send(HTTPStatus.OK, _static_file(name), content_type)
+            self.send_bytes(HTTPStatus.OK, _static_file(name), content_type)
         elif path == "/render.css":
-            self._send(HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8")
+            self.send_bytes(HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8")
         elif path == "/api/models":
-            self._api(lambda: self.ui.models())
+            self._api(self.ui.models)
+        elif job and job.group(2):
+            self._api(lambda: self.ui.job_result(job.group(1)))
+        elif job:
+            self._api(lambda: self.ui.job_status(job.group(1)))
         else:
-            self._send_error(HTTPStatus.NOT_FOUND, "NOT_FOUND", f"no page at {path}")
+            self._not_found(path)
+
+    def do_DELETE(self) -> None:
+        if not self._host_allowed():
+            return
+        path = urlsplit(self.path).path
+        job = _JOB_PATH.fullmatch(path)
+        if job and not job.group(2):
+            self._api(lambda: self.ui.cancel_job(job.group(1)))
+        else:
+            self._not_found(path)
 
     def do_POST(self) -> None:
         if not self._host_allowed():
             return
-        path = urlsplit(self.path).path
-        if path != "/api/explain":
-            self._send_error(HTTPStatus.NOT_FOUND, "NOT_FOUND", f"no API at {path}")
-            return
-        self._api(lambda: self.ui.explain(self._json_body()))
+        url = urlsplit(self.path)
+        routes: dict[str, Callable[[], Any]] = {
+            "/api/explain": lambda: self.ui.explain(self.read_json()),
+            "/api/compare": lambda: self.ui.compare(self.read_json()),
+            "/api/jobs": lambda: self.ui.start_job(self.read_json()),
+            "/api/datasets": lambda: self.ui.add_dataset(self._read_csv(), self._dataset_name(url.query)),
+        }
+        if url.path == "/api/explain/progressive":
+            self._stream(lambda: self.ui.progressive(self.read_json()))
+        elif url.path in routes:
+            self._api(routes[url.path])
+        else:
+            self._not_found(url.path)
 
-    def _json_body(self) -> Any:
+    def _read_csv(self) -> bytes:
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise BadRequest("send JSON (Content-Type: application/json)",
-                             HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise BadRequest("a Content-Length is required", HTTPStatus.LENGTH_REQUIRED) from None
-        if length > MAX_BODY_BYTES:
-            raise BadRequest(f"the body is over {MAX_BODY_BYTES} bytes",
-                             HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        try:
-            return json.loads(self.rfile.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+        if content_type != "text/csv":
+            raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the file as Content-Type: text/csv")
+        limit = self.limits.max_dataset_bytes
+        return self.read_body(limit, "the file", "--max-dataset-bytes")
 
-    def _api(self, call: Any) -> None:
+    @staticmethod
+    def _dataset_name(query: str) -> str:
+        name = (parse_qs(query).get("name") or ["data.csv"])[0]
+        return name[:200]
+
+    def _not_found(self, path: str) -> None:
+        self.send_json_error(HTTPError(HTTPStatus.NOT_FOUND, f"nothing at {path}", "NOT_FOUND"))
+
+    def _error(self, call: Callable[[], Any]) -> tuple[Any, HTTPError | None]:
+        """The call's result, or the refusal to send for what it raised."""
         try:
-            result = call()
-        except BadRequest as exc:
-            self.close_connection = True  # the body may be left unread
-            self._send_error(exc.status, "INVALID_REQUEST", str(exc))
+            return call(), None
+        except HTTPError as exc:
+            return None, exc
         except WhybertError as exc:
             status = HTTP_STATUS.get(exc.code, HTTPStatus.BAD_GATEWAY)
-            self._send_error(status, exc.code.name, exc.message, exc.field_violations)
+            return None, HTTPError(status, exc.message, exc.code.name, exc.field_violations)
+        except (TimeoutError, ConnectionError):
+            raise  # the page's own connection: handle_one_request ends it
         except Exception as exc:  # a bug here must still answer the page, not drop it
             log.exception("ui request failed")
-            message = f"{type(exc).__name__}: {exc}"
-            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL", message)
+            return None, HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}", "INTERNAL")
+
+    def _api(self, call: Callable[[], Any]) -> None:
+        result, error = self._error(call)
+        if error is not None:
+            self.send_json_error(error)
         else:
-            self._send(HTTPStatus.OK, json.dumps(result).encode(), "application/json")
+            self.send_bytes(HTTPStatus.OK, dump_json(result), "application/json")
+
+    def _stream(self, call: Callable[[], Iterator[dict[str, Any]]]) -> None:
+        """One JSON line per item, each sent as it comes. A failure before the first item
+        is an ordinary error answer; after it, a last line {"error": ...}. A page that
+        leaves ends the stream (and the server call) at the next line written."""
+        messages, error = self._error(lambda: iter(call()))
+        first = None
+        if error is None:
+            first, error = self._error(lambda: next(messages, None))
+        if error is not None:
+            self.send_json_error(error)
+            return
+        self.start_chunked("application/x-ndjson")
+        try:
+            item = first
+            while item is not None:
+                self.write_chunk(dump_json(item) + b"\n")
+                item, error = self._error(lambda: next(messages, None))
+                if error is not None:
+                    body = {"code": error.code, "message": error.message, "field_violations": error.field_violations}
+                    self.write_chunk(dump_json({"error": body}) + b"\n")
+                    break
+            self.end_chunked()
+        except OSError:
+            self.close_connection = True  # the page left
+        finally:
+            close(messages)  # cancels the server call when the page left in its middle
 
     def _host_allowed(self) -> bool:
         allowed = self.ui._allowed_hosts
         if allowed is None or self.headers.get("Host", "") in allowed:
             return True
-        self._send_error(HTTPStatus.MISDIRECTED_REQUEST, "WRONG_HOST", "unexpected Host header")
+        self.send_json_error(HTTPError(HTTPStatus.MISDIRECTED_REQUEST, "unexpected Host header", "WRONG_HOST"))
         return False
 
-    def _send_error(
-        self,
-        status: HTTPStatus,
-        code: str,
-        message: str,
-        field_violations: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        error = {"code": code, "message": message, "field_violations": list(field_violations)}
-        self._send(status, json.dumps({"error": error}).encode(), "application/json")
 
-    def _send(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in SECURITY_HEADERS.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def serve(client: Client, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(client: Client, host: str = "127.0.0.1", port: int = 8080, limits: Limits | None = None) -> None:
     """Serve the page until interrupted (Ctrl-C)."""
-    with UIServer(client, host, port) as ui:
+    with UIServer(client, host, port, limits) as ui:
         print(f"whybert ui on {ui.url} (server {client.target}); Ctrl-C stops it", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             ui.serve_forever()
 
 
-__all__ = ["BadRequest", "UIServer", "explain_arguments", "serve"]
+__all__ = ["SECURITY_HEADERS", "BadRequest", "Limits", "UIServer", "explain_arguments", "serve"]

@@ -202,6 +202,88 @@ class TextExplanation(_message.Message):
     explained_chars: int
     def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., base_values: _Optional[_Iterable[float]] = ..., output_values: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., additivity_error: _Optional[float] = ..., model_rows: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., convergence_delta: _Optional[_Iterable[float]] = ..., faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ..., truncated: _Optional[bool] = ..., explained_chars: _Optional[int] = ...) -> None: ...
 
+class PredictStreamRequest(_message.Message):
+    __slots__ = ("model", "texts")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PredictStreamResponse(_message.Message):
+    __slots__ = ("model", "index", "prediction")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    index: int
+    prediction: Prediction
+    def __init__(self, model: _Optional[str] = ..., index: _Optional[int] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
+
+class ExplainStreamRequest(_message.Message):
+    __slots__ = ("model", "texts", "explainer", "output", "target_mode", "target_labels", "shap", "lime", "integrated_gradients", "faithfulness")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SHAP_FIELD_NUMBER: _ClassVar[int]
+    LIME_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    explainer: ExplainerKind
+    output: OutputSpace
+    target_mode: TargetMode
+    target_labels: _containers.RepeatedScalarFieldContainer[str]
+    shap: ShapOptions
+    lime: LimeOptions
+    integrated_gradients: IntegratedGradientsOptions
+    faithfulness: bool
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., lime: _Optional[_Union[LimeOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., faithfulness: _Optional[bool] = ...) -> None: ...
+
+class ExplainStreamResponse(_message.Message):
+    __slots__ = ("model", "index", "explanation")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    index: int
+    explanation: TextExplanation
+    def __init__(self, model: _Optional[str] = ..., index: _Optional[int] = ..., explanation: _Optional[_Union[TextExplanation, _Mapping]] = ...) -> None: ...
+
+class ExplainProgressiveRequest(_message.Message):
+    __slots__ = ("model", "text", "output", "target_mode", "target_labels", "shap", "interval_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SHAP_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    text: str
+    output: OutputSpace
+    target_mode: TargetMode
+    target_labels: _containers.RepeatedScalarFieldContainer[str]
+    shap: ShapOptions
+    interval_ms: int
+    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., interval_ms: _Optional[int] = ...) -> None: ...
+
+class ExplainProgressiveResponse(_message.Message):
+    __slots__ = ("model", "explanation", "evals", "final")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    EVALS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    explanation: TextExplanation
+    evals: int
+    final: bool
+    def __init__(self, model: _Optional[str] = ..., explanation: _Optional[_Union[TextExplanation, _Mapping]] = ..., evals: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -51,6 +51,21 @@ class ExplainerStub:
                 request_serializer=whybert_dot_v1_dot_explainer__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=whybert_dot_v1_dot_explainer__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.unary_stream(
+                '/whybert.v1.Explainer/PredictStream',
+                request_serializer=whybert_dot_v1_dot_explainer__pb2.PredictStreamRequest.SerializeToString,
+                response_deserializer=whybert_dot_v1_dot_explainer__pb2.PredictStreamResponse.FromString,
+                _registered_method=True)
+        self.ExplainStream = channel.unary_stream(
+                '/whybert.v1.Explainer/ExplainStream',
+                request_serializer=whybert_dot_v1_dot_explainer__pb2.ExplainStreamRequest.SerializeToString,
+                response_deserializer=whybert_dot_v1_dot_explainer__pb2.ExplainStreamResponse.FromString,
+                _registered_method=True)
+        self.ExplainProgressive = channel.unary_stream(
+                '/whybert.v1.Explainer/ExplainProgressive',
+                request_serializer=whybert_dot_v1_dot_explainer__pb2.ExplainProgressiveRequest.SerializeToString,
+                response_deserializer=whybert_dot_v1_dot_explainer__pb2.ExplainProgressiveResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -78,6 +93,34 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictStream(self, request, context):
+        """PredictStream classifies many texts in one call: one response per text, sent as soon
+        as that text's prediction is ready, in any order, each with the text's index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainStream(self, request, context):
+        """ExplainStream explains many texts in one call: one response per text, sent as soon as
+        that text's explanation is ready, in any order, each with the text's index. The server
+        works on a bounded window of texts at a time and starts the next one only once a result
+        has been sent, so a slow reader slows its stream down instead of filling memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainProgressive(self, request, context):
+        """ExplainProgressive explains one text with SHAP Partition and streams its values as the
+        budget is spent, coarse to fine: each message is a whole explanation that adds up
+        (base + sum of values = output), the last one (final = true) is exactly what Explain
+        returns. A reader slower than the rounds gets fewer messages, never a backlog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +138,21 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=whybert_dot_v1_dot_explainer__pb2.ListModelsRequest.FromString,
                     response_serializer=whybert_dot_v1_dot_explainer__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=whybert_dot_v1_dot_explainer__pb2.PredictStreamRequest.FromString,
+                    response_serializer=whybert_dot_v1_dot_explainer__pb2.PredictStreamResponse.SerializeToString,
+            ),
+            'ExplainStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExplainStream,
+                    request_deserializer=whybert_dot_v1_dot_explainer__pb2.ExplainStreamRequest.FromString,
+                    response_serializer=whybert_dot_v1_dot_explainer__pb2.ExplainStreamResponse.SerializeToString,
+            ),
+            'ExplainProgressive': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExplainProgressive,
+                    request_deserializer=whybert_dot_v1_dot_explainer__pb2.ExplainProgressiveRequest.FromString,
+                    response_serializer=whybert_dot_v1_dot_explainer__pb2.ExplainProgressiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +237,87 @@ class Explainer:
             '/whybert.v1.Explainer/ListModels',
             whybert_dot_v1_dot_explainer__pb2.ListModelsRequest.SerializeToString,
             whybert_dot_v1_dot_explainer__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/whybert.v1.Explainer/PredictStream',
+            whybert_dot_v1_dot_explainer__pb2.PredictStreamRequest.SerializeToString,
+            whybert_dot_v1_dot_explainer__pb2.PredictStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/whybert.v1.Explainer/ExplainStream',
+            whybert_dot_v1_dot_explainer__pb2.ExplainStreamRequest.SerializeToString,
+            whybert_dot_v1_dot_explainer__pb2.ExplainStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainProgressive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/whybert.v1.Explainer/ExplainProgressive',
+            whybert_dot_v1_dot_explainer__pb2.ExplainProgressiveRequest.SerializeToString,
+            whybert_dot_v1_dot_explainer__pb2.ExplainProgressiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -150,11 +150,12 @@ class RowQueue:
         return self._submissions
 
     def push(self, sub: Submission) -> None:
-        key = id(sub.context)
+        request = sub.context.flow  # the parts of one request (a stream's texts) share a flow
+        key = id(request)
         flow = self._flows.get(key)
         if flow is None:
-            flow = _Flow(sub.context, seq=next(self._seq))
-            flow.start = self._clock[int(sub.context.priority)]
+            flow = _Flow(request, seq=next(self._seq))
+            flow.start = self._clock[int(request.priority)]
             self._flows[key] = flow
         flow.subs.append(sub)
         self.queued_rows += sub.pending

@@ -111,10 +111,10 @@ class ModelWorker:
         self.metrics = metrics or Metrics()
         self._on_health = on_health
         self._queue = RowQueue()
-        # id(request context) → its submissions in the queue: the queue depth in requests.
+        # id(context.flow) → its submissions in the queue: the queue depth in requests.
         self._queued_requests: dict[int, int] = {}
         self._jobs: list[_Job] = []
-        self._job_turns: dict[int, int] = {}  # id(request context) → its jobs run while queued
+        self._job_turns: dict[int, int] = {}  # id(context.flow) → its jobs run while queued
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
         # Rows of work queued outside the row queue (integrated gradients waiting for a
@@ -365,11 +365,11 @@ class ModelWorker:
 
     def _pick_job(self) -> _Job:
         """The job of the request that has had the fewest jobs run (then the oldest)."""
-        best = min(range(len(self._jobs)), key=lambda i: (self._job_turns.get(id(self._jobs[i].context), 0), i))
+        best = min(range(len(self._jobs)), key=lambda i: (self._job_turns.get(id(self._jobs[i].context.flow), 0), i))
         job = self._jobs.pop(best)
-        key = id(job.context)
+        key = id(job.context.flow)
         self._job_turns[key] = self._job_turns.get(key, 0) + 1
-        if not any(id(j.context) == key for j in self._jobs):
+        if not any(id(j.context.flow) == key for j in self._jobs):
             self._job_turns.pop(key, None)  # a request with nothing queued starts afresh
         return job
 
@@ -392,7 +392,7 @@ class ModelWorker:
 
     def _count_request(self, sub: Submission, delta: int) -> None:
         """Track the submissions each request has queued (call with the lock held)."""
-        key = id(sub.context)
+        key = id(sub.context.flow)
         count = self._queued_requests.get(key, 0) + delta
         if count > 0:
             self._queued_requests[key] = count

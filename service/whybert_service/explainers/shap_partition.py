@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +127,7 @@ async def explain_progressively(
     params: ExplainParams,
     context: RequestContext,
     interval: float = 0.1,
-) -> AsyncIterator[Progress]:
+) -> AsyncGenerator[Progress, None]:
     """One text's Owen values as the budget is spent, coarse to fine, at most one message per
     `interval` seconds, ending with exactly the values `explain` gives. The rounds are the
     same scheduled work as any explanation's; the caller leaving stops them."""

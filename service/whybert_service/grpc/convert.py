@@ -42,6 +42,10 @@ def predict_response(model: str, predictions: list[PredictionResult]) -> pb.Pred
     return pb.PredictResponse(model=model, predictions=[prediction(p) for p in predictions])
 
 
+def predict_stream_response(model: str, index: int, p: PredictionResult) -> pb.PredictStreamResponse:
+    return pb.PredictStreamResponse(model=model, index=index, prediction=prediction(p))
+
+
 def explanation(e: ExplanationResult) -> pb.TextExplanation:
     msg = pb.TextExplanation(
         tokens=[pb.Token(text=t.text, start=t.start, end=t.end, special=t.special) for t in e.tokens],
@@ -72,6 +76,10 @@ def explain_response(model: str, results: list[ExplanationResult]) -> pb.Explain
     return pb.ExplainResponse(model=model, explanations=[explanation(e) for e in results])
 
 
+def explain_stream_response(model: str, index: int, e: ExplanationResult) -> pb.ExplainStreamResponse:
+    return pb.ExplainStreamResponse(model=model, index=index, explanation=explanation(e))
+
+
 def list_models_response(models: list[ModelDescription], default: str) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(
         models=[
@@ -89,3 +97,7 @@ def list_models_response(models: list[ModelDescription], default: str) -> pb.Lis
         ],
         default_model=default,
     )
+
+
+def progressive_response(model: str, e: ExplanationResult, evals: int, final: bool) -> pb.ExplainProgressiveResponse:
+    return pb.ExplainProgressiveResponse(model=model, explanation=explanation(e), evals=evals, final=final)

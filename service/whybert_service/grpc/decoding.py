@@ -2,13 +2,15 @@
 
 grpcio's server turns a deserializer's exception into UNKNOWN with the parser's text,
 and invalid UTF-8 in a `string` field is exactly such a case (protobuf refuses it). This
-interceptor wraps each unary handler's deserializer so that a failure becomes a marker
-object, which the wrapped handler answers with INVALID_ARGUMENT and a BadRequest naming
-the message type, the same shape as every other bad-input answer.
+interceptor wraps the deserializer of each handler that takes one request (unary, and
+server-streaming handlers that write with `context.write`) so that a failure becomes a
+marker object, which the wrapped handler answers with INVALID_ARGUMENT and a BadRequest
+naming the message type, the same shape as every other bad-input answer.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,9 +36,13 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
-        behavior = handler.unary_unary
+        behavior = handler.unary_unary or handler.unary_stream
+        # An async-generator handler cannot be wrapped by a coroutine; none of ours is one.
+        if behavior is None or inspect.isasyncgenfunction(behavior):
+            return handler
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.unary_stream_rpc_method_handler
         method = handler_call_details.method
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -45,7 +51,7 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(to_status(error))
             return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return factory(
             checked,
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,

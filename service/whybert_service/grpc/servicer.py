@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,17 @@ def request_context(
     return RequestContext.with_timeout(priority, remaining, max_rows)
 
 
+async def write(context: grpc.aio.ServicerContext, message: Any) -> None:
+    """Write one message of a stream. The write waits on HTTP/2 flow control, so a slow
+    reader holds its stream's next text back. grpc.aio fails the write of a call whose
+    caller has gone (cancelled, reset) before it cancels the handler: that ends the stream
+    as a cancelled call, not as an error."""
+    try:
+        await context.write(message)
+    except Exception as exc:
+        raise asyncio.CancelledError("the stream's caller has gone") from exc
+
+
 class ExplainerServicer(pb_grpc.ExplainerServicer):
     """Thin: validate, call the data plane, convert."""
 
@@ -90,6 +102,53 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         response = convert.explain_response(name, results)
         validation.check_reply_sent(response.ByteSize(), self.limits)
         return response
+
+    @handles_errors
+    async def PredictStream(self, request: pb.PredictStreamRequest, context: grpc.aio.ServicerContext) -> None:
+        params = validation.predict_params(request, self.limits)
+        plane = self.dataplane
+        model = plane.describe(params.model).name
+        with plane.admitted("PredictStream"):  # one stream, one request slot
+            ctx = request_context(context, Priority.PREDICT, self.limits.max_rows)
+            results = plane.predict_stream(params, ctx, self.limits.stream_window)
+            async with contextlib.aclosing(results):
+                async for index, prediction in results:
+                    message = convert.predict_stream_response(model, index, prediction)
+                    validation.check_reply_sent(message.ByteSize(), self.limits)
+                    await write(context, message)
+
+    @handles_errors
+    async def ExplainStream(self, request: pb.ExplainStreamRequest, context: grpc.aio.ServicerContext) -> None:
+        params = validation.explain_params(request, self.limits)
+        plane = self.dataplane
+        # Each text's message is bounded before any work, as an Explain reply is.
+        model = plane.describe(params.model)
+        validation.check_stream_reply_sizes(params, model.labels, model.max_tokens, self.limits)
+        with plane.admitted("ExplainStream"):  # one stream, one request slot
+            ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
+            results = plane.explain_stream(params, ctx, self.limits.stream_window)
+            async with contextlib.aclosing(results):
+                async for index, result in results:
+                    message = convert.explain_stream_response(model.name, index, result)
+                    validation.check_reply_sent(message.ByteSize(), self.limits)
+                    await write(context, message)
+
+    @handles_errors
+    async def ExplainProgressive(
+        self, request: pb.ExplainProgressiveRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        params, interval = validation.progressive_params(request, self.limits)
+        plane = self.dataplane
+        model = plane.describe(params.model)
+        validation.check_reply_size(params, model.labels, model.max_tokens, self.limits)
+        with plane.admitted("ExplainProgressive"):
+            ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
+            messages = plane.explain_progressive(params, ctx, interval)
+            async with contextlib.aclosing(messages):
+                async for progress in messages:
+                    message = convert.progressive_response(model.name, progress.result, progress.evals, progress.final)
+                    validation.check_reply_sent(message.ByteSize(), self.limits)
+                    await write(context, message)
 
     @handles_errors
     async def ListModels(

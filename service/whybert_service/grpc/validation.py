@@ -63,6 +63,8 @@ class Limits:
     max_ig_steps: int
     max_rows: int
     max_message_bytes: int = 8 * 1024 * 1024
+    max_stream_texts: int = 10_000
+    stream_window: int = 128
 
     @classmethod
     def from_settings(cls, s: ServerSettings) -> Limits:
@@ -74,6 +76,8 @@ class Limits:
             max_ig_steps=s.max_ig_steps,
             max_rows=s.max_rows_per_request,
             max_message_bytes=s.max_message_bytes,
+            max_stream_texts=s.max_stream_texts,
+            stream_window=s.stream_window,
         )
 
 
@@ -89,12 +93,13 @@ class _Violations:
             raise InvalidArgument(self.items)
 
 
-def _check_texts(texts: list[str], limits: Limits, v: _Violations) -> None:
+def _check_texts(texts: list[str], limits: Limits, v: _Violations, stream: bool = False) -> None:
     if not texts:
         v.add("texts", "at least one text is required")
         return
-    if len(texts) > limits.max_texts:
-        v.add("texts", f"{len(texts)} texts given; at most {limits.max_texts} per request")
+    most, per = (limits.max_stream_texts, "stream") if stream else (limits.max_texts, "request")
+    if len(texts) > most:
+        v.add("texts", f"{len(texts)} texts given; at most {most} per {per}")
         return
     for i, text in enumerate(texts):
         if not text.strip():
@@ -110,12 +115,19 @@ def _check_model_name(name: str, v: _Violations) -> None:
         v.add("model", "the model name is longer than 256 characters")
 
 
-def predict_params(request: pb.PredictRequest, limits: Limits) -> PredictParams:
-    """Validate a PredictRequest."""
+# The stream requests carry the same fields (same names and numbers) as the unary ones, so
+# one validation serves both; a stream's texts are counted against the stream limit, and
+# the per-request row budget applies to each of its texts.
+AnyPredictRequest = pb.PredictRequest | pb.PredictStreamRequest
+AnyExplainRequest = pb.ExplainRequest | pb.ExplainStreamRequest
+
+
+def predict_params(request: AnyPredictRequest, limits: Limits) -> PredictParams:
+    """Validate a PredictRequest or a PredictStreamRequest."""
     v = _Violations()
     _check_model_name(request.model, v)
     texts = list(request.texts)
-    _check_texts(texts, limits, v)
+    _check_texts(texts, limits, v, stream=isinstance(request, pb.PredictStreamRequest))
     v.raise_if_any()
     return PredictParams(model=request.model, texts=tuple(texts))
 
@@ -127,12 +139,14 @@ def _enum(value: int, table: Mapping[Any, object], field: str, v: _Violations) -
     return table[value]
 
 
-def explain_params(request: pb.ExplainRequest, limits: Limits) -> ExplainParams:
-    """Validate an ExplainRequest (labels are checked later, against the model)."""
+def explain_params(request: AnyExplainRequest, limits: Limits) -> ExplainParams:
+    """Validate an ExplainRequest or an ExplainStreamRequest (labels are checked later,
+    against the model)."""
     v = _Violations()
     _check_model_name(request.model, v)
     texts = list(request.texts)
-    _check_texts(texts, limits, v)
+    stream = isinstance(request, pb.ExplainStreamRequest)
+    _check_texts(texts, limits, v, stream)
     explainer = _enum(request.explainer, EXPLAINERS, "explainer", v)
     output = _enum(request.output, OUTPUTS, "output", v)
     mode = _enum(request.target_mode, TARGET_MODES, "target_mode", v)
@@ -148,11 +162,11 @@ def explain_params(request: pb.ExplainRequest, limits: Limits) -> ExplainParams:
     lime = _lime_params(request, limits, v)
     ig = _ig_params(request, limits, v)
     if explainer is ExplainerName.SHAP_PARTITION and shap is not None:
-        _check_total_rows(len(texts), shap.max_evals, limits, v)
+        _check_total_rows(len(texts), shap.max_evals, "shap.max_evals", stream, limits, v)
     if explainer is ExplainerName.LIME and lime is not None:
-        _check_total_rows(len(texts), lime.num_samples, limits, v)
+        _check_total_rows(len(texts), lime.num_samples, "lime.num_samples", stream, limits, v)
     if explainer is ExplainerName.INTEGRATED_GRADIENTS and ig is not None:
-        _check_total_rows(len(texts), ig.n_steps, limits, v)
+        _check_total_rows(len(texts), ig.n_steps, "integrated_gradients.n_steps", stream, limits, v)
     v.raise_if_any()
     assert isinstance(explainer, ExplainerName) and isinstance(output, OutputName)
     assert isinstance(mode, TargetModeName) and shap and lime and ig
@@ -177,7 +191,7 @@ def _bounded(value: int, low: int, high: int, field: str, v: _Violations) -> boo
     return True
 
 
-def _shap_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> ShapParams | None:
+def _shap_params(request: AnyExplainRequest, limits: Limits, v: _Violations) -> ShapParams | None:
     opts = request.shap
     ok = True
     max_evals = opts.max_evals if opts.HasField("max_evals") else ShapParams.max_evals
@@ -193,7 +207,7 @@ def _shap_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> 
     return ShapParams(max_evals=max_evals, fixed_context=fixed, batch_size=batch_size)
 
 
-def _lime_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> LimeParams | None:
+def _lime_params(request: AnyExplainRequest, limits: Limits, v: _Violations) -> LimeParams | None:
     opts = request.lime
     ok = True
     samples = opts.num_samples if opts.HasField("num_samples") else LimeParams.num_samples
@@ -206,7 +220,7 @@ def _lime_params(request: pb.ExplainRequest, limits: Limits, v: _Violations) -> 
 
 
 def _ig_params(
-    request: pb.ExplainRequest, limits: Limits, v: _Violations
+    request: AnyExplainRequest, limits: Limits, v: _Violations
 ) -> IntegratedGradientsParams | None:
     opts = request.integrated_gradients
     steps = opts.n_steps if opts.HasField("n_steps") else IntegratedGradientsParams.n_steps
@@ -215,7 +229,13 @@ def _ig_params(
     return IntegratedGradientsParams(n_steps=steps)
 
 
-def _check_total_rows(n_texts: int, per_text: int, limits: Limits, v: _Violations) -> None:
+def _check_total_rows(
+    n_texts: int, per_text: int, option: str, stream: bool, limits: Limits, v: _Violations
+) -> None:
+    if stream:  # each text of a stream has the per-request budget to itself
+        if per_text > limits.max_rows:
+            v.add(option, f"{per_text} model rows per text; at most {limits.max_rows} per text of a stream")
+        return
     total = n_texts * per_text
     if total > limits.max_rows:
         v.add(
@@ -241,6 +261,7 @@ SPECIAL_TOKEN_TEXT_BYTES = 32
 EXPLANATION_WIRE_BYTES = 256
 LABEL_WIRE_BYTES = 6  # a string's tag and length
 SCORE_WIRE_BYTES = 6 + 2 * (1 + VALUE_BYTES)  # a LabelScore's framing and its two doubles
+STREAM_INDEX_BYTES = 6  # ExplainStreamResponse.index: a tag and a 32-bit varint
 
 
 def explained_label_count(params: ExplainParams, labels: Sequence[str]) -> int:
@@ -259,24 +280,43 @@ def token_bound(text: str, max_tokens: int) -> int:
     return min(max_tokens, len(text.encode("utf-8")) + SPECIAL_TOKENS)
 
 
+@dataclass(frozen=True)
+class _ReplyBound:
+    """The parts of the reply bound: a message's header, each text's fixed part and each
+    token's part."""
+
+    header: int
+    per_text: int
+    per_token: int
+    max_tokens: int
+
+    @classmethod
+    def of(cls, params: ExplainParams, labels: Sequence[str], max_tokens: int) -> _ReplyBound:
+        explained = explained_label_count(params, labels)
+        label_names = sum(len(label.encode("utf-8")) + LABEL_WIRE_BYTES for label in labels)
+        per_text = (
+            EXPLANATION_WIRE_BYTES
+            + 3 * label_names  # the explained labels, the prediction's label and its scores' labels
+            + len(labels) * SCORE_WIRE_BYTES
+            + 3 * explained * VALUE_BYTES  # base_values, output_values, convergence_delta
+            + SPECIAL_TOKENS * SPECIAL_TOKEN_TEXT_BYTES
+        )
+        per_token = TOKEN_WIRE_BYTES + explained * VALUE_BYTES
+        header = 2 * LABEL_WIRE_BYTES + len(params.model.encode("utf-8"))
+        return cls(header, per_text, per_token, max_tokens)
+
+    def text(self, text: str) -> int:
+        """One text's explanation: its tokens (at most `token_bound`) and their texts (slices
+        of the text, so at most its UTF-8 bytes) and its fixed part."""
+        return self.per_text + token_bound(text, self.max_tokens) * self.per_token + len(text.encode("utf-8"))
+
+
 def reply_bytes_bound(params: ExplainParams, labels: Sequence[str], max_tokens: int) -> int:
     """An upper bound of the serialized ExplainResponse: per text, its tokens × (a Token's
     framing + one value per explained label), the tokens' texts (slices of the text, so at
     most its UTF-8 bytes) and the per-explanation parts that grow with the labels."""
-    explained = explained_label_count(params, labels)
-    label_names = sum(len(label.encode("utf-8")) + LABEL_WIRE_BYTES for label in labels)
-    per_text = (
-        EXPLANATION_WIRE_BYTES
-        + 3 * label_names  # the explained labels, the prediction's label and its scores' labels
-        + len(labels) * SCORE_WIRE_BYTES
-        + 3 * explained * VALUE_BYTES  # base_values, output_values, convergence_delta
-        + SPECIAL_TOKENS * SPECIAL_TOKEN_TEXT_BYTES
-    )
-    per_token = TOKEN_WIRE_BYTES + explained * VALUE_BYTES
-    total = 2 * LABEL_WIRE_BYTES + len(params.model.encode("utf-8"))
-    for text in params.texts:
-        total += per_text + token_bound(text, max_tokens) * per_token + len(text.encode("utf-8"))
-    return total
+    bound = _ReplyBound.of(params, labels, max_tokens)
+    return bound.header + sum(bound.text(text) for text in params.texts)
 
 
 def check_reply_size(
@@ -302,6 +342,26 @@ def check_reply_size(
     )
 
 
+def check_stream_reply_sizes(
+    params: ExplainParams, labels: Sequence[str], max_tokens: int, limits: Limits
+) -> None:
+    """The same refusal for an ExplainStream, where each text's explanation is a message of
+    its own: every text whose message could exceed the limit is named (`texts[12]`)."""
+    bound = _ReplyBound.of(params, labels, max_tokens)
+    header = bound.header + STREAM_INDEX_BYTES
+    v = _Violations()
+    for i, text in enumerate(params.texts):
+        size = header + bound.text(text)
+        if size > limits.max_message_bytes:
+            v.add(
+                f"texts[{i}]",
+                f"its explanation could reach {size} bytes, more than the server's message limit "
+                f"of {limits.max_message_bytes} bytes (--max-message-bytes); send a shorter text "
+                "or explain fewer labels",
+            )
+    v.raise_if_any()
+
+
 def check_reply_sent(size: int, limits: Limits) -> None:
     """The backstop after the work: a reply the transport would refuse to send becomes a
     clear RESOURCE_EXHAUSTED (not a failed send and a traceback in the log)."""
@@ -311,3 +371,33 @@ def check_reply_sent(size: int, limits: Limits) -> None:
             f"{limits.max_message_bytes} bytes (--max-message-bytes); send fewer or shorter "
             "texts, or explain fewer labels"
         )
+
+
+# ---- ExplainProgressive -------------------------------------------------------------------
+DEFAULT_INTERVAL_MS = 100
+MIN_INTERVAL_MS = 0  # 0: after every round (a slow reader still gets only the newest)
+MAX_INTERVAL_MS = 60_000
+
+
+def progressive_params(request: pb.ExplainProgressiveRequest, limits: Limits) -> tuple[ExplainParams, float]:
+    """Validate an ExplainProgressiveRequest as the one-text SHAP Explain it is, with its
+    own field names (`text`, not `texts[0]`); returns the parameters and the interval in s."""
+    single = pb.ExplainRequest(
+        model=request.model,
+        texts=[request.text],
+        explainer=pb.EXPLAINER_KIND_SHAP_PARTITION,
+        output=request.output,
+        target_mode=request.target_mode,
+        target_labels=request.target_labels,
+        shap=request.shap,
+    )
+    v = _Violations()
+    interval = request.interval_ms if request.HasField("interval_ms") else DEFAULT_INTERVAL_MS
+    _bounded(interval, MIN_INTERVAL_MS, MAX_INTERVAL_MS, "interval_ms", v)
+    try:
+        params = explain_params(single, limits)
+    except InvalidArgument as exc:
+        renamed = [("text" if f in ("texts", "texts[0]") else f, d) for f, d in exc.violations]
+        raise InvalidArgument(renamed + v.items) from None
+    v.raise_if_any()
+    return params, interval / 1000.0

@@ -1,0 +1,822 @@
+"""Explanations of a whole corpus, kept on disk as they arrive.
+
+`explain_corpus` sends the texts through `Client.explain_stream` a chunk at a time and
+appends each explanation to DIR/explanations.jsonl the moment it arrives: one JSON object
+per row and explainer, `{"row", "explainer", "label", "explanation"}`, the explanation
+written by `explanation_to_dict`, which `explanation_from_dict` reads back exactly. Nothing
+is held beyond the chunk in flight, so memory does not grow with the corpus, and a run that
+stops (a crash, Ctrl-C, a deadline) loses at most the rows in flight.
+
+Running it again on the same DIR resumes: every (row, explainer) already in the file is
+skipped. Before that, the run's settings recorded in DIR/run.json (the model, its weights'
+digest, the explainers, the explain options) must equal the new call's, and each row must
+have the text and true label it was explained with (a digest per row), else the call is
+refused: mixing two runs in one report would be silently wrong. A line half-written when a
+process died (the last one, without its newline) is cut off and its row redone.
+
+At the end `corpus_report.write_report` reads the file back, a record at a time, to write
+the word statistics, the charts, the table of rows, the explainers' ranking and report.html.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+import time
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+import numpy as np
+
+from ._client import Client
+from ._core import EXPLAIN_OPTIONS, USE_CLIENT_DEFAULT
+from ._exceptions import InvalidArgumentError
+from ._types import EXPLAINER_ALIASES, EXPLAINER_KINDS, Explanation, Faithfulness, ModelInfo, Prediction
+from .aggregate import Aggregate
+from .evaluation import EvalCSV, _read, model_info
+
+try:  # advisory lock: two runs appending to one file would interleave their rows
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+FORMAT = "whybert-corpus/1"
+RECORDS = "explanations.jsonl"
+RUN = "run.json"
+DEFAULT_CHUNK = 64  # texts per stream: a few seconds to minutes of work, the server's default per-request limit
+DEFAULT_REPORT_ROWS = 2000
+SETTINGS_KEYS = ("format", "model", "weights_sha256", "explainers", "options")
+_STREAM_LIMIT = re.compile(r"at most (\d+) per stream")
+_ROW_FIELD = re.compile(r"texts\[(\d+)\]")
+
+
+# ---- one explanation as JSON, and back ------------------------------------------------------
+
+
+def _json_float(value: float) -> float | str:
+    """A float JSON can hold: finite ones as themselves (Python writes the shortest repr,
+    which reads back to the same double); NaN and ±inf as protobuf's JSON mapping writes
+    them, as strings, so any JSON reader takes the file."""
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _json_array(array: np.ndarray) -> list[Any]:
+    a = np.asarray(array, dtype=np.float64)
+    if np.isfinite(a).all():
+        return list(a.tolist())
+    return [_json_array(v) if a.ndim > 1 else _json_float(v) for v in a]
+
+
+def _array(values: Sequence[Any], columns: int | None = None) -> np.ndarray:
+    """float64 from `_json_array`'s lists ("NaN"/"Infinity" strings included); an empty
+    matrix gets its `columns` back (JSON's `[]` has no shape)."""
+    a = np.asarray(values, dtype=np.float64)
+    if columns is not None and a.ndim != 2:
+        a = a.reshape(0, columns)
+    return a
+
+
+def _json_scores(scores: Mapping[str, float]) -> dict[str, float | str]:
+    return {label: _json_float(v) for label, v in scores.items()}
+
+
+def explanation_to_dict(e: Explanation) -> dict[str, Any]:
+    """Every field of the explanation as plain JSON values; `explanation_from_dict` gives
+    back an equal explanation (arrays as float64, NaN and ±inf included)."""
+    p = e.prediction
+    return {
+        "text": e.text,
+        "tokens": list(e.tokens),
+        "offsets": [[int(s), int(t)] for s, t in e.offsets],
+        "special": [bool(s) for s in e.special],
+        "values": _json_array(e.values),
+        "base_values": _json_array(e.base_values),
+        "output_values": _json_array(e.output_values),
+        "labels": list(e.labels),
+        "prediction": {
+            "label": p.label,
+            "scores": _json_scores(p.scores),
+            "logits": _json_scores(p.logits),
+            "truncated": p.truncated,
+            "token_count": p.token_count,
+        },
+        "explainer": e.explainer,
+        "output": e.output,
+        "additivity_error": _json_float(e.additivity_error),
+        "model_rows": e.model_rows,
+        "queue_seconds": _json_float(e.queue_seconds),
+        "compute_seconds": _json_float(e.compute_seconds),
+        "cached": e.cached,
+        "convergence_delta": None if e.convergence_delta is None else _json_array(e.convergence_delta),
+        "faithfulness": None
+        if e.faithfulness is None
+        else {
+            "comprehensiveness": _json_float(e.faithfulness.comprehensiveness),
+            "sufficiency": _json_float(e.faithfulness.sufficiency),
+        },
+        "truncated": e.truncated,
+        "explained_chars": e.explained_chars,
+    }
+
+
+def explanation_from_dict(data: Mapping[str, Any]) -> Explanation:
+    """The explanation `explanation_to_dict` wrote."""
+    try:
+        p = data["prediction"]
+        faith = data["faithfulness"]
+        delta = data["convergence_delta"]
+        return Explanation(
+            text=data["text"],
+            tokens=list(data["tokens"]),
+            offsets=[(int(s), int(t)) for s, t in data["offsets"]],
+            special=[bool(s) for s in data["special"]],
+            values=_array(data["values"], columns=len(data["labels"])),
+            base_values=_array(data["base_values"]),
+            output_values=_array(data["output_values"]),
+            labels=list(data["labels"]),
+            prediction=Prediction(
+                label=p["label"],
+                scores={k: float(v) for k, v in p["scores"].items()},
+                logits={k: float(v) for k, v in p["logits"].items()},
+                truncated=bool(p["truncated"]),
+                token_count=int(p["token_count"]),
+            ),
+            explainer=data["explainer"],
+            output=data["output"],
+            additivity_error=float(data["additivity_error"]),
+            model_rows=int(data["model_rows"]),
+            queue_seconds=float(data["queue_seconds"]),
+            compute_seconds=float(data["compute_seconds"]),
+            cached=bool(data["cached"]),
+            convergence_delta=None if delta is None else _array(delta),
+            faithfulness=None
+            if faith is None
+            else Faithfulness(float(faith["comprehensiveness"]), float(faith["sufficiency"])),
+            truncated=bool(data["truncated"]),
+            explained_chars=int(data["explained_chars"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not an explanation written by explanation_to_dict: {exc!r}") from exc
+
+
+# ---- the records: explanations.jsonl -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of explanations.jsonl: a row's explanation by one explainer."""
+
+    row: int  # data rows counted from 1, as `whybert evaluate` counts them
+    explainer: str
+    label: str | None  # the row's true label, when the data has one
+    explanation: Explanation
+
+
+def record_line(record: Record) -> str:
+    """The record as one line of JSON (UTF-8 text, its newline included)."""
+    item = {
+        "row": record.row,
+        "explainer": record.explainer,
+        "label": record.label,
+        "explanation": explanation_to_dict(record.explanation),
+    }
+    return json.dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def parse_record(line: str | bytes) -> Record:
+    """The record of one line `record_line` wrote."""
+    return _record(json.loads(line))
+
+
+def _record(item: Mapping[str, Any]) -> Record:
+    return Record(item["row"], item["explainer"], item["label"], explanation_from_dict(item["explanation"]))
+
+
+def row_digest(text: str, label: str | None) -> str:
+    """What a resumed run checks a row against: its text and true label, as explained."""
+    return hashlib.blake2b(json.dumps([text, label]).encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class Done:
+    """What explanations.jsonl holds already (read by `scan`)."""
+
+    rows: dict[str, set[int]] = field(default_factory=dict)  # explainer -> rows explained
+    digests: dict[int, str] = field(default_factory=dict)  # row -> row_digest of its text and label
+    records: int = 0
+    dropped_tail: bool = False  # a half-written last line was cut off
+
+    @property
+    def last_row(self) -> int:
+        return max(self.digests, default=0)
+
+    def has(self, row: int, explainer: str) -> bool:
+        return row in self.rows.get(explainer, ())
+
+
+def scan(path: str | os.PathLike[str], explainers: Sequence[str] | None = None) -> Done:
+    """Read what a records file holds, and cut off a last line that a stopped process left
+    half-written (one without its newline), so that its row is redone. Any other line that
+    is not a record, a record of an explainer outside `explainers`, a (row, explainer) seen
+    twice, or two texts for one row mean the file is not what this module wrote: refused."""
+    path = Path(path)
+    done = Done()
+    good = 0  # bytes up to the end of the last whole line
+    with path.open("r+b") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                done.dropped_tail = True
+                break
+            try:
+                item = json.loads(line)
+                row, explainer, label = item["row"], item["explainer"], item["label"]
+                text = item["explanation"]["text"]
+                if not (isinstance(row, int) and row >= 1 and isinstance(explainer, str) and isinstance(text, str)):
+                    raise ValueError("row, explainer or text of the wrong type")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{path}: line {number} is not an explanation record ({exc}); "
+                    "it was not written by whybert: restart=True (--restart) starts the run over"
+                ) from exc
+            if explainers is not None and explainer not in explainers:
+                raise ValueError(f"{path}: line {number} is of explainer {explainer!r}, not of this run's")
+            rows = done.rows.setdefault(explainer, set())
+            if row in rows:
+                raise ValueError(f"{path}: row {row} of {explainer} is there twice (line {number})")
+            digest = row_digest(text, label)
+            if done.digests.setdefault(row, digest) != digest:
+                raise ValueError(f"{path}: row {row} holds two different texts or labels (line {number})")
+            rows.add(row)
+            done.records += 1
+            good += len(line)
+        if done.dropped_tail:
+            f.truncate(good)
+    return done
+
+
+def _normal_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The explain options as run.json records them: those that change nothing (None, False,
+    targets "predicted") left out, so equal requests give equal settings."""
+    unknown = sorted(set(options) - set(EXPLAIN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown explain option(s): {', '.join(unknown)}; known: {', '.join(EXPLAIN_OPTIONS)}")
+    out: dict[str, Any] = {}
+    for name in sorted(options):
+        value = options[name]
+        if value is None or value is False or (name == "targets" and value == "predicted"):
+            continue
+        if name == "targets" and not isinstance(value, str):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def _explainer_name(name: str) -> str:
+    canonical = EXPLAINER_ALIASES.get(name, name)
+    if canonical not in EXPLAINER_KINDS:
+        known = ", ".join([*EXPLAINER_KINDS, *EXPLAINER_ALIASES])
+        raise ValueError(f"unknown explainer {name!r}; known: {known}")
+    return canonical
+
+
+class CorpusStore:
+    """A run's directory: run.json (its settings) and explanations.jsonl (its records),
+    appended to a line at a time, and read back a record at a time."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(out_dir)
+        self.records_path = self.dir / RECORDS
+        self.run_path = self.dir / RUN
+        self._file: IO[str] | None = None
+        self._lock_file: IO[str] | None = None
+
+    def settings(self) -> dict[str, Any] | None:
+        """What run.json recorded, or None for a directory without a run."""
+        if not self.run_path.exists():
+            return None
+        try:
+            recorded = json.loads(self.run_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{self.run_path} is not a run's settings ({exc}); restart=True (--restart) "
+                             "starts the run over") from exc
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{self.run_path} is not a run's settings; restart=True (--restart) starts over")
+        return recorded
+
+    def open(
+        self, settings: Mapping[str, Any], *, restart: bool = False, extra: Mapping[str, Any] | None = None
+    ) -> Done:
+        """Start or resume the run of `settings` (the keys of SETTINGS_KEYS; `extra` is
+        recorded beside them, for people, and not checked), and say what is done already."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            if restart:
+                self._clear()
+            recorded = self.settings()
+            if recorded is None:
+                if self.records_path.exists() and self.records_path.stat().st_size:
+                    raise ValueError(
+                        f"{self.records_path} exists but {self.run_path} does not: it is not a run this "
+                        "module can resume; restart=True (--restart) starts over, or choose another directory"
+                    )
+                self._write_settings({**settings, **(extra or {})})
+                self.records_path.write_bytes(b"")
+                done = Done()
+            else:
+                differences = settings_differences(recorded, settings)
+                if differences:
+                    raise ValueError(
+                        f"{self.dir} holds a run with other settings ({'; '.join(differences)}): give the "
+                        "same ones to resume it, restart=True (--restart) to discard it, or choose another "
+                        "directory"
+                    )
+                if not self.records_path.exists():
+                    self.records_path.write_bytes(b"")
+                done = scan(self.records_path, list(settings["explainers"]))
+        except BaseException:
+            self.close()
+            raise
+        self._file = self.records_path.open("a", encoding="utf-8")
+        return done
+
+    def _lock(self) -> None:
+        """Hold the directory's lock (DIR/.lock) for as long as this store is open: a second
+        run on the same directory is refused instead of appending rows between this one's."""
+        lock_path = self.dir / ".lock"
+        self._lock_file = lock_path.open("a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                self._lock_file.close()
+                self._lock_file = None
+                raise ValueError(f"another run is writing to {self.dir} right now") from exc
+
+    def _write_settings(self, settings: Mapping[str, Any]) -> None:
+        partial = self.run_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        partial.replace(self.run_path)  # whole or not at all
+
+    def _clear(self) -> None:
+        """Remove the files of a run (this module's names only: the directory may hold others)."""
+        for path in [self.records_path, self.run_path, *_written_files(self.dir)]:
+            path.unlink(missing_ok=True)
+
+    def append(self, record: Record) -> None:
+        """Write one record, flushed to the OS at once: a process that dies loses none
+        already returned from here."""
+        if self._file is None:
+            raise ValueError("the store is not open")
+        self._file.write(record_line(record))
+        self._file.flush()
+
+    def sync(self) -> None:
+        """Push the records to the disk (a chunk's worth at a time)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
+
+    def records(self, explainer: str | None = None) -> Iterator[Record]:
+        """The records in file order (arrival order, not row order), one at a time; those
+        of one explainer only when named."""
+        with self.records_path.open("rb") as f:
+            for line in f:
+                item = json.loads(line)
+                if explainer is None or item["explainer"] == explainer:
+                    yield _record(item)
+
+    def index(self) -> dict[str, array[int]]:
+        """Where each record starts in the file, per explainer, indexed by row (-1: none):
+        8 bytes per row, so the report can read the records in row order, whatever order
+        they arrived in, without holding them."""
+        index: dict[str, array[int]] = {}
+        with self.records_path.open("rb") as f:
+            at = 0
+            for line in f:
+                head = _HEAD.match(line)
+                row, explainer = (int(head[1]), head[2].decode()) if head else _row_and_explainer(line)
+                offsets = index.setdefault(explainer, array("q"))
+                if len(offsets) <= row:
+                    offsets.extend([-1] * (row + 1 - len(offsets)))
+                offsets[row] = at
+                at += len(line)
+        return index
+
+    def by_row(self, index: Mapping[str, array[int]], explainers: Sequence[str]) -> Iterator[dict[str, Record]]:
+        """Each row's records of `explainers` (those it has), in row order (see `index`)."""
+        last = max((len(index[x]) for x in explainers if x in index), default=0)
+        with self.records_path.open("rb") as f:
+            for row in range(1, last):
+                have: dict[str, Record] = {}
+                for x in explainers:
+                    offsets = index.get(x)
+                    if offsets is not None and row < len(offsets) and offsets[row] >= 0:
+                        f.seek(offsets[row])
+                        have[x] = parse_record(f.readline())
+                if have:
+                    yield have
+
+
+# `record_line` writes these two keys first; other writers' lines are parsed whole.
+_HEAD = re.compile(rb'\{"row":(\d+),"explainer":"([a-z-]+)"')
+
+
+def _row_and_explainer(line: bytes) -> tuple[int, str]:
+    item = json.loads(line)
+    return int(item["row"]), str(item["explainer"])
+
+
+def settings_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Each setting that differs, as `name: recorded there, wanted now`."""
+    return [
+        f"{key}: {json.dumps(recorded.get(key))} there, {json.dumps(wanted.get(key))} now"
+        for key in SETTINGS_KEYS
+        if recorded.get(key) != json.loads(json.dumps(wanted.get(key)))
+    ]
+
+
+def _written_files(out: Path) -> list[Path]:
+    """The report's files in a run's directory (see corpus_report)."""
+    names = ["words.json", "words.csv", "rows.csv", "explainers.json", "report.html", "confidence.png"]
+    return [out / n for n in names] + sorted(out.glob("words_*.png")) + sorted(out.glob("words.*.json")) + sorted(
+        out.glob("words.*.csv")
+    )
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusResult:
+    """What `explain_corpus` did and wrote."""
+
+    out_dir: Path
+    model: str
+    explainers: list[str]  # the first one's explanations make the words, charts and table
+    rows: int
+    explained: int  # explanations made by this call
+    resumed: int  # explanations found in out_dir and kept
+    seconds: float
+    words: Aggregate  # the first explainer's word statistics, as in words.json
+    accuracy: float | None  # of the predictions, when the rows have true labels
+    ranking: dict[str, Any] | None  # explainers.json, when several explainers were compared
+    shown_rows: int  # rows whose explanations report.html shows (the first ones)
+    files: list[Path]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "model": self.model,
+            "explainers": self.explainers,
+            "rows": self.rows,
+            "explained": self.explained,
+            "resumed": self.resumed,
+            "seconds": round(self.seconds, 3),
+            "accuracy": self.accuracy,
+            "shown_rows": self.shown_rows,
+            "files": [str(p) for p in self.files],
+            "ranking": self.ranking,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.summary(), indent=indent)
+
+
+def explain_corpus(
+    client: Client,
+    texts: Iterable[str],
+    labels: Iterable[str] | None = None,
+    *,
+    out_dir: str | os.PathLike[str],
+    model: str | None = None,
+    explainer: str = "shap-partition",
+    compare_explainers: Sequence[str] | None = None,
+    restart: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    report_rows: int = DEFAULT_REPORT_ROWS,
+    agreement_k: int = 5,
+    charts: bool = True,
+    progress: bool | TextIO = False,
+    total: int | None = None,
+    timeout: Any = USE_CLIENT_DEFAULT,
+    source: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> CorpusResult:
+    """Explain every text into `out_dir` (explanations.jsonl, resumable: see the module's
+    docstring) and write the corpus's report there: words.json and words.csv (the word
+    statistics of `whybert.aggregate`, lower-cased), bar charts of the top words by each
+    measure and a scatter of confidence against the largest attribution (with `charts`,
+    which needs matplotlib), rows.csv and report.html.
+
+    `labels` (the true labels, names of the model's labels) add correctness to the table and
+    the scatter. `compare_explainers` (two or more names) explains each text with each, with
+    `faithfulness=True`, and ranks them (explainers.json). `options` are those of
+    `Client.explain`. Texts are read lazily, `chunk_size` per stream; `timeout` is per text
+    (a stream of k texts gets k times it). `progress` shows a tqdm bar with an ETA (the
+    total: `total`, or len(texts)) when tqdm is installed.
+    """
+    if total is None and isinstance(texts, Sized):
+        total = len(texts)
+    info = model_info(client, model, timeout)
+    rows: Iterable[tuple[str, str | None]] = (
+        ((t, None) for t in texts) if labels is None else _pairs(texts, labels)
+    )
+    return explain_corpus_rows(
+        client, info, rows, out_dir=out_dir, explainer=explainer, compare_explainers=compare_explainers,
+        restart=restart, chunk_size=chunk_size, report_rows=report_rows, agreement_k=agreement_k, charts=charts,
+        progress=progress, total=total, timeout=timeout, source=source, **options,
+    )
+
+
+def _pairs(texts: Iterable[str], labels: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+    """zip(texts, labels, strict=True), saying which is short in words."""
+    labels_iter = iter(labels)
+    for n, text in enumerate(texts, start=1):
+        label = next(labels_iter, None)
+        if label is None:
+            raise ValueError(f"fewer labels than texts: none for row {n}")
+        yield text, label
+    if next(labels_iter, None) is not None:
+        raise ValueError("more labels than texts")
+
+
+def explain_corpus_rows(
+    client: Client,
+    info: ModelInfo,
+    rows: Iterable[tuple[str, str | None]],
+    *,
+    out_dir: str | os.PathLike[str],
+    explainer: str = "shap-partition",
+    compare_explainers: Sequence[str] | None = None,
+    restart: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    report_rows: int = DEFAULT_REPORT_ROWS,
+    agreement_k: int = 5,
+    charts: bool = True,
+    progress: bool | TextIO = False,
+    total: int | None = None,
+    timeout: Any = USE_CLIENT_DEFAULT,
+    source: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> CorpusResult:
+    """`explain_corpus` on (text, true label or None) pairs, for a model already looked up."""
+    from .corpus_report import write_report
+
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    if report_rows < 0:
+        raise ValueError("report_rows must be at least 0")
+    if charts and importlib.util.find_spec("matplotlib") is None:  # say so now, not after hours of work
+        raise ImportError('the charts need matplotlib, which is not installed: pip install "whybert[evaluate]", '
+                          "or charts=False")
+    if compare_explainers is not None:
+        explainers = list(dict.fromkeys(_explainer_name(x) for x in compare_explainers))
+        if len(explainers) < 2:
+            raise ValueError("compare_explainers needs at least two different explainers")
+        options = {**options, "faithfulness": True}
+    else:
+        explainers = [_explainer_name(explainer)]
+    normal = _normal_options(options)
+    settings = {
+        "format": FORMAT,
+        "model": info.name,
+        "weights_sha256": info.weights_sha256,
+        "explainers": explainers,
+        "options": normal,
+    }
+    store = CorpusStore(out_dir)
+    done = store.open(settings, restart=restart, extra={"source": dict(source or {})})
+    began = time.perf_counter()
+    try:
+        if total is not None and done.last_row > total:
+            raise _shrunk(store.dir, done.last_row, total)
+        run = _Run(client, info, store, explainers, options, chunk_size, timeout)
+        bar = _progress_bar(progress, None if total is None else total * len(explainers), done.records)
+        run.bar = bar
+        try:
+            n = run.all(_checked_rows(rows, info), done)
+        finally:
+            if bar is not None:
+                bar.close()
+        if n == 0:
+            raise ValueError("no rows to explain")
+        if done.last_row > n:
+            raise _shrunk(store.dir, done.last_row, n)
+    finally:
+        store.close()
+    seconds = time.perf_counter() - began
+    report = write_report(
+        store, model=info.name, explainers=explainers, rows=n, report_rows=report_rows,
+        agreement_k=agreement_k, charts=charts,
+    )
+    return CorpusResult(
+        out_dir=store.dir,
+        model=info.name,
+        explainers=explainers,
+        rows=n,
+        explained=run.explained,
+        resumed=done.records,
+        seconds=seconds,
+        words=report.words,
+        accuracy=report.accuracy,
+        ranking=report.ranking,
+        shown_rows=report.shown_rows,
+        files=[store.run_path, store.records_path, *report.files],
+    )
+
+
+def _shrunk(out: Path, last: int, rows: int) -> ValueError:
+    return ValueError(
+        f"{out} holds explanations up to row {last} but the data has {rows} rows: it is not the data of "
+        "that run; restart=True (--restart) starts over, or choose another directory"
+    )
+
+
+def _checked_rows(rows: Iterable[tuple[str, str | None]], info: ModelInfo) -> Iterator[tuple[str, str | None]]:
+    """The rows, checked as they are read: an empty text (the server refuses it) or a label
+    the model does not have (nothing could be right) stops the run naming its row."""
+    for n, (text, label) in enumerate(rows, start=1):
+        if not text.strip():
+            raise ValueError(f"row {n}: the text is empty")
+        if label is not None and label not in info.labels:
+            raise ValueError(
+                f"row {n}: label {label!r} is not a label of model {info.name!r} ({', '.join(info.labels)})"
+            )
+        yield text, label
+
+
+@dataclass
+class _Todo:
+    row: int
+    text: str
+    label: str | None
+    explainers: list[str]  # those still to explain it
+
+
+class _Run:
+    """The chunks of one call: rows not yet done, `chunk_size` at a time, each explainer's
+    stream in turn, each explanation written as it arrives."""
+
+    def __init__(
+        self, client: Client, info: ModelInfo, store: CorpusStore, explainers: list[str],
+        options: Mapping[str, Any], chunk_size: int, timeout: Any,
+    ) -> None:
+        self.client = client
+        self.info = info
+        self.store = store
+        self.explainers = explainers
+        self.options = dict(options)
+        self.chunk_size = chunk_size
+        self.timeout = timeout
+        self.explained = 0
+        self.bar: Any = None
+
+    def all(self, rows: Iterable[tuple[str, str | None]], done: Done) -> int:
+        """Explain what `done` lacks; the number of rows read."""
+        chunk: list[_Todo] = []
+        n = 0
+        for n, (text, label) in enumerate(rows, start=1):
+            recorded = done.digests.get(n)
+            if recorded is not None and recorded != row_digest(text, label):
+                raise ValueError(
+                    f"row {n}'s text or true label is not the one explained in {self.store.dir}: the data "
+                    "changed; restart=True (--restart) starts over, or choose another directory"
+                )
+            missing = [x for x in self.explainers if not done.has(n, x)]
+            if missing:
+                chunk.append(_Todo(n, text, label, missing))
+            if len(chunk) >= self.chunk_size:
+                self.chunk(chunk)
+                chunk = []
+        if chunk:
+            self.chunk(chunk)
+        return n
+
+    def chunk(self, chunk: list[_Todo]) -> None:
+        for explainer in self.explainers:
+            todo = [t for t in chunk if explainer in t.explainers]
+            while todo:
+                part = todo[: self.chunk_size]
+                try:
+                    self.stream(explainer, part)
+                except _StreamLimit as exc:  # the server takes fewer texts per stream
+                    if exc.limit >= len(part):
+                        raise ValueError(str(exc)) from None
+                    self.chunk_size = exc.limit
+                    continue
+                todo = todo[len(part) :]
+        self.store.sync()
+
+    def stream(self, explainer: str, part: list[_Todo]) -> None:
+        timeout = self.timeout
+        per_text = self.client.timeout if timeout is USE_CLIENT_DEFAULT else timeout
+        stream = self.client.explain_stream(
+            [t.text for t in part], model=self.info.name, explainer=explainer,
+            timeout=None if per_text is None else per_text * len(part), **self.options,
+        )
+        try:
+            for i, e in stream:
+                todo = part[i]
+                self.store.append(Record(todo.row, explainer, todo.label, e))
+                self.explained += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+        except InvalidArgumentError as exc:
+            raise _refusal(exc, part) from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # cancels the call if it is still going
+
+
+class _StreamLimit(ValueError):
+    def __init__(self, limit: int, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def _refusal(exc: InvalidArgumentError, part: list[_Todo]) -> ValueError:
+    """The server's complaints, about `texts[i]` of a stream, naming the data row."""
+    problems = []
+    for name, description in exc.field_violations:
+        if name == "texts" and (limit := _STREAM_LIMIT.search(description)):
+            return _StreamLimit(int(limit.group(1)), description)
+        at = _ROW_FIELD.fullmatch(name)
+        problems.append(f"row {part[int(at.group(1))].row}: {description}" if at else f"{name}: {description}")
+    return ValueError("the server refused the request: " + "; ".join(problems or [exc.message]))
+
+
+def _progress_bar(progress: bool | TextIO, total: int | None, initial: int) -> Any:
+    """A tqdm bar counting explanations (those on disk already as its start), or None when
+    none is asked for or tqdm (an optional extra) is missing."""
+    if progress is False:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    stream = sys.stderr if progress is True else progress
+    return tqdm(
+        total=total, initial=initial, unit="explanation", desc="explain-corpus", file=stream, dynamic_ncols=True
+    )
+
+
+# ---- the CSV of `whybert explain-corpus` ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusCSV:
+    """A CSV of texts, with or without true labels, checked in one streaming pass before
+    anything is sent (as `whybert evaluate` checks its file: the columns, the labels, empty
+    texts); the pass counts the rows for the progress bar's ETA."""
+
+    path: Path
+    text_column: str
+    label_column: str | None
+    rows: int
+
+    @classmethod
+    def check(
+        cls, path: str | os.PathLike[str], text_column: str, label_column: str | None, model: ModelInfo
+    ) -> CorpusCSV:
+        path = Path(path)
+        if label_column:
+            checked = EvalCSV.check(path, text_column, label_column, model)
+            return cls(path, text_column, label_column, checked.rows)
+        empty: list[int] = []
+        n = 0
+        for n, (text, _) in enumerate(_read(path, text_column, text_column), start=1):
+            if not text.strip():
+                empty.append(n)
+        if n == 0:
+            raise ValueError(f"{path}: no rows under the header")
+        if empty:
+            shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            raise ValueError(f"{path}: empty text in row(s) {shown}")
+        return cls(path, text_column, None, n)
+
+    def __iter__(self) -> Iterator[tuple[str, str | None]]:
+        if self.label_column:
+            return iter(_read(self.path, self.text_column, self.label_column))
+        # evaluate's reader wants a label column; the text column stands in for it, unused.
+        return ((text, None) for text, _ in _read(self.path, self.text_column, self.text_column))
