@@ -1,21 +1,28 @@
-"""Test helpers: a whybert server on its own thread and event loop, and a classifier whose
-forward pass can be held, counted and made to fail on demand.
+"""Test helpers: settings for a server of the tiny model, a whybert server on its own thread
+and event loop (or on the test's loop), and a classifier whose forward pass can be held,
+counted and made to fail on demand.
 
 A server on its own thread lets plain (sync) tests and module-scoped fixtures share one
 server, and keeps the callers' load off the server's event loop, as in production.
+Every layer imports these from `_servers` (tests/ is on sys.path: `pythonpath` in
+pyproject.toml), never from conftest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import torch
+from _wait import wait_for
 from whybert_service.batching.worker import ModelWorker, WorkerCrash
 from whybert_service.compose import ModelLoader, serve_classifier, worker_config
 from whybert_service.context import RequestContext
@@ -26,6 +33,39 @@ from whybert_service.registry import ModelRegistry
 from whybert_service.settings import ServerSettings
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_settings(model_dir: Path | None, **overrides: object) -> ServerSettings:
+    """Settings of a loopback server (free ports) serving the tiny model as 'tiny'."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "model": (f"tiny={model_dir}",),
+        "no_builtin_model": True,
+        "device": "cpu",
+        "max_batch_delay_ms": 2.0,
+    }
+    values.update(overrides)
+    return ServerSettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: ServerSettings) -> AsyncIterator[WhybertServer]:
+    """A started in-process whybert server on this event loop, stopped afterwards."""
+    server = WhybertServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
 
 
 class FaultyClassifier(Classifier):
@@ -87,7 +127,7 @@ class FaultyClassifier(Classifier):
         if not self._open.wait(timeout=30):
             raise RuntimeError("the test never released the held forward pass")
         if self.delay:
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # the fault under test: a slow device
         with self._lock:
             if self.crash_after is not None:
                 self.crashes += self.crash_after == 0
@@ -187,16 +227,6 @@ def health(channel: grpc.Channel, timeout: float = 5.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.01) -> bool:
-    """Poll until `predicate()` holds; False if it never did within `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def hold_worker_thread(worker: ModelWorker) -> threading.Event:
     """Keep the worker's thread busy (the model is taken) until the returned event is set."""
     release = threading.Event()
@@ -215,9 +245,12 @@ __all__ = [
     "OOM_MESSAGE",
     "FaultyClassifier",
     "ServerThread",
+    "free_port",
     "health",
     "hold_worker_thread",
     "reference_probabilities",
     "registry_factory",
-    "wait_for",
+    "running",
+    "tiny_settings",
+    "wait_for",  # re-exported from _wait, where it lives
 ]

@@ -1,12 +1,24 @@
-"""Shared fixtures: a tiny random-weight BERT with the real MiniLM tokenizer, and a
-running in-process server that serves it."""
+"""Shared fixtures of every layer: a tiny random-weight BERT with the real MiniLM tokenizer,
+servers that serve it, and the libraries' reference explanations on it.
+
+The tests are layered by folder, and each test gets its folder's marker (registered in
+pyproject.toml), so `./scripts/test -m unit` runs one layer:
+
+- tests/unit/: no server, no subprocess, no network port; the whole folder in under 30 s.
+- tests/integration/: in-process servers on the tiny model (one per module where the
+  tests allow), and workers and explainers against a real worker.
+- tests/system/: `whybert serve` processes, Prometheus, Chromium, Node.js, buf, the
+  built-in `sentiment` model.
+
+Helpers are imported from their modules (tests/ is on sys.path), never from a conftest:
+`_servers` (settings, server threads, the faulty classifier), `_wait` (bounded polling),
+`_references` (shap, lime and Captum's own answers).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,12 +26,26 @@ import pytest
 import torch
 
 if TYPE_CHECKING:
+    from _references import CaptumReference, LimeReference, PlainModel, ShapReference
     from _servers import ServerThread
-    from whybert_service.grpc.server import WhybertServer
-    from whybert_service.settings import ServerSettings
+    from whybert_service.models.classifier import Classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its layer, read from its folder (tests/<layer>/...)."""
+    for item in items:
+        try:
+            layer = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 def make_tiny_bert(path: Path) -> Path:
@@ -59,73 +85,67 @@ def make_tiny_bert(path: Path) -> Path:
     return path
 
 
+# ---- the tiny model ---------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def tiny_classifier(tiny_model_dir: Path) -> Classifier:
     from whybert_service.models.loading import load_directory
 
     return load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# ---- the libraries' own answers on it (tests/_references.py) ----------------------------------
 
 
-def tiny_settings(model_dir: Path, **overrides: object):  # type: ignore[no-untyped-def]
-    from whybert_service.settings import ServerSettings
+@pytest.fixture(scope="session")
+def plain_model(tiny_model_dir: Path) -> PlainModel:
+    """The tiny model straight from transformers, no whybert code involved."""
+    from _references import PlainModel
 
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "metrics_port": 0,
-        "model": (f"tiny={model_dir}",),
-        "no_builtin_model": True,
-        "device": "cpu",
-        "max_batch_delay_ms": 2.0,
-    }
-    values.update(overrides)
-    return ServerSettings(**values)  # type: ignore[arg-type]
+    return PlainModel.from_directory(tiny_model_dir)
 
 
-@contextlib.asynccontextmanager
-async def running(settings: ServerSettings) -> AsyncIterator[WhybertServer]:
-    """A started in-process whybert server on this event loop, stopped afterwards."""
-    from whybert_service.grpc.server import WhybertServer
+@pytest.fixture(scope="session")
+def shap_reference(plain_model: PlainModel) -> ShapReference:
+    from _references import ShapReference
 
-    server = WhybertServer(settings)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0)
+    return ShapReference(plain_model)
 
 
-@pytest.fixture
-async def tiny_server(tiny_model_dir: Path) -> AsyncIterator[object]:
-    """A whybert server on a free loopback port serving the tiny model as 'tiny'."""
-    async with running(tiny_settings(tiny_model_dir)) as server:
-        yield server
+@pytest.fixture(scope="session")
+def lime_reference(plain_model: PlainModel) -> LimeReference:
+    from _references import LimeReference
+
+    return LimeReference(plain_model)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def captum_reference(plain_model: PlainModel) -> CaptumReference:
+    from _references import CaptumReference
+
+    return CaptumReference(plain_model)
+
+
+# ---- servers of it ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
 def threaded_server(tiny_model_dir: Path) -> Iterator[ServerThread]:
-    """A whybert server serving the tiny model on its own thread, for blocking clients."""
-    from _servers import ServerThread
+    """A whybert server serving the tiny model as 'tiny' on its own thread, shared by one
+    test module (sync and async tests alike: its loop is not the test's)."""
+    from _servers import ServerThread, tiny_settings
 
     with ServerThread(tiny_settings(tiny_model_dir)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> Iterator[str]:
-    """The address of a tiny-model server shared by one test module's blocking clients."""
-    from _servers import ServerThread
-
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        yield server.target
+def target(threaded_server: ServerThread) -> str:
+    """The address of the module's tiny-model server."""
+    return threaded_server.target

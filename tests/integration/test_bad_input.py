@@ -20,8 +20,7 @@ import grpc
 import numpy as np
 import pytest
 import whybert
-from _servers import ServerThread, health, reference_probabilities
-from conftest import tiny_settings
+from _servers import ServerThread, health, reference_probabilities, tiny_settings
 from whybert._exceptions import from_rpc_error
 from whybert.v1 import explainer_pb2 as pb
 

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from _servers import ServerThread, reference_probabilities, wait_for
-from conftest import tiny_settings
+from _servers import ServerThread, reference_probabilities, tiny_settings
+from _wait import wait_for
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -145,7 +145,7 @@ async def load(target: str, seconds: float, seed: int, refs: dict[str, np.ndarra
 
         async def caller(i: int) -> None:
             rng = random.Random(seed * 1000 + i)
-            while time.monotonic() < end:
+            while time.monotonic() < end:  # the load itself: calls for a bounded time, not a wait
                 await one_call(stub, rng, refs, tally)
 
         await asyncio.gather(*(caller(i) for i in range(CALLERS)))

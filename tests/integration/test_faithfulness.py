@@ -1,25 +1,20 @@
-"""Faithfulness: ferret's AOPC comprehensiveness and sufficiency, with rows through the worker."""
+"""Faithfulness: ferret's AOPC comprehensiveness and sufficiency, with rows through the worker
+(the rationales and the perturbed texts alone: unit/test_faithfulness_rationales.py)."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import whybert
-from _servers import ServerThread
-from conftest import tiny_settings
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from _references import PlainModel
 from whybert_service.batching.worker import ModelWorker
 from whybert_service.context import Priority, RequestContext
 from whybert_service.explainers.faithfulness import (
     faithfulness,
     perturbed_texts,
-    rationales,
     with_faithfulness,
 )
 from whybert_service.models.classifier import Classifier
@@ -35,34 +30,15 @@ from whybert_service.types import (
 TEXT = "The food was great, but the service was unbelievably slow."
 
 
-class Reference:
-    """The model's probabilities straight from transformers, no server involved."""
-
-    def __init__(self, tiny_model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            return torch.softmax(self.model(**enc).logits.double(), dim=-1).numpy()
-
-    def aopc(
-        self, text: str, spans: list[tuple[int, int, bool]], scores: np.ndarray, label: str
-    ) -> tuple[float, float]:
-        tokens = [TokenSpan(text="", start=s, end=e, special=sp) for s, e, sp in spans]
-        without, only = perturbed_texts(text, tokens, scores)
-        j = self.labels.index(label)
-        p = self.probabilities([text, *without, *only])[:, j]
-        return float(np.mean(p[0] - p[1 : 1 + len(without)])), float(
-            np.mean(p[0] - p[1 + len(without) :])
-        )
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Reference:
-    return Reference(tiny_model_dir)
+def aopc(
+    model: PlainModel, text: str, spans: list[tuple[int, int, bool]], scores: np.ndarray, label: str
+) -> tuple[float, float]:
+    """ferret's comprehensiveness and sufficiency, recomputed with the plain model."""
+    tokens = [TokenSpan(text="", start=s, end=e, special=sp) for s, e, sp in spans]
+    without, only = perturbed_texts(text, tokens, scores)
+    j = model.labels.index(label)
+    p = model.probabilities([text, *without, *only])[:, j]
+    return float(np.mean(p[0] - p[1 : 1 + len(without)])), float(np.mean(p[0] - p[1 + len(without) :]))
 
 
 @pytest.fixture(scope="module")
@@ -98,54 +74,8 @@ def result_for(
     )
 
 
-def test_rationales_are_fractions_of_positive_tokens_best_first() -> None:
-    # 4 tokens: k = int(f·4), f = 0.1..1.0, gives 0,0,1,1,2,2,2,3,3,4 (0.3·4 is 1.2000000000000002).
-    # k = 0 is skipped, repeats are dropped and only positive scores count (k=4 repeats k=3).
-    assert rationales([0.5, -1.0, 2.0, 0.1]) == [[2], [2, 0], [2, 0, 3]]
-    # Nothing positive: one empty rationale (ferret still evaluates it once).
-    assert rationales([-1.0, -2.0]) == [[]]
-    rng = np.random.default_rng(0)
-    for n in (1, 7, 23, 60):
-        scores = rng.normal(size=n)
-        found = rationales(scores)
-        assert 1 <= len(found) <= 10
-        for earlier, later in itertools.pairwise(found):
-            assert set(earlier) < set(later)  # nested, growing
-        for r in found:
-            assert all(scores[i] > 0 for i in r)
-            assert list(r) == sorted(r, key=lambda i: -scores[i])
-
-
-def test_removal_deletes_each_tokens_characters_and_nothing_else() -> None:
-    text = "alpha beta, gamma delta"
-    tokens = [
-        TokenSpan("[CLS]", 0, 0, special=True),
-        TokenSpan("alpha", 0, 5),
-        TokenSpan("beta", 6, 10),
-        TokenSpan(",", 10, 11),
-        TokenSpan("gamma", 12, 17),
-        TokenSpan("delta", 18, 23),
-        TokenSpan("[SEP]", 0, 0, special=True),
-    ]
-    # n = 5 features: k = 0,1,1,2,2,3,3,4,4,5 → top 1, 2, 3, 4 (the 5th is negative).
-    scores = [9.0, 3.0, -1.0, 0.5, 2.0, 1.0, 9.0]
-    without, only = perturbed_texts(text, tokens, scores)
-    assert without == [
-        " beta, gamma delta",
-        " beta,  delta",
-        " beta,  ",
-        " beta  ",
-    ]
-    assert only == [
-        "alpha   ",
-        "alpha  gamma ",
-        "alpha  gamma delta",
-        "alpha , gamma delta",
-    ]
-
-
 def test_figures_are_mean_drops_of_the_targets_probability(
-    handle: ModelHandle, reference: Reference
+    handle: ModelHandle, plain_model: PlainModel
 ) -> None:
     text = "terrible food but lovely staff and a great view"
     tokens = words_of(text)
@@ -153,8 +83,8 @@ def test_figures_are_mean_drops_of_the_targets_probability(
     result = result_for(handle.classifier, text, tokens, scores)
     figures, f = faithfulness(handle, text, result, RequestContext(Priority.EXPLAIN))
     without, only = perturbed_texts(text, tokens, scores)
-    target = reference.labels.index(result.labels[0])
-    p = reference.probabilities([text, *without, *only])[:, target]
+    target = plain_model.labels.index(result.labels[0])
+    p = plain_model.probabilities([text, *without, *only])[:, target]
     assert figures.comprehensiveness == pytest.approx(
         np.mean(p[0] - p[1 : 1 + len(without)]), abs=1e-6
     )
@@ -163,7 +93,7 @@ def test_figures_are_mean_drops_of_the_targets_probability(
 
 
 def test_occlusion_is_more_faithful_than_its_opposite(
-    handle: ModelHandle, reference: Reference
+    handle: ModelHandle, plain_model: PlainModel
 ) -> None:
     """Scores that are each word's own effect on the output beat the same scores reversed."""
     text = "terrible food but lovely staff and a great view"
@@ -171,7 +101,7 @@ def test_occlusion_is_more_faithful_than_its_opposite(
     base = handle.classifier.forward(handle.classifier.encode([text]).ids)[0]
     target = int(np.argmax(base))
     dropped = [" ".join(t.text for t in tokens if t is not gone) for gone in tokens]
-    p = reference.probabilities([text, *dropped])[:, target]
+    p = plain_model.probabilities([text, *dropped])[:, target]
     occlusion = list(p[0] - p[1:])
     context = RequestContext(Priority.EXPLAIN)
     good, _ = faithfulness(
@@ -196,8 +126,8 @@ def test_faithfulness_adds_its_rows_and_time(handle: ModelHandle) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[whybert.Client]:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server, whybert.Client(server.target) as c:
+def client(target: str) -> Iterator[whybert.Client]:
+    with whybert.Client(target) as c:
         yield c
 
 
@@ -210,7 +140,7 @@ def client(tiny_model_dir: Path) -> Iterator[whybert.Client]:
     ],
 )
 def test_every_explainer_reports_faithfulness_over_grpc(
-    client: whybert.Client, reference: Reference, explainer: str, options: dict[str, Any]
+    client: whybert.Client, plain_model: PlainModel, explainer: str, options: dict[str, Any]
 ) -> None:
     kw: dict[str, Any] = {
         "explainer": explainer,
@@ -225,6 +155,6 @@ def test_every_explainer_reports_faithfulness_over_grpc(
     assert plain.model_rows < ours.model_rows <= plain.model_rows + 20
     # The first target, in probabilities, whatever the output space: recomputed from the response.
     spans = [(s, e, sp) for (s, e), sp in zip(ours.offsets, ours.special, strict=True)]
-    compr, suff = reference.aopc(TEXT, spans, ours.values[:, 0], "positive")
+    compr, suff = aopc(plain_model, TEXT, spans, ours.values[:, 0], "positive")
     assert ours.faithfulness.comprehensiveness == pytest.approx(compr, abs=1e-5)
     assert ours.faithfulness.sufficiency == pytest.approx(suff, abs=1e-5)

@@ -19,15 +19,17 @@ import whybert
 from _servers import (
     FaultyClassifier,
     ServerThread,
+    free_port,
     health,
     reference_probabilities,
     registry_factory,
-    wait_for,
+    tiny_settings,
 )
-from conftest import free_port, tiny_settings
+from _wait import wait_for, wait_for_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
+from whybert_service.context import RequestContext
 from whybert_service.grpc.server import WhybertServer
 from whybert_service.registry import ModelRegistry
 
@@ -72,15 +74,15 @@ def test_expired_and_cancelled_predicts_never_reach_the_model(
     faulty.hold()
     blocker = stub.Predict.future(pb.PredictRequest(texts=["holding the worker"]), timeout=30)
     assert faulty.entered.wait(10)
-    expiring = stub.Predict.future(
-        pb.PredictRequest(texts=["deadline passes while queued"]), timeout=0.2
-    )
     leaving = stub.Predict.future(
         pb.PredictRequest(texts=["caller leaves while queued"]), timeout=30
     )
     staying = stub.Predict.future(pb.PredictRequest(texts=["caller stays"]), timeout=30)
-    time.sleep(0.1)
+    assert wait_for(lambda: server.worker.queued_rows() == 2)  # both wait behind the held batch
     leaving.cancel()
+    expiring = stub.Predict.future(
+        pb.PredictRequest(texts=["deadline passes while queued"]), timeout=0.2
+    )
     with pytest.raises(grpc.RpcError) as expired:
         expiring.result()
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -108,9 +110,13 @@ def test_an_explanation_stops_sending_rounds_once_its_caller_is_gone(
         with pytest.raises(grpc.RpcError) as exc:
             call.result()
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(0.3)  # a round already in the model may finish
+    # The call is over on the server (its request cancelled: no round can be submitted any
+    # more) and its queued rows are dropped; a job after them waits for the round already in
+    # the model, if any, to finish.
+    assert wait_for(lambda: in_flight(server) == 0 and server.worker.queued_rows() == 0)
+    server.worker.call(lambda _classifier: None, RequestContext()).result(10)
     rows_then = len(faulty.seen)
-    time.sleep(1.0)
+    time.sleep(1.0)  # the check itself: a second in which no further round may come
     assert len(faulty.seen) == rows_then, "rounds kept coming after the caller was gone"
     assert 0 < rows_then < 3000
     assert server.worker.queued_rows() == 0
@@ -240,10 +246,7 @@ async def test_while_models_load_calls_are_unavailable_and_health_is_not_serving
     server = WhybertServer(settings, slow_factory)
     starting = asyncio.ensure_future(server.start())
     try:
-        for _ in range(500):
-            if server.port:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: server.port, timeout=5)  # listening, the models still loading
         target = f"127.0.0.1:{server.port}"
         async with grpc.aio.insecure_channel(
             target, options=[("grpc.enable_retries", 0)]

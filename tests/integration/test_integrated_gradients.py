@@ -6,17 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import whybert
-from _servers import ServerThread, hold_worker_thread, wait_for
-from captum.attr import LayerIntegratedGradients
-from conftest import tiny_settings
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from _references import CaptumReference, PlainModel
+from _servers import hold_worker_thread
+from _wait import wait_for
 from whybert_service.batching.worker import ModelWorker, WorkerConfig
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
@@ -25,7 +23,6 @@ from whybert_service.explainers.integrated_gradients import (
     GradientRequest,
     GradientResult,
     IntegratedGradientsExplainer,
-    output_function,
     plan_step_batches,
     run_step_batches,
 )
@@ -44,47 +41,6 @@ TEXTS = [
     "ok",
     "Crème brûlée 🍮 über-sweet!!",
 ]
-
-
-class Reference:
-    """What a user writes: Captum's LayerIntegratedGradients on the word embeddings."""
-
-    def __init__(self, tiny_model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-
-    def explain(
-        self, text: str, targets: list[int], output: str, n_steps: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Values (tokens × targets) and convergence deltas, all steps in one batch."""
-        enc = self.tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
-        ids = enc["input_ids"]
-        baseline = torch.where(enc["special_tokens_mask"].bool(), ids, self.tokenizer.pad_token_id)
-
-        def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            return logits if output == "logit" else torch.softmax(logits, dim=-1)
-
-        lig = LayerIntegratedGradients(forward, self.model.get_input_embeddings())
-        values, deltas = [], []
-        for target in targets:
-            attr, delta = lig.attribute(
-                ids,
-                baselines=baseline,
-                target=target,
-                additional_forward_args=(enc["attention_mask"],),
-                n_steps=n_steps,
-                return_convergence_delta=True,
-            )
-            values.append(attr.sum(-1)[0].detach().double().numpy())
-            deltas.append(float(delta[0]))
-        return np.stack(values, axis=1), np.array(deltas)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Reference:
-    return Reference(tiny_model_dir)
 
 
 class EmbeddingCalls:
@@ -194,10 +150,10 @@ def run_in_thread(
 @pytest.mark.parametrize("output", [OutputName.PROBABILITY, OutputName.LOGIT])
 @pytest.mark.parametrize("text", TEXTS)
 def test_values_equal_captum(
-    worker: ModelWorker, reference: Reference, text: str, output: OutputName
+    worker: ModelWorker, captum_reference: CaptumReference, text: str, output: OutputName
 ) -> None:
     ours = explain(worker, text, output, n_steps=24)
-    values, deltas = reference.explain(text, [0, 1, 2], output.value, n_steps=24)
+    values, deltas = captum_reference.explain(text, [0, 1, 2], output.value, n_steps=24)
     np.testing.assert_allclose(ours.values, values, atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(ours.convergence_delta, deltas, atol=1e-5)
     # The delta is the additivity gap: base (the baseline's output) + sum − output.
@@ -220,58 +176,26 @@ def test_step_batches_add_up_to_captums_internal_batching(
         ours = run_step_batches(worker, request, RequestContext(Priority.EXPLAIN))
     finally:
         worker.stop()
+    # Captum on the very model the worker runs, cut into batches of the steps a job holds.
+    reference = CaptumReference(PlainModel.from_classifier(tiny_classifier))
     width = len(request.ids)
-    lig = LayerIntegratedGradients(
-        output_function(tiny_classifier.model, OutputName.PROBABILITY),
-        tiny_classifier.input_embeddings(),
-    )
-    ids = torch.tensor([request.ids])
-    for column, target in enumerate(targets):
-        expected = lig.attribute(
-            ids,
-            baselines=torch.tensor([request.baseline]),
-            target=target,
-            additional_forward_args=(torch.ones_like(ids),),
-            n_steps=n_steps,
-            internal_batch_size=max(1, budget // (GRADIENT_ROW_COST * width)),
-        )
-        np.testing.assert_allclose(
-            ours.attributions[:, column], expected.sum(-1)[0].double().numpy(), rtol=0, atol=1e-8
-        )
+    values, _ = reference.explain(
+        text, targets, OutputName.PROBABILITY, n_steps,
+        internal_batch_size=max(1, budget // (GRADIENT_ROW_COST * width)),
+    )  # fmt: skip
+    np.testing.assert_allclose(ours.attributions, values, rtol=0, atol=1e-8)
     assert ours.rows == len(targets) * n_steps
     assert ours.step_batches == len(plan_step_batches(len(targets), n_steps, width, budget))
 
 
-def test_plan_cuts_each_integral_where_captum_does_and_fills_batches() -> None:
-    # 10 tokens, budget 240 (each gradient row costs 3): 8 rows a batch. 20 steps → slices
-    # of 8, 8, 4 per target.
-    batches = plan_step_batches(2, 20, 10, 80 * GRADIENT_ROW_COST)
-    assert [[(p.column, p.start, p.stop) for p in b] for b in batches] == [
-        [(0, 0, 8)],
-        [(0, 8, 16)],
-        [(0, 16, 20)],
-        [(1, 0, 8)],
-        [(1, 8, 16)],
-        [(1, 16, 20)],
-    ]
-    # Short integrals share a batch while they fit: two of 5 steps in 10 rows.
-    batches = plan_step_batches(3, 5, 10, 100 * GRADIENT_ROW_COST)
-    assert [[(p.column, p.start, p.stop) for p in b] for b in batches] == [
-        [(0, 0, 5), (1, 0, 5)],
-        [(2, 0, 5)],
-    ]
-    # A row wider than the budget still runs, alone.
-    assert all(len(b) == 1 and b[0].rows == 1 for b in plan_step_batches(1, 4, 300, 100))
-
-
-def test_tokens_are_word_pieces_with_their_spans(worker: ModelWorker, reference: Reference) -> None:
+def test_tokens_are_word_pieces_with_their_spans(worker: ModelWorker, captum_reference: CaptumReference) -> None:
     text = TEXTS[0]
     ours = explain(worker, text, OutputName.PROBABILITY, n_steps=8)
-    ids = reference.tokenizer(text)["input_ids"]
+    ids = captum_reference.model.tokenizer(text)["input_ids"]
     assert len(ours.tokens) == len(ids) == ours.prediction.token_count
     assert [t.special for t in ours.tokens] == [True] + [False] * (len(ids) - 2) + [True]
     assert ours.tokens[0].text == "[CLS]" and ours.tokens[-1].text == "[SEP]"
-    pieces = reference.tokenizer.convert_ids_to_tokens(ids)[1:-1]
+    pieces = captum_reference.model.tokenizer.convert_ids_to_tokens(ids)[1:-1]
     for token, piece in zip(ours.tokens[1:-1], pieces, strict=True):
         assert text[token.start : token.end] == token.text
         assert token.text.lower() == piece.removeprefix("##")
@@ -292,7 +216,7 @@ def test_a_long_text_is_explained_on_the_prefix_the_model_reads(
 
 
 def test_every_job_is_one_step_batch_under_the_token_budget(
-    tiny_classifier: Classifier, reference: Reference, monkeypatch: pytest.MonkeyPatch
+    tiny_classifier: Classifier, captum_reference: CaptumReference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     budget = 64 * GRADIENT_ROW_COST
     worker = start_worker(tiny_classifier, max_batch_tokens=budget)
@@ -310,13 +234,13 @@ def test_every_job_is_one_step_batch_under_the_token_budget(
     # One job per step batch, each one forward+backward costing at most the budget.
     assert jobs.ran == jobs.submitted == -(-20 // per_batch)
     assert max(calls.rows) == per_batch and max(calls.tokens) * GRADIENT_ROW_COST <= budget
-    label = reference.labels.index(ours.labels[0])
-    values, _ = reference.explain(TEXTS[0], [label], "probability", n_steps=20)
+    label = captum_reference.labels.index(ours.labels[0])
+    values, _ = captum_reference.explain(TEXTS[0], [label], "probability", n_steps=20)
     np.testing.assert_allclose(ours.values, values, atol=1e-5, rtol=1e-4)
 
 
 def test_concurrent_texts_each_get_their_own_values(
-    reference: Reference, tiny_classifier: Classifier
+    captum_reference: CaptumReference, tiny_classifier: Classifier
 ) -> None:
     worker = start_worker(tiny_classifier, max_batch_tokens=48)
     requests = [gradient_request(tiny_classifier, text, [0, 2], 10) for text in TEXTS]
@@ -331,7 +255,7 @@ def test_concurrent_texts_each_get_their_own_values(
         worker.stop()
     for text, (_, results, errors) in zip(TEXTS, running, strict=True):
         assert not errors and len(results) == 1
-        values, _ = reference.explain(text, [0, 2], "probability", n_steps=10)
+        values, _ = captum_reference.explain(text, [0, 2], "probability", n_steps=10)
         np.testing.assert_allclose(results[0].attributions, values, atol=1e-5, rtol=1e-4)
 
 
@@ -419,9 +343,9 @@ def test_predict_rows_run_between_step_batches(
     assert result.step_batches == jobs.ran == 15
 
 
-def test_explain_over_grpc(tiny_model_dir: Path) -> None:
+def test_explain_over_grpc(target: str) -> None:
     text = TEXTS[0]
-    with ServerThread(tiny_settings(tiny_model_dir)) as server, whybert.Client(server.target) as client:
+    with whybert.Client(target) as client:
         (ours,) = client.explain(
             [text],
             explainer="integrated-gradients",

@@ -9,24 +9,20 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-import torch
 import whybert
-from _servers import ServerThread, wait_for
-from conftest import tiny_settings
-from lime.lime_text import IndexedString, LimeTextExplainer
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from _references import LimeReference
+from _wait import wait_for
+from lime.lime_text import IndexedString
 from whybert_service.batching.worker import ModelWorker
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import Cancelled, DeadlineExceeded
 from whybert_service.explainers.lime_text import LimeExplainer
 from whybert_service.models.classifier import Classifier
-from whybert_service.outputs import to_output_space
 from whybert_service.registry import ModelHandle
 from whybert_service.types import (
     ExplainerName,
@@ -40,45 +36,9 @@ from whybert_service.types import (
 TEXT = "The food was great, but the service was painfully slow... the FOOD though!"
 
 
-class Reference:
-    """What a user writes: LimeTextExplainer over a plain function of strings."""
-
-    def __init__(self, tiny_model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-
-    def f(self, output: str) -> Any:
-        def f(texts: list[str]) -> np.ndarray:
-            outs = []
-            for i in range(0, len(texts), 64):
-                enc = self.tokenizer(
-                    texts[i : i + 64],
-                    padding=True,
-                    truncation=True,
-                    max_length=128,
-                    return_tensors="pt",
-                )
-                with torch.no_grad():
-                    logits = self.model(**enc).logits.double()
-                outs.append(logits if output == "logit" else torch.softmax(logits, dim=-1))
-            return torch.cat(outs).numpy()
-
-        return f
-
-    def explain(self, text: str, labels: list[int], output: str, seed: int, **kw: Any) -> Any:
-        explainer = LimeTextExplainer(class_names=self.labels, random_state=seed)
-        return explainer.explain_instance(text, self.f(output), labels=labels, **kw)
-
-
 @pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Reference:
-    return Reference(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[whybert.Client]:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server, whybert.Client(server.target) as c:
+def client(target: str) -> Iterator[whybert.Client]:
+    with whybert.Client(target) as c:
         yield c
 
 
@@ -90,13 +50,9 @@ def word_weights(ours: whybert.Explanation, column: int) -> dict[str, float]:
     return dict(out)
 
 
-def assert_same_as_lime(
-    ours: whybert.Explanation, ref: Any, labels: list[int], n_words: int
-) -> None:
-    indexed = ref.domain_mapper.indexed_string
+def assert_same_as_lime(ours: whybert.Explanation, ref: Any, labels: list[int]) -> None:
     for column, label in enumerate(labels):
-        expected = {indexed.word(i): 0.0 for i in range(n_words)}
-        expected.update({indexed.word(i): w for i, w in ref.as_map()[label]})
+        expected = LimeReference.word_weights(ref, label)
         got = word_weights(ours, column)
         assert got.keys() == expected.keys()
         for word, weight in expected.items():
@@ -107,16 +63,16 @@ def assert_same_as_lime(
 
 @pytest.mark.parametrize("output", ["probability", "logit"])
 def test_values_equal_lime_package_for_every_label(
-    client: whybert.Client, reference: Reference, output: str
+    client: whybert.Client, lime_reference: LimeReference, output: str
 ) -> None:
     (ours,) = client.explain(
         [TEXT], explainer="lime", num_samples=300, random_seed=7, targets="all", output=output
     )
-    labels = list(range(len(reference.labels)))
-    ref = reference.explain(TEXT, labels, output, seed=7, num_samples=300, num_features=10_000)
-    assert ours.labels == reference.labels
+    labels = list(range(len(lime_reference.labels)))
+    ref = lime_reference.explain(TEXT, labels, output, seed=7, num_samples=300, num_features=10_000)
+    assert ours.labels == lime_reference.labels
     assert ours.output == output and ours.explainer == "lime"
-    assert_same_as_lime(ours, ref, labels, ref.domain_mapper.indexed_string.num_words())
+    assert_same_as_lime(ours, ref, labels)
     # LIME's local model is not exact at the text: the response says by how much.
     gap = ours.base_values + ours.values.sum(axis=0) - ours.output_values
     assert ours.additivity_error == pytest.approx(float(np.max(np.abs(gap))), abs=1e-9)
@@ -137,7 +93,7 @@ def test_tokens_are_every_occurrence_of_lime_words(client: whybert.Client) -> No
 
 
 def test_seed_decides_the_values_and_num_features_the_support(
-    client: whybert.Client, reference: Reference
+    client: whybert.Client, lime_reference: LimeReference
 ) -> None:
     first, again, other = [
         client.explain([TEXT], explainer="lime", num_samples=200, random_seed=s)[0]
@@ -148,9 +104,9 @@ def test_seed_decides_the_values_and_num_features_the_support(
     assert not np.allclose(first.values, other.values, atol=1e-6)
     # num_features=3 keeps three words (each occurrence of them), the others weigh 0.
     assert len({t for t, v in zip(few.tokens, few.values[:, 0], strict=True) if v != 0}) == 3
-    label = reference.labels.index(few.labels[0])
-    ref = reference.explain(TEXT, [label], "probability", seed=0, num_samples=200, num_features=3)
-    assert_same_as_lime(few, ref, [label], ref.domain_mapper.indexed_string.num_words())
+    label = lime_reference.labels.index(few.labels[0])
+    ref = lime_reference.explain(TEXT, [label], "probability", seed=0, num_samples=200, num_features=3)
+    assert_same_as_lime(few, ref, [label])
 
 
 def test_text_without_words_is_invalid_argument(client: whybert.Client) -> None:
@@ -237,6 +193,7 @@ LONG = " ".join(f"w{i}ord" for i in range(120)) + ", " + TEXT
 def test_chunked_samples_give_lime_s_own_values_with_bounded_rows(
     worker: ModelWorker,
     tiny_classifier: Classifier,
+    lime_reference: LimeReference,
     monkeypatch: pytest.MonkeyPatch,
     text: str,
     output: OutputName,
@@ -251,9 +208,6 @@ def test_chunked_samples_give_lime_s_own_values_with_bounded_rows(
         handle, text, lime_params(text, output, 300, seed=11), RequestContext(Priority.EXPLAIN)
     )
 
-    def same_outputs(strings: list[str]) -> np.ndarray:  # KeyError: a string we never sent
-        return to_output_space(np.stack([recorder.logits[s] for s in strings]), output)
-
     labels = list(range(len(tiny_classifier.labels)))
     # LIME explains the prefix the model reads: LONG is cut, the others are whole
     original = text
@@ -262,13 +216,15 @@ def test_chunked_samples_give_lime_s_own_values_with_bounded_rows(
     assert ours.truncated == truncated and ours.explained_chars == len(text)
     assert ours.prediction.truncated == truncated  # the request's text, not the prefix
     n_words = IndexedString(text).num_words()
-    ref = LimeTextExplainer(class_names=tiny_classifier.labels, random_state=11).explain_instance(
-        text, same_outputs, labels=labels, num_features=n_words, num_samples=300
+
+    def same_logits(strings: list[str]) -> np.ndarray:  # KeyError: a string we never sent
+        return np.stack([recorder.logits[s] for s in strings])
+
+    ref = lime_reference.explain(
+        text, labels, output, seed=11, logits=same_logits, num_features=n_words, num_samples=300
     )
-    indexed = ref.domain_mapper.indexed_string
     for column, label in enumerate(labels):
-        expected = {indexed.word(i): 0.0 for i in range(n_words)}
-        expected.update({indexed.word(i): w for i, w in ref.as_map()[label]})
+        expected = LimeReference.word_weights(ref, label)
         got = per_word(ours, column)
         assert got.keys() == expected.keys()
         for word, weight in expected.items():

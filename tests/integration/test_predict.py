@@ -1,4 +1,5 @@
-"""The first whole path: Predict, ListModels and health over gRPC, and bad input refused."""
+"""The first whole path: Predict, ListModels and health over gRPC, and bad input refused, on
+a server of the tiny model shared by the module."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import torch
 import whybert
+from _references import PlainModel
+from _servers import tiny_settings
+from _wait import wait_for_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -21,19 +23,11 @@ def address(server: Any) -> str:
     return f"127.0.0.1:{server.port}"
 
 
-def reference_probabilities(model_dir: Path, texts: list[str]) -> np.ndarray:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        return torch.softmax(model(**enc).logits, -1).numpy()
-
-
-async def test_predict_returns_the_models_probabilities(tiny_server: Any, tiny_model_dir: Path) -> None:
+async def test_predict_returns_the_models_probabilities(threaded_server: Any, plain_model: PlainModel) -> None:
     texts = ["the food was great", "the service was painfully slow and rude", "ok"]
-    async with whybert.AsyncClient(address(tiny_server)) as client:
+    async with whybert.AsyncClient(address(threaded_server)) as client:
         predictions = await client.predict(texts)
-    expected = reference_probabilities(tiny_model_dir, texts)
+    expected = plain_model.probabilities(texts)
     assert [p.label for p in predictions] == [["negative", "neutral", "positive"][i] for i in expected.argmax(1)]
     for p, row in zip(predictions, expected, strict=True):
         assert list(p.scores) == ["negative", "neutral", "positive"]
@@ -55,18 +49,18 @@ def test_sync_client_and_named_model(threaded_server: Any) -> None:
     assert len(info.weights_sha256) == 64 and info.device == "cpu" and info.dtype == "float32"
 
 
-async def test_long_text_is_truncated_and_says_so(tiny_server: Any) -> None:
+async def test_long_text_is_truncated_and_says_so(threaded_server: Any) -> None:
     long_text = "word " * 400
-    async with whybert.AsyncClient(address(tiny_server)) as client:
+    async with whybert.AsyncClient(address(threaded_server)) as client:
         short, long = await client.predict(["word " * 10, long_text])
     assert not short.truncated and long.truncated
     assert long.token_count == 128
 
 
-async def test_results_return_to_the_right_caller_in_order(tiny_server: Any, tiny_model_dir: Path) -> None:
+async def test_results_return_to_the_right_caller_in_order(threaded_server: Any, plain_model: PlainModel) -> None:
     texts = [f"review number {i}: " + "good " * (i % 7) + "bad " * (i % 5) for i in range(40)]
-    expected = reference_probabilities(tiny_model_dir, texts)
-    async with whybert.AsyncClient(address(tiny_server)) as client:
+    expected = plain_model.probabilities(texts)
+    async with whybert.AsyncClient(address(threaded_server)) as client:
         answers = await asyncio.gather(*[client.predict(texts[i : i + 3]) for i in range(0, 40, 3)])
     flat = [p for group in answers for p in group]
     got = np.array([list(p.scores.values()) for p in flat])
@@ -84,9 +78,9 @@ async def test_results_return_to_the_right_caller_in_order(tiny_server: Any, tin
     ],
 )
 async def test_bad_input_gets_a_clear_status_and_the_server_keeps_serving(
-    tiny_server: Any, texts: list[str], model: str, code: grpc.StatusCode, fragment: str
+    threaded_server: Any, texts: list[str], model: str, code: grpc.StatusCode, fragment: str
 ) -> None:
-    async with whybert.AsyncClient(address(tiny_server)) as client:
+    async with whybert.AsyncClient(address(threaded_server)) as client:
         with pytest.raises(whybert.WhybertError) as info:
             await client.predict(texts, model=model or None)
         assert info.value.code == code
@@ -107,8 +101,8 @@ def _reflected_services(target: str) -> list[str]:
         return list(ProtoReflectionDescriptorDatabase(channel).get_services())
 
 
-async def test_health_and_reflection_over_raw_stubs(tiny_server: Any) -> None:
-    async with grpc.aio.insecure_channel(address(tiny_server)) as channel:
+async def test_health_and_reflection_over_raw_stubs(threaded_server: Any) -> None:
+    async with grpc.aio.insecure_channel(address(threaded_server)) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "whybert.v1.Explainer"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -117,14 +111,13 @@ async def test_health_and_reflection_over_raw_stubs(tiny_server: Any) -> None:
         reply = await stub.Predict(pb.PredictRequest(texts=["raw stubs work"]))
         assert len(reply.predictions) == 1 and reply.model == "tiny"
     # The reflection client is blocking: run it off the server's event loop.
-    services = await asyncio.to_thread(_reflected_services, address(tiny_server))
+    services = await asyncio.to_thread(_reflected_services, address(threaded_server))
     assert "whybert.v1.Explainer" in services and "grpc.health.v1.Health" in services
 
 
 async def test_health_is_not_serving_until_models_are_loaded(tiny_model_dir: Path) -> None:
     import threading
 
-    from conftest import tiny_settings
     from whybert_service.compose import model_loader
     from whybert_service.grpc.server import WhybertServer
 
@@ -139,8 +132,7 @@ async def test_health_is_not_serving_until_models_are_loaded(tiny_model_dir: Pat
     server = WhybertServer(settings, load_models=slow_loader)
     starting = asyncio.ensure_future(server.start())
     try:
-        while not server.port:  # noqa: ASYNC110 - start() sets a plain attribute
-            await asyncio.sleep(0.05)
+        await wait_for_async(lambda: server.port, timeout=10)  # listening, the models still loading
         async with whybert.AsyncClient(address(server), retries=0) as client:
             assert await client.health() == "NOT_SERVING"
             with pytest.raises(whybert.UnavailableError):

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from _servers import wait_for
+from _wait import wait_for
 from whybert_service.batching.worker import ModelWorker
 from whybert_service.context import Priority, RequestContext
 from whybert_service.explainers.shap_partition import ShapPartitionExplainer, explain_progressively

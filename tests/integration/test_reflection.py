@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from whybert.v1 import explainer_pb2
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "grpc.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "grpc.md"
 DOC_ADDRESS = "localhost:50051"
 
 
@@ -51,13 +51,16 @@ class Reflected:
         method = self.pool.FindServiceByName(service_name).methods_by_name[method_name]
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
-        rpc = self.channel.unary_unary(
-            f"/{service_name}/{method_name}",
-            request_serializer=request_type.SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
-        response = rpc(json_format.Parse(body, request_type()), timeout=120)
-        return json_format.MessageToDict(response)
+        request = json_format.Parse(body, request_type())
+        serializers = {
+            "request_serializer": request_type.SerializeToString,
+            "response_deserializer": response_type.FromString,
+        }
+        if method.server_streaming:  # grpcurl prints each message of a stream
+            stream = self.channel.unary_stream(f"/{service_name}/{method_name}", **serializers)
+            return {"messages": [json_format.MessageToDict(m) for m in stream(request, timeout=120)]}
+        rpc = self.channel.unary_unary(f"/{service_name}/{method_name}", **serializers)
+        return json_format.MessageToDict(rpc(request, timeout=120))
 
 
 @pytest.fixture
@@ -81,6 +84,9 @@ def test_reflected_schema_is_the_contract(reflected: Reflected) -> None:
         "Predict": ("whybert.v1.PredictRequest", "whybert.v1.PredictResponse"),
         "Explain": ("whybert.v1.ExplainRequest", "whybert.v1.ExplainResponse"),
         "ListModels": ("whybert.v1.ListModelsRequest", "whybert.v1.ListModelsResponse"),
+        "PredictStream": ("whybert.v1.PredictStreamRequest", "whybert.v1.PredictStreamResponse"),
+        "ExplainStream": ("whybert.v1.ExplainStreamRequest", "whybert.v1.ExplainStreamResponse"),
+        "ExplainProgressive": ("whybert.v1.ExplainProgressiveRequest", "whybert.v1.ExplainProgressiveResponse"),
     }
     served, built_in = descriptor_pb2.FileDescriptorProto(), descriptor_pb2.FileDescriptorProto()
     service.file.CopyToProto(served)
@@ -119,6 +125,8 @@ def test_doc_grpcurl_command_works(reflected: Reflected, argv: list[str]) -> Non
     for arg in args:
         if arg == "-d":
             body = next(args)
+        elif arg == "-max-time":
+            next(args)
         elif arg != "-plaintext":
             rest.append(arg)
     address, verb, *more = rest
@@ -137,7 +145,12 @@ def test_doc_grpcurl_command_works(reflected: Reflected, argv: list[str]) -> Non
 
 def check_reply(method: str, request: dict[str, Any], reply: dict[str, Any]) -> None:
     """What each documented call promises."""
-    if method.endswith("/Predict"):
+    if method.endswith(("/PredictStream", "/ExplainStream")):
+        indices = sorted(m.get("index", 0) for m in reply["messages"])  # JSON omits index 0
+        assert indices == list(range(len(request["texts"])))
+    elif method.endswith("/ExplainProgressive"):
+        assert reply["messages"] and reply["messages"][-1]["final"]
+    elif method.endswith("/Predict"):
         assert len(reply["predictions"]) == len(request["texts"])
     elif method.endswith("/Explain"):
         assert len(reply["explanations"]) == len(request["texts"])

@@ -1,5 +1,6 @@
-"""Pictures of real explanations: the HTML page (checked as markup and in headless
-Chromium, with a screenshot) and the PNG bar chart, and the CLI flags that write them."""
+"""Pictures of real explanations: the HTML page (checked as markup) and the PNG bar chart,
+and the CLI flags that write them. (The page as Chromium draws it:
+system/test_render_chromium.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import whybert
-from _chromium import CHROMIUM, browser
 from whybert import cli, render
 from whybert.render import BLUE, RED, blend
 
@@ -61,12 +61,6 @@ class Spans(HTMLParser):
                 self.span["piece"] += data
 
 
-def strongest(e: whybert.Explanation, j: int) -> int:
-    """Index of the visible token with the largest |value| for label j."""
-    visible = [i for i, special in enumerate(e.special) if not special]
-    return max(visible, key=lambda i: abs(e.values[i, j]))
-
-
 def test_html_highlights_each_token_by_its_attribution(
     explanations: list[whybert.Explanation],
 ) -> None:
@@ -104,37 +98,6 @@ def test_html_is_self_contained_and_escaped(explanations: list[whybert.Explanati
     assert "<b>place" not in page
     assert all(escaped in page for escaped in ("&lt;", "&gt;", "&amp;", "&quot;"))
     assert page.count('class="wb-legend-bar"') == sum(len(e.labels) for e in explanations)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test installs it)")
-def test_html_in_headless_chromium(explanations: list[whybert.Explanation], tmp_path: Path) -> None:
-    """The page as a browser draws it: colours, hover values, no network, and a screenshot."""
-    e = explanations[0]
-    path = tmp_path / "explanation.html"
-    render.write_html(e, path)
-    j = e.labels.index(e.prediction.label)
-    top = strongest(e, j)
-    top_colour = RED if e.values[top, j] > 0 else BLUE
-    visible = sum(not s for s in e.special)
-    k = [i for i, special in enumerate(e.special) if not special].index(top)
-    token = f"document.querySelectorAll('.wb-target')[{j}].querySelectorAll('.wb-tok')[{k}]"
-    with browser(width=1000, height=800) as b:
-        b.navigate(path.as_uri())
-        assert b.evaluate("document.querySelectorAll('.wb-tok').length") == visible * len(e.labels)
-        assert b.evaluate("performance.getEntriesByType('resource').length") == 0  # no assets
-        expected = "rgb({}, {}, {})".format(*top_colour)
-        assert b.evaluate(f"getComputedStyle({token}).backgroundColor") == expected
-        # Hovering a token shows its value.
-        b.hover(token)
-        assert b.evaluate(f"{token}.matches(':hover')")
-        tip = b.evaluate(f"getComputedStyle({token}, '::after').content")
-        assert render._number(e.values[top, j]) in tip
-        shot = b.screenshot(".wb-explanation")
-    pixels = _png_pixels(shot)
-    assert pixels.shape[0] > 100 and pixels.shape[1] > 300
-    # The strongest token's full colour is on screen, and the page is not blank.
-    assert np.any(np.all(np.abs(pixels - np.array(top_colour)) <= 2, axis=-1))
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
 
 
 def _png_pixels(data: bytes) -> np.ndarray:

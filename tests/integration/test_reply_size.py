@@ -17,8 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from _servers import ServerThread
-from conftest import tiny_settings
+from _servers import ServerThread, tiny_settings
 from whybert._exceptions import from_rpc_error
 from whybert.v1 import explainer_pb2 as pb
 from whybert_service.grpc import validation
@@ -110,22 +109,6 @@ def test_a_normal_request_at_the_default_limits_is_served(default: ServerThread)
     texts = [f"review {i}: the room was clean but the staff were rude and slow" for i in range(64)]
     response = pb.ExplainResponse.FromString(explain_bytes(default.target, all_labels(*texts)))
     assert len(response.explanations) == 64
-
-
-def test_the_largest_request_the_limits_allow_fits_the_default_message_limit() -> None:
-    """64 texts at the character limit, all labels of a 3-label model with 512 tokens: the
-    bound counts the model's window, not every character, so this is not refused."""
-    labels = ["negative", "neutral", "positive"]
-    limits = validation.Limits(64, 20_000, 4000, 10_000, 512, 200_000)
-    for char in ("a", "é", "中", "😀"):
-        params = ExplainParams(model="", texts=(char * 20_000,) * 64, target_mode=TargetModeName.ALL)
-        validation.check_reply_size(params, labels, 512, limits)  # does not raise
-    many = [f"label {i}" for i in range(100)]
-    params = ExplainParams(model="", texts=("a" * 20_000,) * 64, target_mode=TargetModeName.ALL)
-    with pytest.raises(validation.InvalidArgument, match="--max-message-bytes"):
-        validation.check_reply_size(params, many, 512, limits)
-    one = ExplainParams(model="", texts=("a" * 20_000,) * 64)  # the predicted label only
-    validation.check_reply_size(one, many, 512, limits)
 
 
 TEXTS = [

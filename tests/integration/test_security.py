@@ -1,130 +1,32 @@
-"""Nobody let in uninvited: TLS, mutual TLS and bearer tokens (with certificates made here),
-health and reflection readable without a token, reflection that can be switched off,
-message size limits, and model loading that never unpickles."""
+"""Nobody let in uninvited: TLS, mutual TLS and bearer tokens (with certificates made by
+tests/_pki.py), health and reflection readable without a token, reflection that can be
+switched off, message size limits, and /metrics that follows the server's security.
+(The token rules alone: unit/test_auth.py; model loading that never unpickles:
+unit/test_loading.py; the CLI's --tls in a fresh process: system/test_cli_process.py.)"""
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import json
-import os
-import pickle
-import shutil
 import ssl
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import whybert
-from _servers import ServerThread, health, wait_for
-from conftest import free_port, tiny_settings
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from _pki import make_pki
+from _servers import ServerThread, free_port, health, tiny_settings
+from _wait import wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from whybert import cli as client_cli
 from whybert.v1 import explainer_pb2 as pb
 from whybert.v1 import explainer_pb2_grpc as pb_grpc
-from whybert_service import settings as settings_mod
-from whybert_service.grpc.auth import REFUSAL, TokenAuthInterceptor, load_tokens
-from whybert_service.models.loading import ModelLoadError, load_directory
-
-# ---- certificates -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A certificate and its key, as PEM files."""
-
-    cert: Path
-    key: Path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write(
-    directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> Pair:
-    pair = Pair(directory / f"{stem}.crt", directory / f"{stem}.key")
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pair
-
-
-class CertificateAuthority:
-    """A throw-away CA that issues server and client certificates for one test run."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory = directory
-        self.name = name
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = _write(directory, name, self.cert, self.key).cert
-
-    def issue(self, common_name: str, *, server: bool) -> Pair:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        if server:
-            sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            usage = ExtendedKeyUsageOID.SERVER_AUTH
-        else:
-            usage = ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        return _write(self.directory, f"{self.name}-{common_name}", cert, key)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    directory = tmp_path_factory.mktemp("pki")
-    ca, rogue = CertificateAuthority(directory, "ca"), CertificateAuthority(directory, "rogue")
-    return {
-        "ca": ca.pem,
-        "rogue_ca": rogue.pem,
-        "server": ca.issue("server", server=True),
-        "client": ca.issue("client", server=False),
-        "rogue_client": rogue.issue("client", server=False),
-    }
+from whybert_service.grpc.auth import REFUSAL
 
 
 def predict_ok(client: whybert.Client) -> None:
@@ -136,6 +38,11 @@ def refused(client: whybert.Client) -> whybert.WhybertError:
     with pytest.raises(whybert.WhybertError) as exc:
         client.predict(["hello"], timeout=5)
     return exc.value
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 # ---- TLS and mutual TLS -------------------------------------------------------------------
@@ -364,51 +271,6 @@ def test_messages_beyond_the_configured_size_are_resource_exhausted(
     assert "larger than max" in (exc.value.details() or "")
 
 
-def test_tokens_come_from_the_file_the_flag_and_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tokens_file = tmp_path / "tokens"
-    tokens_file.write_text("from-file\n# a comment\n")
-    monkeypatch.setenv("WHYBERT_AUTH_TOKENS", "env-one, env-two")
-    monkeypatch.setenv("WHYBERT_AUTH_TOKENS_FILE", str(tokens_file))
-    settings = settings_mod.from_sources(None)
-    assert load_tokens(settings) == {"from-file", "env-one", "env-two"}
-    monkeypatch.delenv("WHYBERT_AUTH_TOKENS")
-    monkeypatch.delenv("WHYBERT_AUTH_TOKENS_FILE")
-    assert load_tokens(settings_mod.ServerSettings()) == frozenset()  # open server
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "cannot read it"),
-        ("", "holds no token"),
-        ("# only a comment\n\n", "holds no token"),
-        ("two words\n", "printable ASCII without spaces"),
-        ("tökén\n", "printable ASCII without spaces"),
-    ],
-)
-def test_an_unusable_tokens_file_stops_the_server_from_starting(
-    tmp_path: Path, content: str | None, message: str
-) -> None:
-    tokens_file = tmp_path / "tokens"
-    if content is not None:
-        tokens_file.write_text(content)
-    with pytest.raises(ValueError, match=message):
-        load_tokens(settings_mod.ServerSettings(auth_tokens_file=str(tokens_file)))
-
-
-def test_the_token_check_needs_tokens_and_compares_whole_tokens() -> None:
-    with pytest.raises(ValueError):
-        TokenAuthInterceptor([])
-    auth = TokenAuthInterceptor(["s3cret"])
-    assert auth.authorized([("authorization", "Bearer s3cret")])
-    assert auth.authorized([("authorization", "  BEARER   s3cret ")])
-    assert not auth.authorized([("authorization", "Bearer s3cret2")])
-    assert not auth.authorized([("authorization", "Bearer s3cre")])
-    assert not auth.authorized([])
-
-
 # ---- the metrics endpoint follows the server's security --------------------------------------
 
 
@@ -523,68 +385,3 @@ def test_reflection_can_be_switched_off(tiny_model_dir: Path) -> None:
         )
 
 
-# ---- model loading never unpickles -------------------------------------------------------------
-
-
-class _Trap:
-    """Unpickling this writes a file: proof that a loader ran pickle."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return (shutil.copyfile, (__file__, str(self.marker)))
-
-
-def test_model_loading_never_unpickles(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import torch
-
-    marker = tmp_path / "unpickled"
-    trapped = tmp_path / "trapped"
-    shutil.copytree(tiny_model_dir, trapped)
-    (trapped / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
-    (trapped / "training_args.bin").write_bytes(pickle.dumps(_Trap(marker)))
-    classifier = load_directory("trapped", trapped, torch.device("cpu"), torch.float32)
-    assert classifier.labels == ["negative", "neutral", "positive"]
-    assert not marker.exists()
-
-    for weights in trapped.glob("*.safetensors"):
-        weights.unlink()
-    with pytest.raises(
-        ModelLoadError, match=r"no \.safetensors weights .*pytorch_model\.bin.*never unpickles"
-    ):
-        load_directory("trapped", trapped, torch.device("cpu"), torch.float32)
-    assert not marker.exists()
-
-
-def test_model_loading_refuses_remote_code(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import torch
-
-    remote = tmp_path / "remote"
-    shutil.copytree(tiny_model_dir, remote)
-    config = json.loads((remote / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
-    (remote / "config.json").write_text(json.dumps(config))
-    (remote / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
-    with pytest.raises(ModelLoadError, match="remote code"):
-        load_directory("remote", remote, torch.device("cpu"), torch.float32)
-    assert not (tmp_path / "ran").exists()
-
-
-def test_the_cli_tls_flag_trusts_the_default_roots(
-    tiny_model_dir: Path, pki: dict[str, Any], tmp_path: Path
-) -> None:
-    """`--tls` alone uses gRPC's default roots; a fresh process pointed at our CA as its
-    default roots file stands in for a server with a publicly trusted certificate."""
-    settings = tiny_settings(
-        tiny_model_dir, tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key)
-    )
-    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(pki["ca"])}
-    command = [sys.executable, "-m", "whybert.cli", "predict", "hello", "--json", "--timeout", "20"]
-    with ServerThread(settings) as server:
-        target = ["--target", server.target]
-        ok = subprocess.run([*command, *target, "--tls"], env=env, capture_output=True, text=True)
-        plain = subprocess.run([*command, *target], env=env, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)[0]["text"] == "hello"
-    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr

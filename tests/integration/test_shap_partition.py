@@ -1,4 +1,5 @@
-"""SHAP Partition explanations equal the shap library's own, through the shared batcher."""
+"""SHAP Partition explanations equal the shap library's own, through the shared batcher, on
+a server of the tiny model shared by the module."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import shap
-import torch
 import whybert
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from _references import ShapReference
+from _servers import ServerThread, running, tiny_settings
 
 TEXTS = [
     "the food was great but the service was painfully slow",
@@ -20,40 +21,6 @@ TEXTS = [
     "ok",
     "The café’s crème brûlée 🍮 was naïve and über-sweet 😋",
 ]
-
-
-class Reference:
-    """What a user writes: shap.PartitionExplainer over a plain function of strings."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-
-    def f(self, output: str, targets: list[int]) -> Any:
-        def f(texts: Any) -> np.ndarray:
-            enc = self.tokenizer(
-                [str(t) for t in texts], padding=True, truncation=True, max_length=128, return_tensors="pt"
-            )
-            with torch.no_grad():
-                logits = self.model(**enc).logits.double()
-            out = logits if output == "logit" else torch.softmax(logits, dim=-1)
-            return out[:, targets].numpy()
-
-        return f
-
-    def explain(self, text: str, targets: list[int], output: str = "probability", **kw: Any) -> Any:
-        masker = shap.maskers.Text(self.tokenizer)
-        explainer = shap.PartitionExplainer(self.f(output, targets), masker)
-        return explainer([text], silent=True, **kw)
-
-    def predicted(self, text: str) -> int:
-        return int(np.argmax(self.f("logit", list(range(len(self.labels))))([text])[0]))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Reference:
-    return Reference(tiny_model_dir)
 
 
 def client_for(server: Any) -> whybert.AsyncClient:
@@ -69,12 +36,14 @@ def assert_same(ours: whybert.Explanation, ref: Any) -> None:
 
 
 @pytest.mark.parametrize("text", TEXTS)
-async def test_values_equal_shap_library_for_predicted_label(tiny_server: Any, reference: Reference, text: str) -> None:
-    async with client_for(tiny_server) as client:
+async def test_values_equal_shap_library_for_predicted_label(
+    threaded_server: ServerThread, shap_reference: ShapReference, text: str
+) -> None:
+    async with client_for(threaded_server) as client:
         (ours,) = await client.explain([text])
-    predicted = reference.predicted(text)
-    assert ours.labels == [reference.labels[predicted]]
-    assert_same(ours, reference.explain(text, [predicted]))
+    predicted = shap_reference.predicted(text)
+    assert ours.labels == [shap_reference.labels[predicted]]
+    assert_same(ours, shap_reference.explain(text, [predicted]))
     assert ours.additivity_error < 1e-6
     assert ours.model_rows > 0
 
@@ -93,22 +62,22 @@ async def test_values_equal_shap_library_for_predicted_label(tiny_server: Any, r
     ],
 )
 async def test_values_equal_shap_library_for_options(
-    tiny_server: Any, reference: Reference, options: dict[str, Any], targets: list[int]
+    threaded_server: ServerThread, shap_reference: ShapReference, options: dict[str, Any], targets: list[int]
 ) -> None:
     text = TEXTS[0] + ", and the dessert was cold and tasteless."
-    async with client_for(tiny_server) as client:
+    async with client_for(threaded_server) as client:
         (ours,) = await client.explain([text], **options)
     shap_kw = {k: options[k] for k in ("max_evals", "fixed_context", "batch_size") if k in options}
-    ref = reference.explain(text, targets, options.get("output", "probability"), **shap_kw)
-    assert ours.labels == [reference.labels[t] for t in targets]
+    ref = shap_reference.explain(text, targets, options.get("output", "probability"), **shap_kw)
+    assert ours.labels == [shap_reference.labels[t] for t in targets]
     assert_same(ours, ref)
     assert ours.additivity_error < 1e-6
     assert ours.output == options.get("output", "probability")
 
 
-async def test_budget_binds_and_rows_are_counted(tiny_server: Any) -> None:
+async def test_budget_binds_and_rows_are_counted(threaded_server: ServerThread) -> None:
     long_text = " ".join(["the service was slow but the food was great"] * 6)
-    async with client_for(tiny_server) as client:
+    async with client_for(threaded_server) as client:
         (small,) = await client.explain([long_text], max_evals=50)
         (large,) = await client.explain([long_text], max_evals=400)
     # Each distinct masked string is evaluated once, never more than the budget allows.
@@ -116,9 +85,9 @@ async def test_budget_binds_and_rows_are_counted(tiny_server: Any) -> None:
     assert small.model_rows < large.model_rows <= 401
 
 
-async def test_offsets_point_into_the_original_text(tiny_server: Any) -> None:
+async def test_offsets_point_into_the_original_text(threaded_server: ServerThread) -> None:
     text = "  Spaced   out,\tunhappy  customer’s reply… 👍 "
-    async with client_for(tiny_server) as client:
+    async with client_for(threaded_server) as client:
         (e,) = await client.explain([text])
     for token, (start, end), special in zip(e.tokens, e.offsets, e.special, strict=True):
         if special:
@@ -130,12 +99,7 @@ async def test_offsets_point_into_the_original_text(tiny_server: Any) -> None:
 
 async def test_concurrent_explanations_equal_sequential_ones(tiny_model_dir: Path) -> None:
     """32 callers at once get the same values as each alone, and their rounds share batches."""
-    from conftest import tiny_settings
-    from whybert_service.grpc.server import WhybertServer
-
-    server = WhybertServer(tiny_settings(tiny_model_dir, cache_entries=0))
-    await server.start()
-    try:
+    async with running(tiny_settings(tiny_model_dir, cache_entries=0)) as server:
         texts = [f"{TEXTS[i % len(TEXTS)]} (review {i})" for i in range(32)]
         async with client_for(server) as client:
             alone = [(await client.explain([t], max_evals=120))[0] for t in texts[:8]]
@@ -147,8 +111,6 @@ async def test_concurrent_explanations_equal_sequential_ones(tiny_model_dir: Pat
             np.testing.assert_allclose(a.base_values, b.base_values, rtol=1e-5, atol=1e-7)
         total_rounds = sum(b.model_rows for (b,) in together) / 10  # ≤ 10 rows a round
         assert batches_concurrent < total_rounds / 2, "concurrent rounds did not share batches"
-    finally:
-        await server.stop(0)
 
 
 def _batch_count(server: Any) -> float:
@@ -159,21 +121,22 @@ def _batch_count(server: Any) -> float:
     return 0.0
 
 
-async def test_cache_serves_repeats_and_keys_on_options(tiny_server: Any) -> None:
+async def test_cache_serves_repeats_and_keys_on_options(threaded_server: ServerThread) -> None:
     text = "the staff were friendly and the room was spotless"
-    async with client_for(tiny_server) as client:
+    async with client_for(threaded_server) as client:
         (first,) = await client.explain([text], max_evals=80)
         (again,) = await client.explain([text], max_evals=80)
         (other,) = await client.explain([text], max_evals=90)
     assert not first.cached and again.cached and not other.cached
     assert again.model_rows == 0
     np.testing.assert_array_equal(first.values, again.values)
-    cache = tiny_server.dataplane.cache
+    assert threaded_server.server is not None and threaded_server.server.dataplane is not None
+    cache = threaded_server.server.dataplane.cache
     assert cache.hits >= 1 and cache.misses >= 2
 
 
-async def test_to_shap_gives_a_shap_explanation(tiny_server: Any) -> None:
-    async with client_for(tiny_server) as client:
+async def test_to_shap_gives_a_shap_explanation(threaded_server: ServerThread) -> None:
+    async with client_for(threaded_server) as client:
         (one,) = await client.explain(["a short and sweet review"])
         (every,) = await client.explain(["a short and sweet review"], targets="all")
     exp = one.to_shap()

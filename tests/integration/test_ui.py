@@ -1,46 +1,35 @@
-"""`whybert ui`: the page's JSON API against a real server, the page driven end to end in
-headless Chromium (type, submit, see highlighted tokens; compare; errors), and the CLI command
-that serves it."""
+"""`whybert ui`: the page's JSON API against a real server, its dataset jobs, and its
+hardening as a web server (body limits whatever the headers say, deadlines for slow
+clients, a connection cap, bad JSON answered 400). (The page driven end to end in headless
+Chromium, and the `whybert ui` command: system/test_ui_chromium.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
+import itertools
 import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
+import math
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import whybert
-from playwright.sync_api import Page, expect, sync_playwright
-from whybert.render import BLUE, RED
-from whybert.ui import UIServer
+from _wait import wait_for
+from whybert import Explanation, InvalidArgumentError, ModelInfo, Prediction
+from whybert.evaluation import classification_report, confusion_matrix
+from whybert.ui import Limits, UIServer
 
 TEXT = "The food was great, but the service was slow."
 OTHER = "Awful place, rude staff."
-
-CHROMIUM = shutil.which("chromium")
-# Nothing that reaches for the network (updates, sync, QUIC probes): the tests run offline.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # tests run as root in containers
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-dev-shm-usage",  # containers' /dev/shm is often too small for the renderer
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SERVER_TIMEOUT_MS = 30_000  # a click or a page answer that needs only the page's server
-EXPLAIN_TIMEOUT_MS = 120_000  # an explanation computed on a busy CPU
 
 
 @pytest.fixture(scope="module")
@@ -55,32 +44,15 @@ def ui(client: whybert.Client) -> Iterator[UIServer]:
         yield server
 
 
-@pytest.fixture
-def page() -> Iterator[Page]:
-    """A page in Debian's headless Chromium, driven by Playwright.
-
-    Debian's binary, never `playwright install`: the tests run where nothing can be downloaded.
-    """
-    if CHROMIUM is None:
-        pytest.skip("chromium is not on PATH (scripts/test installs Debian's chromium package)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.set_default_timeout(SERVER_TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
-
-
 def call(
     ui: UIServer, path: str, body: Any = None, *, raw: bytes | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, method: str | None = None,
 ) -> tuple[int, Any]:
     """One request to the page's server: (HTTP status, decoded JSON)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(
-        ui.url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+        ui.url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})},
+        method=method,
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -144,66 +116,491 @@ def test_unknown_paths_are_404(ui: UIServer) -> None:
     assert call(ui, "static/../__init__.py")[0] == 404
 
 
-def exactly(text: str) -> re.Pattern[str]:
-    """A pattern for `to_have_text` that matches the whole text, whitespace included.
+# ---- datasets and jobs ------------------------------------------------------------------------
 
-    A plain string there is matched after collapsing whitespace, which would hide a space
-    the page adds or drops between tokens.
-    """
-    return re.compile(f"^{re.escape(text)}$")
-
-
-def test_page_end_to_end_in_chromium(page: Page, ui: UIServer, client: whybert.Client) -> None:
-    """Type a text, submit, see its tokens highlighted; compare two texts; see an error."""
-    page.goto(ui.url)
-    expect(page.locator("#model")).to_have_value("tiny", timeout=SERVER_TIMEOUT_MS)
-    page.locator("#text-a").fill(TEXT)
-    page.locator("#budget").fill("80")  # shap's max_evals
-    page.locator("#submit").click()
-
-    expected = client.explain(TEXT, model="tiny", max_evals=80)[0]
-    j = expected.labels.index(expected.prediction.label)
-    visible = [i for i, special in enumerate(expected.special) if not special]
-    tokens = page.locator("#results .wb-tok")
-    expect(tokens.first).to_be_attached(timeout=EXPLAIN_TIMEOUT_MS)
-    expect(tokens).to_have_text([exactly(TEXT[slice(*expected.offsets[i])]) for i in visible])
-    expect(page.locator("#results .wb-label")).to_have_text(exactly(expected.prediction.label))
-    expect(page.locator("#results .wb-text")).to_have_text(exactly(TEXT))
-    top = int(np.argmax(np.abs(expected.values[visible, j])))
-    colour = RED if expected.values[visible[top], j] > 0 else BLUE
-    expect(tokens.nth(top)).to_have_css("background-color", "rgb({}, {}, {})".format(*colour))
-
-    page.locator("#compare").check()
-    page.locator("#text-b").fill(OTHER)
-    page.locator("#submit").click()
-    results = page.locator("#results")
-    expect(results.locator(".wb-explanation")).to_have_count(2, timeout=EXPLAIN_TIMEOUT_MS)
-    expect(results.locator(".wb-text")).to_have_text([exactly(TEXT), exactly(OTHER)])
-    expect(results).to_contain_class("two")
-
-    page.locator("#text-a").fill("")
-    page.locator("#submit").click()
-    error = page.locator("#error")
-    expect(error).to_be_visible(timeout=SERVER_TIMEOUT_MS)
-    expect(error).to_contain_text("INVALID_ARGUMENT")
-    expect(error).to_contain_text("texts[0]")
+LABELLED = [
+    ("The food was great, but the service was slow.", "positive"),
+    ("Awful place, rude staff.", "negative"),
+    ("It was fine, nothing special.", "neutral"),
+    ("I loved every minute of it!", "positive"),
+    ("Cold soup and a long wait.", "negative"),
+    ("The room was clean and quiet.", "positive"),
+    ("We will not come back.", "negative"),
+    ("Average prices, average taste.", "neutral"),
+]
 
 
-def test_cli_ui_serves_the_page_until_interrupted(target: str) -> None:
-    """`whybert ui --port 0` prints its address, serves the page, and exits 0 on Ctrl-C."""
-    command = [sys.executable, "-m", "whybert.cli", "ui", "--target", target, "--port", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as process:
+def csv_bytes(rows: list[tuple[str, str]], header: str = "label,text") -> bytes:
+    lines = [header] + [f'{label},"{text}"' for text, label in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def upload(ui: UIServer, data: bytes, name: str = "reviews.csv") -> tuple[int, Any]:
+    return call(ui, f"api/datasets?name={name}", raw=data, headers={"Content-Type": "text/csv"})
+
+
+def follow(ui: UIServer, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Poll the job as the page does until it ends; its last status."""
+    def ended() -> dict[str, Any] | None:
+        status, body = call(ui, f"api/jobs/{job_id}")
+        assert status == 200, body
+        return body if body["state"] != "running" else None
+
+    return wait_for(ended, timeout, step=0.05)
+
+
+def test_a_dataset_job_gives_the_figures_of_whybert_evaluation(ui: UIServer, client: whybert.Client) -> None:
+    status, dataset = upload(ui, csv_bytes(LABELLED))
+    assert status == 200, dataset
+    assert (dataset["columns"], dataset["rows"]) == (["label", "text"], len(LABELLED))
+    status, job = call(ui, "api/jobs", {"kind": "predict", "dataset": dataset["id"], "text_column": "text",
+                                        "label_column": "label", "model": "tiny"})
+    assert status == 200, job
+    assert follow(ui, job["id"])["state"] == "done"
+    status, body = call(ui, f"api/jobs/{job['id']}/result")
+    assert status == 200
+    texts = [t for t, _ in LABELLED]
+    truth = [label for _, label in LABELLED]
+    predicted = [p.label for p in client.predict(texts, model="tiny")]
+    metrics = body["result"]["metrics"]
+    labels = metrics["labels"]
+    assert set(labels) == set(truth) | set(predicted)
+    assert metrics["report"] == classification_report(truth, predicted, labels)
+    assert metrics["confusion_matrix"] == confusion_matrix(truth, predicted, labels).tolist()
+    assert [row[:3] for row in body["result"]["rows"]] == [list(r) for r in zip(texts, truth, predicted, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (csv_bytes([("good", "happy")]), 400, "'happy' (1 row, first row 1)"),
+        (csv_bytes([("   ", "positive")]), 400, "empty text in row(s) 1"),
+    ],
+)
+def test_a_dataset_is_checked_before_anything_is_sent(
+    ui: UIServer, data: bytes, status: int, words: str
+) -> None:
+    _, dataset = upload(ui, data)
+    got, body = call(ui, "api/jobs", {"kind": "predict", "dataset": dataset["id"], "text_column": "text",
+                                      "label_column": "label", "model": "tiny"})
+    assert got == status
+    assert words in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "no header row"),
+        (b"text,label\n", 400, "no rows under the header"),
+        (b"text,text\nx,y\n", 400, "columns named twice"),
+        (b"text,label\nx,y,z\n", 400, "row 1 (line 2) has 3 fields"),
+        (b"text,label\n\xff\xfe,x\n", 400, "not UTF-8"),
+    ],
+)
+def test_a_bad_csv_is_refused_clearly(ui: UIServer, data: bytes, status: int, words: str) -> None:
+    got, body = upload(ui, data)
+    assert got == status
+    assert words in body["error"]["message"]
+
+
+class BlockingClient:
+    """A stand-in for `whybert.Client` whose PredictStream hands out one prediction per
+    `release`, and records when the page's server closed (cancelled) the stream."""
+
+    target = "stub:0"
+
+    def __init__(self) -> None:
+        self.release = threading.Semaphore(0)
+        self.waiting = threading.Event()
+        self.closed = threading.Event()
+
+    def list_models(self, **_: Any) -> list[ModelInfo]:
+        return [ModelInfo("stub", ["negative", "positive"], 128, True, ["shap-partition"])]
+
+    def predict_stream(self, texts: list[str], model: str | None = None, **_: Any) -> Iterator[tuple[int, Prediction]]:
+        def stream() -> Iterator[tuple[int, Prediction]]:
+            try:
+                for i in range(len(texts)):
+                    self.waiting.set()
+                    self.release.acquire()
+                    yield i, Prediction("positive", {"negative": 0.25, "positive": 0.75})
+            finally:
+                self.closed.set()
+
+        return stream()
+
+
+@pytest.fixture
+def stub_ui() -> Iterator[tuple[UIServer, BlockingClient]]:
+    stub = BlockingClient()
+    limits = Limits(max_jobs=1, job_idle_seconds=0.5)
+    with UIServer(stub, limits=limits).start() as server:  # type: ignore[arg-type]
+        yield server, stub
+    for _ in range(100):  # let any job still waiting end
+        stub.release.release()
+
+
+def start_stub_job(ui: UIServer) -> str:
+    _, dataset = upload(ui, csv_bytes([(t, "positive") for t, _ in LABELLED]))
+    status, job = call(ui, "api/jobs", {"kind": "predict", "dataset": dataset["id"], "text_column": "text",
+                                        "label_column": "label"})
+    assert status == 200, job
+    return str(job["id"])
+
+
+def test_a_job_is_cancelled_when_the_page_asks(stub_ui: tuple[UIServer, BlockingClient]) -> None:
+    ui, stub = stub_ui
+    job = start_stub_job(ui)
+    stub.release.release()
+    wait_for(lambda: call(ui, f"api/jobs/{job}")[1]["done"] == 1)
+    second = csv_bytes([("x", "positive")])
+    _, dataset = upload(ui, second)
+    status, body = call(ui, "api/jobs", {"kind": "predict", "dataset": dataset["id"], "text_column": "text",
+                                         "label_column": "label"})
+    assert (status, body["error"]["code"]) == (429, "TOO_MANY_JOBS")  # max_jobs=1
+    status, body = call(ui, f"api/jobs/{job}", method="DELETE")
+    assert status == 200
+    stub.release.release()  # the stream's next message: the job sees the cancel there
+    assert follow(ui, job)["state"] == "cancelled"
+    assert stub.closed.is_set()  # the stream was closed: the server call is cancelled
+    assert call(ui, f"api/jobs/{job}/result")[0] == 409
+
+
+def test_a_job_nobody_asks_about_is_cancelled(stub_ui: tuple[UIServer, BlockingClient]) -> None:
+    ui, stub = stub_ui
+    job_id = start_stub_job(ui)
+    job = ui.jobs.find(job_id)
+    assert job is not None
+    wait_for(stub.waiting.is_set)
+    wait_for(job.cancel_requested.is_set, 10, message="the abandoned job was never cancelled")
+    stub.release.release()
+    wait_for(lambda: job.state == "cancelled")
+    assert stub.closed.is_set()
+
+
+# ---- non-finite numbers ---------------------------------------------------------------------
+
+
+class NonFiniteClient:
+    """A stand-in whose explanation holds NaN and ±inf, as a broken model gives."""
+
+    target = "stub:0"
+
+    def explain(self, texts: list[str], **_: Any) -> list[Explanation]:
+        text = texts[0]
+        return [Explanation(
+            text=text, tokens=["[CLS]", "bad", "model", "here", "[SEP]"],
+            offsets=[(0, 0), (0, 3), (4, 9), (10, 14), (0, 0)], special=[True, False, False, False, True],
+            values=np.array([[0.0], [math.nan], [math.inf], [-math.inf], [0.0]]),
+            base_values=np.array([0.5]), output_values=np.array([math.nan]), labels=["positive"],
+            prediction=Prediction("positive", {"positive": math.nan, "negative": math.nan}),
+            explainer="shap-partition", output="probability",
+        )]
+
+
+def test_nan_and_infinity_travel_as_strict_json_and_render_as_such() -> None:
+    with UIServer(NonFiniteClient()).start() as ui:  # type: ignore[arg-type]
+        request = urllib.request.Request(ui.url + "api/explain", data=b'{"texts": ["bad model here"]}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    body = json.loads(raw, parse_constant=refuse)  # what JavaScript's JSON.parse accepts
+    summary = body["explanations"][0]
+    assert summary["scores"] == {"positive": "NaN", "negative": "NaN"}
+    assert summary["top"][0][1] in ("NaN", "Infinity", "-Infinity")
+    for value in ('data-value="NaN"', 'data-value="Infinity"', 'data-value="-Infinity"'):
+        assert value in body["html"]
+    for tip in ("bad: nan to positive", "model: +inf to positive", "here: -inf to positive"):
+        assert f'data-tip="{tip}"' in body["html"]
+
+
+# ---- progressive explanations (a stand-in stream: the page's side of it) ----------------------
+
+
+def scaled(e: Explanation, factor: float) -> Explanation:
+    return dataclasses.replace(e, values=e.values * factor)
+
+
+class ProgressiveClient:
+    """A stand-in for a client with `explain_progressive`: `messages` refinements of one
+    explanation (None: without end), or a refusal before the first; records the close."""
+
+    target = "stub:0"
+
+    def __init__(self, messages: int | None, refuse: bool = False) -> None:
+        self.messages, self.refuse = messages, refuse
+        self.closed = threading.Event()
+        self.asked: dict[str, Any] = {}
+
+    def explain_progressive(self, text: str, **options: Any) -> Iterator[Any]:
+        self.asked = {"text": text, **options}
+        base = NonFiniteClient().explain([text])[0]
+        base = dataclasses.replace(base, values=np.array([[0.0], [0.1], [0.2], [-0.3], [0.0]]))
+
+        def stream() -> Iterator[Any]:
+            try:
+                if self.refuse:
+                    raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "bad text", [("text", "bad")])
+                for k in itertools.count(1):
+                    final = self.messages is not None and k == self.messages
+                    yield SimpleNamespace(explanation=scaled(base, k), evals=10 * k, final=final)
+                    if final:
+                        return
+            finally:
+                self.closed.set()
+
+        return stream()
+
+
+def progressive(ui: UIServer, body: dict[str, Any]) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection(ui.host, ui.port, timeout=30)
+    connection.request("POST", "/api/explain/progressive", json.dumps(body),
+                       {"Content-Type": "application/json"})
+    return connection.getresponse()
+
+
+def test_progressive_refinements_are_streamed_one_json_line_each() -> None:
+    stub = ProgressiveClient(3)
+    with UIServer(stub).start() as ui:  # type: ignore[arg-type]
+        answer = progressive(ui, {"text": "bad model here", "model": "m", "max_evals": 30, "interval": 0})
+        assert answer.status == 200
+        assert answer.getheader("Content-Type") == "application/x-ndjson"
+        lines = [json.loads(line) for line in answer.read().splitlines()]
+    assert stub.asked == {"text": "bad model here", "model": "m", "max_evals": 30, "interval": 0.0}
+    assert [(m["evals"], m["final"]) for m in lines] == [(10, False), (20, False), (30, True)]
+    assert 'data-value="0.6000000000000001"' in lines[2]["html"]  # 0.2 × 3
+    assert stub.closed.is_set()
+
+
+def test_progressive_refused_before_the_first_message_is_an_ordinary_error() -> None:
+    with UIServer(ProgressiveClient(3, refuse=True)).start() as ui:  # type: ignore[arg-type]
+        answer = progressive(ui, {"text": "x"})
+        body = json.loads(answer.read())
+    assert (answer.status, body["error"]["code"]) == (400, "INVALID_ARGUMENT")
+    assert body["error"]["field_violations"] == [["text", "bad"]]
+
+
+def test_a_page_that_leaves_ends_the_progressive_stream() -> None:
+    stub = ProgressiveClient(None)  # refinements without end
+    with UIServer(stub).start() as ui:  # type: ignore[arg-type]
+        with connect(ui) as sock:
+            sock.sendall(head(ui, "POST", "/api/explain/progressive", {
+                "Content-Type": "application/json", "Content-Length": "13"}) + b'{"text": "x"}')
+            assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200")
+        wait_for(stub.closed.is_set, 30, message="the stream was not closed after the page left")
+
+
+def test_progressive_without_the_client_call_says_so(ui: UIServer, client: whybert.Client) -> None:
+    if hasattr(client, "explain_progressive"):
+        pytest.skip("this whybert client has explain_progressive")
+    status, body = call(ui, "api/explain/progressive", {"text": "x"})
+    assert (status, body["error"]["code"]) == (501, "UNIMPLEMENTED")
+
+
+# ---- hardening ------------------------------------------------------------------------------
+
+SMALL_BODY = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def tight(client: whybert.Client) -> Iterator[UIServer]:
+    """A page server with small limits and short deadlines."""
+    limits = Limits(max_body_bytes=SMALL_BODY, max_dataset_bytes=SMALL_BODY, header_timeout=1.0,
+                    body_timeout=3.0)
+    with UIServer(client, limits=limits).start() as server:
+        yield server
+
+
+def connect(ui: UIServer) -> socket.socket:
+    return socket.create_connection((ui.host, ui.port), timeout=30)
+
+
+def head(ui: UIServer, method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{ui.port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def response(sock: socket.socket) -> tuple[int, Any]:
+    """The next answer on a raw connection: (status, decoded JSON)."""
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    return answer.status, json.loads(answer.read())
+
+
+def closed(sock: socket.socket) -> bool:
+    """The server closed the connection (what it sends next is the end of the stream)."""
+    try:
+        return sock.recv(1 << 16) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_content_length_over_the_limit_is_refused_before_the_body(tight: UIServer) -> None:
+    """The header says a terabyte; 1 KiB of it is sent and the answer comes at once."""
+    with connect(tight) as sock:
+        sock.sendall(head(tight, "POST", "/api/explain", {
+            "Content-Type": "application/json", "Content-Length": str(10**12)}) + b"[" * 1024)
+        status, body = response(sock)
+        assert status == 413
+        assert f"over the limit of {SMALL_BODY} bytes: it says {10**12} bytes" in body["error"]["message"]
+        assert closed(sock)
+
+
+def test_a_lying_content_length_cannot_make_the_server_read_more(tight: UIServer) -> None:
+    """Fewer bytes than announced: the body deadline ends the wait (408); more bytes than
+    announced: only the announced ones are the body."""
+    with connect(tight) as sock:
+        sock.sendall(head(tight, "POST", "/api/jobs", {
+            "Content-Type": "application/json", "Content-Length": "1000"}) + b'{"kind": ')
+        status, body = response(sock)
+        assert (status, body["error"]["code"]) == (408, "TIMEOUT")
+        assert closed(sock)
+    with connect(tight) as sock:
+        data = b'{"kind": "neither"}'
+        sock.sendall(head(tight, "POST", "/api/jobs", {
+            "Content-Type": "application/json", "Content-Length": str(len(data))}) + data + b"x" * SMALL_BODY * 4)
+        status, body = response(sock)
+        assert status == 400 and "kind must be" in body["error"]["message"]
+
+
+def test_a_chunked_body_is_counted_as_it_comes(tight: UIServer) -> None:
+    """Chunked bodies are read (a small one works) and refused once over the limit, without
+    waiting for their end (this one never ends)."""
+    with connect(tight) as sock:
+        data = b'{"kind": "neither"}'
+        sock.sendall(head(tight, "POST", "/api/jobs", {
+            "Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        status, body = response(sock)
+        assert status == 400 and "kind must be" in body["error"]["message"]
+    with connect(tight) as sock:
+        chunk = b"[" * (16 << 10)
+        sock.sendall(head(tight, "POST", "/api/explain", {
+            "Content-Type": "application/json", "Transfer-Encoding": "chunked"}))
+        for _ in range(SMALL_BODY // len(chunk) + 1):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status, body = response(sock)
+        assert status == 413
+        assert closed(sock)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 411),
+        ({"Content-Length": "5", "Transfer-Encoding": "chunked"}, 400),
+        ({"Content-Length": "-1"}, 400),
+        ({"Content-Length": "0x10"}, 400),
+        ({"Transfer-Encoding": "gzip"}, 501),
+    ],
+)
+def test_bodies_framed_ambiguously_are_refused(tight: UIServer, headers: dict[str, str], status: int) -> None:
+    with connect(tight) as sock:
+        sock.sendall(head(tight, "POST", "/api/explain", {"Content-Type": "application/json", **headers}))
+        got, body = response(sock)
+        assert got == status, body
+        assert closed(sock)
+
+
+def test_a_body_nobody_reads_is_not_taken_for_a_request(tight: UIServer) -> None:
+    """A post to no API: its body (here a request of its own) is never parsed; the answer
+    closes the connection."""
+    smuggled = f"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1:{tight.port}\r\n\r\n".encode()
+    with connect(tight) as sock:
+        sock.sendall(head(tight, "POST", "/nowhere", {
+            "Content-Type": "application/json", "Content-Length": str(len(smuggled))}) + smuggled)
+        status, _ = response(sock)
+        assert status == 404
+        assert closed(sock)
+
+
+def test_slow_headers_time_out(tight: UIServer) -> None:
+    """A slowloris client, one header line every 0.1 s, is cut off at the header deadline."""
+    stop = threading.Event()
+    with connect(tight) as sock:
+        def drip() -> None:
+            n = 0
+            with_header = head(tight, "POST", "/api/explain", {}).removesuffix(b"\r\n")
+            try:
+                sock.sendall(with_header)
+                while not stop.wait(0.1):  # the attack's own pace
+                    sock.sendall(b"X-Slow-%d: 1\r\n" % n)
+                    n += 1
+            except OSError:
+                return
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        began = time.monotonic()
+        dripper.start()
         try:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            url = line.split(" on ", 1)[1].split()[0]
-            assert url.startswith("http://127.0.0.1:")
-            with urllib.request.urlopen(url, timeout=30) as response:
-                assert b'id="explain-form"' in response.read()
-            with urllib.request.urlopen(url + "api/models", timeout=30) as response:
-                assert json.loads(response.read())["models"][0]["name"] == "tiny"
+            status, body = response(sock)
         finally:
-            process.send_signal(signal.SIGINT)
-            assert process.wait(30) == 0
+            stop.set()
+            dripper.join()
+        assert (status, body["error"]["code"]) == (408, "TIMEOUT")
+        assert time.monotonic() - began < tight.limits.header_timeout + 5
+
+
+def test_an_idle_connection_is_closed(tight: UIServer) -> None:
+    with connect(tight) as sock:
+        assert closed(sock)  # within the header deadline (the socket's own timeout is 30 s)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("path", ["api/explain", "api/compare", "api/jobs", "api/explain/progressive"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        DEEP,
+        b'{"a":' * 40 + b"1" + b"}" * 40,  # deeper than 32, shallower than Python's recursion limit
+        b"{not json",
+        b'{"texts": ["x"]',
+        b"\xff\xfe{}",
+        b'{"texts": [NaN]}',
+        b'"a string"',
+        b"[]",
+        b'{"texts": [1], "text": 2}',
+        b'{"texts": ["x"], "text": "x", "max_evals": 1e999}',
+        b'{"texts": ["x"], "text": "x", "targets": 5, "kind": "predict"}',
+        b'{"texts": ["x"], "text": "x", "output": [], "kind": "explain", "source": []}',
+    ],
+)
+def test_bad_json_is_400_never_500(ui: UIServer, path: str, raw: bytes) -> None:
+    status, body = call(ui, path, raw=raw)
+    assert status in (400, 404, 409), body  # 404/409: an explain job of no (finished) predict job
+    assert body["error"]["message"]
+
+
+@pytest.fixture
+def capped(client: whybert.Client) -> Iterator[UIServer]:
+    with UIServer(client, limits=Limits(max_connections=2, header_timeout=60)).start() as server:
+        yield server
+
+
+def test_connections_over_the_cap_are_refused_at_once(capped: UIServer) -> None:
+    held = [connect(capped) for _ in range(2)]
+    try:
+        wait_for(lambda: capped.httpd.open_connections == 2)
+        with connect(capped) as extra:
+            extra.sendall(head(capped, "GET", "/api/models", {}))
+            status, body = response(extra)
+            assert (status, body["error"]["code"]) == (503, "TOO_MANY_CONNECTIONS")
+        held.pop().close()
+        wait_for(lambda: capped.httpd.open_connections < 2)
+        assert call(capped, "api/models")[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_dataset_over_the_limit_is_refused_with_the_flag_named(tight: UIServer) -> None:
+    status, body = upload(tight, b"text,label\n" + b"x,positive\n" * (SMALL_BODY // 10))
+    assert status == 413
+    assert f"the file is over the limit of {SMALL_BODY} bytes (--max-dataset-bytes)" in body["error"]["message"]

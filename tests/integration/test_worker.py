@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _servers import FaultyClassifier, wait_for
+from _servers import FaultyClassifier
+from _wait import wait_for, wait_for_async
 from whybert_service.batching.worker import ModelWorker, WorkerConfig
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import (
@@ -83,13 +84,13 @@ def test_rows_of_expired_and_cancelled_callers_never_reach_the_model(
 ) -> None:
     worker, faulty = make_worker()
     blocker = hold_worker(worker, faulty)
-    expiring = RequestContext.with_timeout(Priority.PREDICT, 0.05)
+    expiring = RequestContext.with_timeout(Priority.PREDICT, 60)
     leaving = RequestContext()
     f_expiring = worker.submit(ids(faulty, "a text whose deadline passes in the queue"), expiring)
     f_leaving = worker.submit(ids(faulty, "a text whose caller cancels in the queue"), leaving)
     f_staying = worker.submit(ids(faulty, "a text whose caller waits"), RequestContext())
     leaving.cancel()
-    time.sleep(0.1)
+    expiring.deadline = time.monotonic()  # the deadline passes now, while the rows are queued
     faulty.release()
     blocker.result(10)
     assert f_staying.result(10).logits.shape == (1, 3)
@@ -140,7 +141,7 @@ async def test_cancelling_an_awaited_run_cancels_the_request(make_worker: Worker
     blocker = hold_worker(worker, faulty)
     ctx = RequestContext()
     task = asyncio.ensure_future(worker.run(ids(faulty, "an awaited row whose caller leaves"), ctx))
-    await asyncio.sleep(0.05)
+    await wait_for_async(lambda: worker.queued_rows() == 1)  # queued behind the held batch
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / ".tools" / "node_modules" / ".bin" / "buf"
 PROTO = Path("protos/whybert/v1/explainer.proto")
 GIT_ENV = {

@@ -65,6 +65,7 @@ NEGATIVE = [
 
 CARD = builtin.ADAPTER_DIR / "MODEL_CARD.md"
 REPORT = builtin.ADAPTER_DIR / "training_report.json"
+pytestmark = pytest.mark.slow  # the real default model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import whybert
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 TEXTS = ["the food was great", "the service was slow and the staff rude"]
 

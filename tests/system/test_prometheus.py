@@ -1,19 +1,16 @@
 """Metrics: a real Prometheus scrapes a real whybert server on loopback, and what it reads
-back through its HTTP API matches the calls that were made; the worker's queue gauges and
-drop counters follow the queue; the shipped dashboard's queries and alert rules run."""
+back through its HTTP API matches the calls that were made; the shipped dashboard's
+queries and alert rules run. (The metrics without Prometheus: integration/test_metrics.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +19,12 @@ import grpc
 import pytest
 import whybert
 import yaml
-from _servers import ServerThread, hold_worker_thread, wait_for
-from conftest import free_port, running, tiny_settings
+from _deploy import PROMETHEUS, RULES, dashboard_exprs
+from _servers import free_port, running, tiny_settings
+from _wait import wait_for
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from test_deploy import PROMETHEUS, RULES, dashboard_exprs
-from whybert.v1 import explainer_pb2 as pb
-from whybert.v1 import explainer_pb2_grpc as pb_grpc
-from whybert_service.batching.worker import ModelWorker, WorkerConfig
-from whybert_service.context import Priority, RequestContext
-from whybert_service.errors import Unavailable
-from whybert_service.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(180)
 PREDICT_OK = 5
@@ -77,14 +68,14 @@ class Prometheus:
         self, expr: str, ok: Callable[[float | None], bool], timeout: float = 30
     ) -> float | None:
         """Poll until the value satisfies `ok` (scrapes come every second), bounded."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.value(expr)
-            if ok(value):
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{expr} is {value} after {timeout} s")
-            time.sleep(0.25)
+        seen: list[float | None] = []
+
+        def holds() -> bool:
+            seen.append(self.value(expr))
+            return ok(seen[-1])
+
+        wait_for(holds, timeout, step=0.25, message=lambda: f"{expr} is {seen[-1]} after {timeout} s")
+        return seen[-1]
 
 
 def prometheus_config(target: str, folder: Path) -> Path:
@@ -110,22 +101,28 @@ def start_prometheus(target: str, folder: Path) -> Prometheus:
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    log = (folder / "prometheus.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    log_file = (folder / "prometheus.log").open("wb")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def log() -> str:
+        return (folder / "prometheus.log").read_text()
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"prometheus exited:\n{log()}")
         try:
             with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=1) as response:
-                if response.status == 200:
-                    return prometheus
+                return bool(response.status == 200)
         except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log_text = (folder / "prometheus.log").read_text()
-            raise AssertionError(f"prometheus did not start:\n{log_text}")
-        time.sleep(0.2)
+            return False
+
+    try:
+        wait_for(ready, 30, step=0.2, message=lambda: f"prometheus did not start:\n{log()}")
+    except AssertionError:
+        process.kill()
+        raise
+    return prometheus
 
 
 @pytest.fixture
@@ -262,93 +259,3 @@ async def test_dashboard_queries_and_alert_rules_run_on_scraped_data(
     assert rules and all(r["health"] in ("ok", "unknown") for r in rules), rules
     firing = [r["name"] for r in rules if r.get("state") == "firing"]
     assert firing == []
-
-
-# ---- the worker's queue gauges and drop counters, without Prometheus ----------------------
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-def test_queue_gauges_follow_the_queue_and_drops_count_by_reason(tiny_classifier: Any) -> None:
-    metrics = Metrics()
-    worker = ModelWorker(tiny_classifier, WorkerConfig(max_batch_delay_s=1.5), metrics)
-    worker.start()
-    try:
-        ids = tiny_classifier.encode(["one text", "and another text"]).ids
-        first, second = RequestContext(), RequestContext()
-        late = RequestContext.with_timeout(Priority.PREDICT, 0.5)
-        gone = RequestContext()
-        futures: list[Future[Any]] = [
-            worker.submit(ids, first),
-            worker.submit(ids[:1], first),  # the same request, a second round
-            worker.submit(ids, second),
-        ]
-        doomed = [worker.submit(ids, late), worker.submit(ids, gone)]
-        # Nothing runs before the batch delay: all of it is waiting.
-        assert sample(metrics, "whybert_queue_rows", model="tiny") == 9
-        assert sample(metrics, "whybert_queue_submissions", model="tiny") == 5
-        assert sample(metrics, "whybert_queue_requests", model="tiny") == 4
-        gone.cancel()
-        for future in futures:
-            assert future.result(timeout=30).logits.shape[0] >= 1
-        for future in doomed:
-            with pytest.raises(Exception):  # noqa: B017 - deadline or cancelled, counted below
-                future.result(timeout=30)
-        assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="deadline") == 2
-        assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="cancelled") == 2
-        # The batch is counted just after its rows are delivered.
-        assert wait_for(lambda: sample(metrics, "whybert_rows_total", model="tiny") == 5, timeout=5)
-        for gauge in ("whybert_queue_rows", "whybert_queue_submissions", "whybert_queue_requests"):
-            assert sample(metrics, gauge, model="tiny") == 0, gauge
-
-        # Rows queued when the worker stops get UNAVAILABLE and are counted as such.
-        stranded = worker.submit(ids, RequestContext())
-    finally:
-        worker.stop()
-    with pytest.raises(Unavailable):
-        stranded.result(timeout=30)
-    assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="unavailable") == 2
-    assert sample(metrics, "whybert_model_loaded", model="tiny") == 0
-    with pytest.raises(Unavailable):
-        worker.submit(ids, RequestContext())
-    assert sample(metrics, "whybert_dropped_rows_total", model="tiny", reason="rejected") == 2
-    assert sample(metrics, "whybert_queue_requests", model="tiny") == 0
-    assert math.isclose(sample(metrics, "whybert_batch_rows_sum", model="tiny"), 5)
-
-
-def test_metrics_endpoint_closes_and_frees_its_port() -> None:
-    metrics = Metrics()
-    port = free_port()
-    metrics.serve(port, "127.0.0.1")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        assert b"whybert_cache_hits_total" in response.read()
-    metrics.close()
-    again = Metrics()
-    again.serve(port, "127.0.0.1")  # would fail with "address in use" if still bound
-    again.close()
-
-
-def test_a_call_whose_deadline_passes_in_the_handler_counts_as_deadline_exceeded(
-    tiny_model_dir: Path,
-) -> None:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        assert server.server is not None
-        registry = server.server.metrics.registry
-        labels = {"grpc_type": "unary", "grpc_service": "whybert.v1.Explainer", "grpc_method": "Predict"}
-
-        def handled(code: str) -> float:
-            return registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code}) or 0
-
-        before = {code: handled(code) for code in ("DEADLINE_EXCEEDED", "CANCELLED")}
-        release = hold_worker_thread(server.worker)  # the model is busy
-        try:
-            with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as exc:
-                pb_grpc.ExplainerStub(channel).Predict(pb.PredictRequest(texts=["hello"]), timeout=0.3)
-        finally:
-            release.set()
-        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert wait_for(lambda: handled("DEADLINE_EXCEEDED") == before["DEADLINE_EXCEEDED"] + 1, timeout=5)
-        assert handled("CANCELLED") == before["CANCELLED"]

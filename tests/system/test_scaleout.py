@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import whybert
-from conftest import free_port
+from _servers import free_port
+from _wait import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 REPLICAS = 3
@@ -89,18 +90,24 @@ def wait_serving(replicas: list[Replica], timeout: float = 180.0) -> None:
     """Bounded wait until every replica answers SERVING on grpc.health.v1."""
     deadline = time.monotonic() + timeout
     for replica in replicas:
-        with whybert.Client(replica.address, timeout=1.0, retries=0) as client:
-            while True:
-                if replica.process.poll() is not None:
-                    pytest.fail(f"replica exited early:\n{replica.log.read_text()[-3000:]}")
-                try:
-                    if client.health() == "SERVING":
-                        break
-                except whybert.WhybertError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"replica not serving in time:\n{replica.log.read_text()[-3000:]}")
-                time.sleep(0.2)
+        wait_replica_serving(replica, max(0.0, deadline - time.monotonic()))
+
+
+def wait_replica_serving(replica: Replica, timeout: float) -> None:
+    def log() -> str:
+        return replica.log.read_text()[-3000:]
+
+    with whybert.Client(replica.address, timeout=1.0, retries=0) as client:
+
+        def serving() -> bool:
+            if replica.process.poll() is not None:
+                pytest.fail(f"replica exited early:\n{log()}")
+            try:
+                return client.health() == "SERVING"
+            except whybert.WhybertError:
+                return False
+
+        wait_for(serving, timeout, step=0.2, message=lambda: f"replica not serving in time:\n{log()}")
 
 
 @pytest.fixture
@@ -138,7 +145,7 @@ class Load:
 
     def _caller(self, index: int) -> None:
         n = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set():  # the load itself, until the test stops it
             n += 1
             with self._lock:
                 self.outstanding[index] = time.monotonic()
@@ -167,13 +174,12 @@ class Load:
             return all(started > moment for started in self.outstanding.values())
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
+        def holds() -> bool:
             if self.failures:
                 raise AssertionError(f"calls failed while waiting for {what}: {self.failures[:3]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what} ({self.ok} calls ok)")
-            time.sleep(0.02)
+            return condition()
+
+        wait_for(holds, timeout, step=0.02, message=lambda: f"timed out waiting for {what} ({self.ok} calls ok)")
 
 
 def test_round_robin_spreads_load_and_survives_a_killed_replica(replicas: list[Replica]) -> None:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 import pytest_asyncio
-import shap
 import torch
 import whybert
+from _references import PlainModel, ShapReference
+from _servers import tiny_settings
 
 TEXTS = {
     "short": "great food",
@@ -25,6 +25,7 @@ TEXTS = {
     "emoji": "loved it 😍😍 best concert ever 🎉 but parking was a nightmare 😡",
     "word pieces": "unbelievably overpriced, the waiter's condescension was insufferable",
 }
+pytestmark = pytest.mark.slow  # the real default model
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,14 @@ def builtin() -> Any:
     return load_builtin(torch.device("cpu"), torch.float32)
 
 
+@pytest.fixture(scope="module")
+def reference(builtin: Any) -> ShapReference:
+    """shap.PartitionExplainer over the same model, called directly."""
+    return ShapReference(PlainModel.from_classifier(builtin))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server() -> AsyncIterator[Any]:
-    from conftest import tiny_settings
     from whybert_service.grpc.server import WhybertServer
 
     settings = tiny_settings(None, model=(), no_builtin_model=False, cache_entries=0)  # type: ignore[arg-type]
@@ -48,28 +54,13 @@ async def server() -> AsyncIterator[Any]:
         await srv.stop(0)
 
 
-def reference(classifier: Any, text: str, targets: list[int], output: str = "probability", **kw: Any) -> Any:
-    """shap.PartitionExplainer over the same model, called directly."""
-    tokenizer = copy.deepcopy(classifier.tokenizer)
-
-    def f(texts: Any) -> np.ndarray:
-        enc = tokenizer([str(t) for t in texts], padding=True, truncation=True,
-                        max_length=classifier.max_length, return_tensors="pt")
-        with torch.no_grad():
-            logits = classifier.model(**enc).logits.double()
-        out = logits if output == "logit" else torch.softmax(logits, -1)
-        return out[:, targets].numpy()
-
-    return shap.PartitionExplainer(f, shap.maskers.Text(tokenizer))([text], silent=True, **kw)
-
-
 @pytest.mark.parametrize("name", list(TEXTS))
 @pytest.mark.asyncio(loop_scope="module")
-async def test_all_labels_equal_shap(server: Any, builtin: Any, name: str) -> None:
+async def test_all_labels_equal_shap(server: Any, reference: ShapReference, name: str) -> None:
     text = TEXTS[name]
     async with whybert.AsyncClient(f"127.0.0.1:{server.port}", timeout=300) as client:
         (ours,) = await client.explain([text], targets="all")
-    ref = reference(builtin, text, [0, 1, 2])
+    ref = reference.explain(text, [0, 1, 2])
     assert ours.labels == ["negative", "neutral", "positive"]
     assert ours.tokens == list(ref.data[0])
     np.testing.assert_allclose(ours.values, ref.values[0], rtol=1e-3, atol=2e-5)
@@ -89,13 +80,15 @@ async def test_all_labels_equal_shap(server: Any, builtin: Any, name: str) -> No
     ids=["logit", "fixed-context-1", "small-budget"],
 )
 @pytest.mark.asyncio(loop_scope="module")
-async def test_predicted_label_with_options_equals_shap(server: Any, builtin: Any, options: dict[str, Any]) -> None:
+async def test_predicted_label_with_options_equals_shap(
+    server: Any, builtin: Any, reference: ShapReference, options: dict[str, Any]
+) -> None:
     text = TEXTS["mixed"]
     async with whybert.AsyncClient(f"127.0.0.1:{server.port}", timeout=300) as client:
         (ours,) = await client.explain([text], **options)
     predicted = builtin.labels.index(ours.prediction.label)
     assert ours.labels == [ours.prediction.label]
     shap_kw = {k: options[k] for k in ("max_evals", "fixed_context", "batch_size") if k in options}
-    ref = reference(builtin, text, [predicted], options.get("output", "probability"), **shap_kw)
+    ref = reference.explain(text, [predicted], options.get("output", "probability"), **shap_kw)
     np.testing.assert_allclose(ours.values, np.asarray(ref.values[0]).reshape(-1, 1), rtol=1e-3, atol=2e-5)
     assert ours.additivity_error < 1e-5

@@ -1,10 +1,10 @@
 """Graceful shutdown of the real `whybert serve` process: on SIGTERM health turns
 NOT_SERVING, new calls are refused with UNAVAILABLE, calls in flight finish, and the
-process exits 0; a SIGTERM during model loading exits at once; calls that outlive the
-grace period are cut at its end; and a SIGTERM in the middle of each explainer's longest
-work (SHAP on long texts, LIME with many samples, integrated gradients with many steps)
-ends the call within the grace period with OK or a clear status and the process with 0
-within the grace period plus 2 s."""
+process exits 0; a SIGTERM during model loading exits at once; and a SIGTERM in the
+middle of each explainer's longest work (SHAP on long texts, LIME with many samples,
+integrated gradients with many steps) ends the call within the grace period with OK or a
+clear status and the process with 0 within the grace period plus 2 s. (Calls that outlive
+the grace period of an in-process server: integration/test_server_stop.py.)"""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 import pytest
-from _servers import FaultyClassifier, ServerThread, registry_factory, wait_for
-from conftest import free_port, tiny_settings
+from _servers import free_port
+from _wait import wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from whybert.v1 import explainer_pb2 as pb
@@ -96,21 +96,24 @@ class ServeProcess:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def wait_health(self, status: str, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        def reached() -> bool:
             assert self.process.poll() is None, f"the server exited early:\n{self.log()}"
-            if self.health() == status:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"health never became {status}:\n{self.log()}")
+            return self.health() == status
 
-    def metric(self, name: str) -> float:
-        """A sample of the server's /metrics summed over its labels (0 while absent)."""
+        wait_for(reached, timeout, step=0.1, message=lambda: f"health never became {status}:\n{self.log()}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the server's /metrics summed over the labels not given (0 while absent)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         families = text_string_to_metric_families(text)
-        return sum(s.value for f in families for s in f.samples if s.name == name)
+        return sum(
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def log(self) -> str:
         self._log.flush()
@@ -169,6 +172,7 @@ def test_sigterm_under_load_finishes_calls_in_flight_refuses_new_ones_and_exits_
         "200",
         "--cache-entries",
         "0",
+        metrics=True,
     )
     server.wait_health("SERVING", timeout=180)
     statuses: list[str] = []
@@ -184,16 +188,28 @@ def test_sigterm_under_load_finishes_calls_in_flight_refuses_new_ones_and_exits_
         stub.Predict.future(pb.PredictRequest(texts=[f"review {i}"]), timeout=120)
         for i in range(20)
     ]
-    time.sleep(0.5)
+    # Every call is on the server when the signal comes: the 20 Predicts started, the three
+    # explanations in flight (their rounds take seconds).
+    wait_until(server, in_flight, "the calls on the server",
+               lambda: server.metric("grpc_server_started_total", grpc_method="Predict") == 20
+               and server.metric("whybert_requests_in_flight", method="Explain") == 3)  # fmt: skip
     assert not any(f.done() for f in in_flight), "the explanations finished before the signal"
 
     server.process.send_signal(signal.SIGTERM)
     assert wait_for(lambda: "NOT_SERVING" in statuses, timeout=10), statuses
-    time.sleep(0.2)
-    fresh = grpc.insecure_channel(server.target, options=[("grpc.enable_retries", 0)])
-    with fresh, pytest.raises(grpc.RpcError) as refused:
-        pb_grpc.ExplainerStub(fresh).Predict(pb.PredictRequest(texts=["too late"]), timeout=10)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    def refusal() -> grpc.StatusCode | None:
+        """A new call's status, None while one is still served (the port closes just after
+        health turns NOT_SERVING)."""
+        fresh = grpc.insecure_channel(server.target, options=[("grpc.enable_retries", 0)])
+        with fresh:
+            try:
+                pb_grpc.ExplainerStub(fresh).Predict(pb.PredictRequest(texts=["too late"]), timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code()
+        return None
+
+    assert wait_for(refusal, timeout=10, step=0.05) == grpc.StatusCode.UNAVAILABLE
 
     for f in in_flight:
         (explanation,) = f.result(timeout=GRACE_SECONDS + 30).explanations
@@ -234,34 +250,6 @@ def test_sigterm_while_the_models_load_exits_at_once(
     assert "Traceback" not in server.log()
 
 
-def test_calls_that_outlive_the_grace_period_are_cut_at_its_end(
-    tiny_classifier: Any, tiny_model_dir: Path
-) -> None:
-    faulty = FaultyClassifier(tiny_classifier)
-    settings = tiny_settings(tiny_model_dir)
-    with ServerThread(settings, registry_factory(faulty, settings)) as server:
-        with grpc.insecure_channel(server.target, options=[("grpc.enable_retries", 0)]) as channel:
-            stub = pb_grpc.ExplainerStub(channel)
-            faulty.hold()
-            stuck = stub.Predict.future(
-                pb.PredictRequest(texts=["a forward pass that never ends"]), timeout=60
-            )
-            assert faulty.entered.wait(10)
-            queued = stub.Predict.future(pb.PredictRequest(texts=["waiting behind it"]), timeout=60)
-            assert wait_for(lambda: server.worker.queued_rows() == 1)
-            started = time.monotonic()
-            threading.Timer(2.0, faulty.release).start()  # lets the worker thread end, later
-            server.stop(grace=0.5)
-            for call in (stuck, queued):
-                with pytest.raises(grpc.RpcError) as cut:
-                    call.result(timeout=10)
-                assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert time.monotonic() - started < 10
-        assert server.server is not None and server.server.dataplane is not None
-        assert server.server.dataplane._in_flight == 0
-        assert not server.worker.healthy and server.worker.queued_rows() == 0
-
-
 # ---- SIGTERM in the middle of each explainer's longest work -------------------------------
 
 
@@ -281,11 +269,12 @@ def explain_calls(target: str, requests: list[pb.ExplainRequest]) -> tuple[grpc.
 
 def wait_until(server: ServeProcess, calls: list[Future[Any]], what: str, ready: Callable[[], bool]) -> None:
     """Poll the server's state until the work is under way (never a fixed sleep)."""
-    end = time.monotonic() + 120
-    while not ready():
+
+    def under_way() -> bool:
         assert not any(c.done() for c in calls), f"a call ended before {what}:\n{server.log()}"
-        assert time.monotonic() < end, f"never saw {what}:\n{server.log()}"
-        time.sleep(0.05)
+        return ready()
+
+    wait_for(under_way, 120, step=0.05, message=lambda: f"never saw {what}:\n{server.log()}")
 
 
 def sigterm_mid_work(server: ServeProcess, calls: list[Future[Any]]) -> tuple[float, float]:

@@ -1,16 +1,12 @@
 """The explanation cache is bounded in bytes as well as entries: least recently used go
 first until both limits hold, an entry larger than the whole budget is not stored, either
-limit at 0 turns it off, and its size is exported as a gauge."""
+limit at 0 turns it off, and its size is exported as a gauge. (The server's own cache:
+integration/test_server_cache.py.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import whybert
-from _servers import ServerThread
-from conftest import tiny_settings
 from whybert_service.cache import ExplanationCache, key_bytes, result_bytes
 from whybert_service.metrics import Metrics
 from whybert_service.types import (
@@ -112,25 +108,3 @@ def test_either_limit_at_zero_turns_the_cache_off(entries: int, max_bytes: int) 
     cache = ExplanationCache(entries, max_bytes=max_bytes)
     cache.put(("a",), result(5))
     assert cache.get(("a",)) is None and len(cache) == 0 and cache.misses == 0
-
-
-def test_the_server_bounds_its_cache_with_the_setting(tiny_model_dir: Path) -> None:
-    with ServerThread(tiny_settings(tiny_model_dir, cache_bytes=1)) as server:
-        assert server.server is not None and server.server.dataplane is not None
-        assert server.server.dataplane.cache.max_bytes == 1
-        with whybert.Client(server.target, retries=0) as client:
-            first, second = (client.explain(["a quiet evening"], max_evals=10)[0] for _ in "12")
-        assert not first.cached and not second.cached  # too large for one byte: not kept
-        assert len(server.server.dataplane.cache) == 0
-
-
-def test_the_cache_bytes_gauge_follows_the_cache(tiny_model_dir: Path) -> None:
-    with ServerThread(tiny_settings(tiny_model_dir)) as server:
-        assert server.server is not None and server.server.dataplane is not None
-        cache = server.server.dataplane.cache
-        assert cache.max_bytes == 256 * 1024 * 1024
-        with whybert.Client(server.target, retries=0) as client:
-            first, second = (client.explain(["a quiet evening"], max_evals=10)[0] for _ in "12")
-        assert not first.cached and second.cached
-        gauge = server.server.metrics.registry.get_sample_value("whybert_cache_bytes")
-        assert gauge == cache.bytes > 0
