@@ -41,7 +41,7 @@ from ._core import EXPLAIN_OPTIONS, USE_CLIENT_DEFAULT
 from ._exceptions import InvalidArgumentError
 from ._types import EXPLAINER_ALIASES, EXPLAINER_KINDS, Explanation, Faithfulness, ModelInfo, Prediction
 from .aggregate import Aggregate
-from .evaluation import EvalCSV, _read, model_info
+from .evaluation import EvalCSV, _read, labelled_pairs, model_info
 
 try:  # advisory lock: two runs appending to one file would interleave their rows
     import fcntl
@@ -539,25 +539,13 @@ def explain_corpus(
         total = len(texts)
     info = model_info(client, model, timeout)
     rows: Iterable[tuple[str, str | None]] = (
-        ((t, None) for t in texts) if labels is None else _pairs(texts, labels)
+        ((t, None) for t in texts) if labels is None else labelled_pairs(texts, labels)
     )
     return explain_corpus_rows(
         client, info, rows, out_dir=out_dir, explainer=explainer, compare_explainers=compare_explainers,
         restart=restart, chunk_size=chunk_size, report_rows=report_rows, agreement_k=agreement_k, charts=charts,
         progress=progress, total=total, timeout=timeout, source=source, **options,
     )
-
-
-def _pairs(texts: Iterable[str], labels: Iterable[str]) -> Iterator[tuple[str, str | None]]:
-    """zip(texts, labels, strict=True), saying which is short in words."""
-    labels_iter = iter(labels)
-    for n, text in enumerate(texts, start=1):
-        label = next(labels_iter, None)
-        if label is None:
-            raise ValueError(f"fewer labels than texts: none for row {n}")
-        yield text, label
-    if next(labels_iter, None) is not None:
-        raise ValueError("more labels than texts")
 
 
 def explain_corpus_rows(

@@ -235,12 +235,12 @@ def evaluate(
         total = len(texts)
     info = model_info(client, model, timeout)
     return evaluate_rows(
-        client, info, _pairs(texts, labels), batch_size=batch_size, concurrency=concurrency,
+        client, info, labelled_pairs(texts, labels), batch_size=batch_size, concurrency=concurrency,
         progress=progress, total=total, on_batch=on_batch, timeout=timeout,
     )
 
 
-def _pairs(texts: Iterable[str], labels: Iterable[str]) -> Iterator[tuple[str, str]]:
+def labelled_pairs(texts: Iterable[str], labels: Iterable[str]) -> Iterator[tuple[str, str]]:
     """zip(texts, labels, strict=True), saying which is short in words."""
     labels_iter = iter(labels)
     for n, text in enumerate(texts, start=1):

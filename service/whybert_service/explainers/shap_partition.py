@@ -134,6 +134,7 @@ async def explain_progressively(
     started = time.perf_counter()
     prepared = await asyncio.to_thread(explainer.prepare, handle, text)
     context.ensure_alive("before the explanation started")
+    tokens = token_spans(prepared)  # the same for every message
     latest = _Latest(asyncio.get_running_loop())
     engine = explainer.engine(handle, prepared, params)
     task = PartitionTask(handle.worker, engine, context, on_progress=latest.offer, progress_interval=interval)
@@ -148,19 +149,24 @@ async def explain_progressively(
                 waiter.cancel()
             snapshot = latest.take()
             if snapshot is not None and not done.done():
-                yield Progress(explainer.result(handle, params, _attribution(prepared, task, snapshot), started),
-                               snapshot.evals, final=False)
+                values = _attribution(prepared, task, snapshot, tokens)
+                yield Progress(explainer.result(handle, params, values, started), snapshot.evals, final=False)
         final = done.result()
     except BaseException:
         context.cancel()
         done.cancel()
         raise
-    yield Progress(explainer.result(handle, params, _attribution(prepared, task, final), started), final.evals, True)
+    values = _attribution(prepared, task, final, tokens)
+    yield Progress(explainer.result(handle, params, values, started), final.evals, final=True)
 
 
-def _attribution(prepared: PreparedText, task: PartitionTask, result: PartitionResult) -> Attribution:
+def _attribution(
+    prepared: PreparedText, task: PartitionTask, result: PartitionResult, tokens: list[TokenSpan] | None = None
+) -> Attribution:
+    """`tokens`: the text's spans when the caller already has them (a progressive
+    explanation builds one result per message from the same text)."""
     return Attribution(
-        tokens=token_spans(prepared),
+        tokens=tokens if tokens is not None else token_spans(prepared),
         targets=list(result.targets),
         values=result.values,
         base_values=result.base_values,
