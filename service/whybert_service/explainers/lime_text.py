@@ -39,6 +39,7 @@ from .base import Attribution, Explainer
 
 CHUNK_ROWS = 256  # perturbed strings built, tokenized and queued at once
 CHUNK_CHARS = 1 << 20  # ... and their characters: bounds the tokenizer's memory per chunk
+CHECK_EVERY = 16  # samples drawn between two looks at whether the caller is still there
 
 
 class LimeExplainer(Explainer):
@@ -187,6 +188,8 @@ def evaluate_samples(
     chunk = _Chunk()
     try:
         for i, mask in enumerate(perturbation_masks(indexed, num_samples, random_state)):
+            if i % CHECK_EVERY == 0:  # many texts build chunks at once: each stops within a few strings
+                context.ensure_alive("while LIME's samples were drawn")
             masks[i] = mask
             key = np.packbits(mask).tobytes()
             if key in first_of:
