@@ -206,6 +206,38 @@ def model_limit(
     return timings[best] / len(rows), best, timings
 
 
+def encoder_flops(config: Any, rows: list[list[int]], batch_size: int) -> float:
+    """Matrix FLOPs of the encoder on `rows` cut into batches of `batch_size`, each padded
+    to its longest row as `Classifier.forward` pads: per layer and padded token, 2·(4h² + 2hi)
+    for the projections and feed-forward, plus 4·s·h for the attention scores and mixing."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    total = 0.0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        s = max(len(r) for r in batch)
+        total += len(batch) * layers * (2 * s * (4 * h * h + 2 * h * i) + 4 * s * s * h)
+    return total
+
+
+def matmul_peak(device: str, dtype: str) -> float:
+    """FLOP/s of a large square matrix product on the device in `dtype` (the roofline the
+    forward passes are read against), the mean of ten after three warm-ups."""
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    n = 8192
+    x = torch.randn(n, n, device=device, dtype=torch_dtype)
+    y = torch.randn(n, n, device=device, dtype=torch_dtype)
+    for _ in range(3):
+        x @ y
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        x @ y
+    torch.cuda.synchronize()
+    return 10 * 2 * n**3 / (time.perf_counter() - started)
+
+
 def load_average() -> str:
     """The machine's 1-minute load average (other people's work disturbs the figures)."""
     return Path("/proc/loadavg").read_text().split()[0]
@@ -380,6 +412,7 @@ def main() -> int:
         a = b = float("nan")
         best_batch, rows = 0, [[[0]]]
         timings: dict[int, float] = {}
+        roofline: dict[str, float] = {}
         if not args.only_whybert:
             print("[rows] whybert's engine in this process: the rows each explanation evaluates", flush=True)
             rows = engine_rows(model_dir, texts, args.max_evals, args.device, args.dtype)
@@ -387,6 +420,16 @@ def main() -> int:
             sizes = [int(x) for x in args.batch_sizes.split(",")]
             b, best_batch, timings = model_limit(model_dir, rows, args.device, args.dtype, sizes)
             loads["b"] = load_average()
+            from transformers import AutoConfig
+
+            flat = [r for text_rows in rows for r in text_rows]
+            flops = encoder_flops(AutoConfig.from_pretrained(model_dir), flat, best_batch)
+            roofline["forward_rows_per_s"] = len(flat) / timings[best_batch]
+            roofline["forward_tflops"] = flops / timings[best_batch] / 1e12
+            if args.device.startswith("cuda"):
+                roofline["matmul_peak_tflops"] = matmul_peak(args.device, args.dtype) / 1e12
+                roofline["fraction_of_peak"] = roofline["forward_tflops"] / roofline["matmul_peak_tflops"]
+            print(f"  (b) roofline: {roofline}", flush=True)
         if not args.skip_baseline and not args.only_whybert:
             print(f"[a] shap.Explainer(transformers.pipeline) on {args.baseline_texts} texts", flush=True)
             a = baseline_pipeline(model_dir, texts[: args.baseline_texts], args.max_evals, args.device)
@@ -411,6 +454,7 @@ def main() -> int:
         "b_over_c": b / c,
         "rows_per_explanation_limit": float(np.mean([len(r) for r in rows])),
         "rows_per_explanation_whybert": stats["rows"] / len(texts),
+        "roofline": roofline,
         "load_average_after": loads,
         **stats,
     }
