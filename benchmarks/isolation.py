@@ -18,9 +18,10 @@ Measured, against the goals of the issue:
 
 - Predict p50/p95 while the heavy request runs, against its idle p95 (measured first):
   goal p95 ≤ 3 × idle p95 + one batch time. "One batch time" is measured at idle in this
-  process on the same model, with the server's token budget (`--max-batch-tokens`, default
-  the server's 8192): one forward batch of rows as long as the model reads (shap, lime) or
-  one forward + backward step batch (ig);
+  process on the same model, with the token budget the server was cutting batches to at the
+  end of the phase (`whybert_batch_token_budget`: `--max-batch-tokens`, default 8192, or
+  less where the server's time bound `--max-batch-ms` shrank it): one forward batch of rows
+  as long as the model reads (shap, lime) or one forward + backward step batch (ig);
 - the small Explain's duration: goal ≤ 2 s (a cancelled one counts as missed);
 - after the heavy caller's deadline, how long until the server's CPU is idle: /proc/PID/stat
   sampled every 100 ms; idle is the first 1-second window with the server below 5% of a core;
@@ -30,9 +31,9 @@ Measured, against the goals of the issue:
 
 The model is the built-in `sentiment` model (256-token window) or, with `--tiny`, the tests'
 tiny random BERT (128 tokens); the server's other settings are its defaults but for
-`--max-batch-tokens`. Run: `python benchmarks/isolation.py [--tiny] [--deadline 20]
-[--max-batch-tokens 8192] [--phases shap,lime,ig]` (about a minute a phase on 2 cores; longer
-when the server stays busy after a deadline).
+`--max-batch-tokens` and `--max-batch-ms`. Run: `python benchmarks/isolation.py [--tiny]
+[--deadline 20] [--max-batch-tokens 8192] [--max-batch-ms 200] [--phases shap,lime,ig]`
+(about a minute a phase on 2 cores; longer when the server stays busy after a deadline).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,7 +259,7 @@ async def idle_figures(target: str, seconds: float) -> dict[str, Any]:
 
 async def phase(
     kind: str, target: str, pid: int, metrics_port: int, sampler: Sampler, args: argparse.Namespace,
-    texts: list[str], idle_p95: float, batch_s: float,
+    texts: list[str], idle_p95: float, batch_s: Callable[[int], float],
 ) -> dict[str, Any]:
     """One heavy request with its deadline, the probes beside it, then the wait for idle."""
     import whybert
@@ -302,7 +304,8 @@ async def phase(
     batches = metrics_after["whybert_forward_seconds_count"] - metrics_before["whybert_forward_seconds_count"]
     batch_mean = (metrics_after["whybert_forward_seconds_sum"] - metrics_before["whybert_forward_seconds_sum"]) / max(
         batches, 1)
-    bound = 3 * idle_p95 + batch_s
+    budget = int(metrics_after.get("whybert_batch_token_budget", args.max_batch_tokens))
+    bound = 3 * idle_p95 + batch_s(budget)
     p95 = percentile(latencies, 95)
     small_s = [s for s, _ in small]
     idle_s = None if idle_at is None else idle_at - deadline
@@ -320,6 +323,7 @@ async def phase(
         "small_explain_max_s": max(small_s, default=float("nan")),
         "small_explain_completed_max_s": max((t for t, o in small if o == "ok"), default=float("nan")),
         "small_explain_goal_met": bool(small_s and max(small_s) <= 2.0 and all(o == "ok" for _, o in small)),
+        "server_token_budget": budget, "one_batch_s": bound - 3 * idle_p95,
         "server_cores_busy_during": cores_busy, "server_batches": int(batches), "server_batch_mean_s": batch_mean,
         "cpu_idle_after_deadline_s": idle_s,
         "cpu_idle_goal_met": bool(idle_s is not None and idle_s <= 2.0),
@@ -346,6 +350,8 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle Predict sampling, seconds")
     parser.add_argument("--max-idle-wait", type=float, default=300.0, help="longest wait for idle CPU, seconds")
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="the server's token budget per batch")
+    parser.add_argument("--max-batch-ms", type=float, default=None,
+                        help="the server's batch time bound (default: its own)")
     parser.add_argument("--port", type=int, default=50601)
     parser.add_argument("--metrics-port", type=int, default=50602)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
@@ -370,6 +376,7 @@ def main() -> int:
             sys.executable, "-m", "whybert_service.cli", "serve", "--host", "127.0.0.1", "--port", str(args.port),
             "--metrics-port", str(args.metrics_port), "--no-builtin-model", "--model", f"bench={model_dir}",
             "--device", "cpu", "--cache-entries", "0", "--max-batch-tokens", str(args.max_batch_tokens),
+            *(["--max-batch-ms", str(args.max_batch_ms)] if args.max_batch_ms is not None else []),
         ]
         server = subprocess.Popen(cmd)
         sampler = Sampler(server.pid)
@@ -393,9 +400,17 @@ def main() -> int:
             for kind in args.phases.split(","):
                 print(f"[{kind}] heavy: {HEAVY[kind][0]} texts × 20,000 chars, {HEAVY[kind][1]}, all labels, "
                       f"deadline {args.deadline:.0f} s", flush=True)
-                batch = backward_s if kind == "ig" else forward_s
+                def batch_s(budget: int, kind: str = kind) -> float:
+                    """One batch at the budget the server ended the phase with, at idle."""
+                    if budget >= args.max_batch_tokens:
+                        return backward_s if kind == "ig" else forward_s
+                    forward, backward, _ = batch_times(model_dir, budget)
+                    print(f"  [{kind}] the server cut batches to {budget} tokens: one batch at idle "
+                          f"forward {forward * 1000:.0f} ms, forward + backward {backward * 1000:.0f} ms", flush=True)
+                    return backward if kind == "ig" else forward
+
                 results[kind] = asyncio.run(phase(kind, target, server.pid, args.metrics_port, sampler, args,
-                                                  texts, idle["predict_p95_ms"] / 1000, batch))
+                                                  texts, idle["predict_p95_ms"] / 1000, batch_s))
         finally:
             sampler.stop()
             server.send_signal(signal.SIGTERM)

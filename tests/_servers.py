@@ -79,6 +79,8 @@ class FaultyClassifier(Classifier):
     - `crashes`: the next so many forward passes raise `WorkerCrash`.
     - `crash_after`: that many more forward passes succeed, then the next one crashes.
     - `delay`: seconds every forward pass sleeps first (a slow device).
+    - `seconds_per_token`: seconds it sleeps per padded token (longest row × rows), too.
+    `batches` and `padded` record each forward pass's rows and padded tokens.
     """
 
     def __init__(self, base: Classifier, name: str | None = None) -> None:
@@ -103,6 +105,8 @@ class FaultyClassifier(Classifier):
         self.crashes = 0
         self.crash_after: int | None = None
         self.delay = 0.0
+        self.seconds_per_token = 0.0
+        self.padded: list[int] = []
         self._poison: tuple[int, ...] | None = None
 
     def hold(self) -> None:
@@ -126,8 +130,9 @@ class FaultyClassifier(Classifier):
         self.entered.set()
         if not self._open.wait(timeout=30):
             raise RuntimeError("the test never released the held forward pass")
-        if self.delay:
-            time.sleep(self.delay)  # the fault under test: a slow device
+        padded = len(rows) * max((len(r) for r in rows), default=0)
+        if self.delay or self.seconds_per_token:
+            time.sleep(self.delay + self.seconds_per_token * padded)  # the fault under test: a slow device
         with self._lock:
             if self.crash_after is not None:
                 self.crashes += self.crash_after == 0
@@ -144,6 +149,7 @@ class FaultyClassifier(Classifier):
                 raise ValueError("the injected fault hit a poisoned row")
             self.seen.extend(tuple(r) for r in rows)
             self.batches.append(len(rows))
+            self.padded.append(padded)
             self.events.append("forward")
         return super().launch(rows)
 

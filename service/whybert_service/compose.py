@@ -30,6 +30,7 @@ ModelLoader = Callable[[ModelRegistry, Metrics, Callable[[bool], None]], None]
 def worker_config(settings: ServerSettings) -> WorkerConfig:
     return WorkerConfig(
         max_batch_tokens=settings.max_batch_tokens,
+        max_batch_seconds=settings.max_batch_ms / 1000.0 or None,
         max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
         max_queued_rows=settings.max_queued_rows,
     )

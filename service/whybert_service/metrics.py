@@ -102,6 +102,13 @@ class Metrics:
             "whybert_batch_tokens", "Padded tokens (longest × rows) per forward batch.", ("model",),
             buckets=BATCH_TOKENS_BUCKETS, registry=r,
         )
+        self.batch_token_budget = Gauge(
+            "whybert_batch_token_budget",
+            "Tokens the next forward batch may hold: --max-batch-tokens, less where batches "
+            "that large would run longer than --max-batch-ms on this device.",
+            ("model",),
+            registry=r,
+        )
         self.padding_fraction = Histogram(
             "whybert_batch_padding_ratio",
             "Fraction of a batch's padded tokens that are padding.",

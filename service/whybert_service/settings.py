@@ -81,6 +81,17 @@ class ServerSettings(BaseSettings):
     max_batch_tokens: PositiveInt = Field(
         8192, description="Token budget of one forward batch: longest row × rows, as TEI counts it."
     )
+    max_batch_ms: float = Field(
+        200.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Time one forward batch should take at most, learnt from the batches run: where "
+            "the device is slow the token budget shrinks below --max-batch-tokens, so a "
+            "Predict or a small explanation waits at most about this long behind heavy work. "
+            "0: the token budget alone."
+        ),
+    )
     max_batch_delay_ms: float = Field(
         4.0, ge=0, allow_inf_nan=False, description="Longest wait for more rows before an under-full batch runs."
     )

@@ -396,3 +396,38 @@ def test_a_crash_with_a_batch_in_flight_leaves_nobody_waiting(make_worker: Worke
     assert "crash" in faulty.events
     assert wait_for(lambda: worker.healthy, timeout=10) and worker.restarts == 1
     assert served(worker, ids(faulty, "after the restart")) == 1
+
+
+def test_on_a_slow_device_batches_are_cut_to_the_time_bound(make_worker: WorkerFactory) -> None:
+    """A batch of the full token budget took 0.1 s against a bound of 0.02 s: the budget
+    shrinks to what runs in about 0.02 s, so the next batches are small, and the gauge
+    says so. Without the bound the same rows go in one batch."""
+    row = ids(make_worker()[1], "the quick brown fox jumps over the lazy dog once more")[0]
+    worker, faulty = make_worker(max_batch_tokens=1024, max_batch_seconds=0.02)
+    assert worker.token_budget() == 1024  # nothing learnt yet
+    per_row = 1024 // len(row)
+    faulty.seconds_per_token = 0.1 / (per_row * len(row))
+    served(worker, [row] * per_row)  # one full batch: ~0.1 s
+    budget = worker.token_budget()
+    assert 256 <= budget <= 1024 // 3, budget  # ~0.02 s of this device (floor 256 tokens)
+    assert metric(worker, "whybert_batch_token_budget") == budget
+    faulty.padded.clear()
+    served(worker, [row] * per_row)
+    assert len(faulty.padded) >= 3 and max(faulty.padded) <= 1024 // 2, faulty.padded
+
+    plain, slow = make_worker(max_batch_tokens=1024, max_batch_seconds=None)
+    slow.seconds_per_token = faulty.seconds_per_token
+    served(plain, [row] * per_row)
+    slow.padded.clear()
+    served(plain, [row] * per_row)
+    assert plain.token_budget() == 1024 and slow.padded == [per_row * len(row)]
+
+
+def test_slow_single_rows_do_not_shrink_the_budget(make_worker: WorkerFactory) -> None:
+    """One-row batches cost mostly their fixed overhead: they say nothing about how long a
+    full batch takes, and a stream of them leaves the budget alone."""
+    worker, faulty = make_worker(max_batch_tokens=1024, max_batch_seconds=0.02)
+    faulty.delay = 0.05  # each forward pass, however small, takes longer than the bound
+    for i in range(3):
+        served(worker, ids(faulty, f"one short prediction {i}"))
+    assert worker.token_budget() == 1024

@@ -15,9 +15,14 @@ from whybert_service.registry import ModelRegistry
 
 
 def test_the_worker_config_follows_the_settings() -> None:
-    settings = tiny_settings(Path("/m"), max_batch_tokens=1024, max_batch_delay_ms=7.5, max_queued_rows=99)
+    settings = tiny_settings(
+        Path("/m"), max_batch_tokens=1024, max_batch_ms=150, max_batch_delay_ms=7.5, max_queued_rows=99
+    )
     config = worker_config(settings)
-    assert (config.max_batch_tokens, config.max_batch_delay_s, config.max_queued_rows) == (1024, 0.0075, 99)
+    assert (config.max_batch_tokens, config.max_batch_seconds, config.max_batch_delay_s, config.max_queued_rows) == (
+        1024, 0.15, 0.0075, 99
+    )
+    assert worker_config(tiny_settings(Path("/m"), max_batch_ms=0)).max_batch_seconds is None  # off
 
 
 def test_nothing_to_serve_is_refused() -> None:

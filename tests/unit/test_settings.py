@@ -101,6 +101,7 @@ def test_flags_win_over_the_environment(parse: Parse) -> None:
         (["--port", "70000"], {}, "--port '70000'"),
         (["--metrics-port", "-1"], {}, "--metrics-port"),
         (["--max-batch-delay-ms", "-1"], {}, "--max-batch-delay-ms"),
+        (["--max-batch-ms", "nan"], {}, "--max-batch-ms 'nan': Input should be a finite number"),
         (["--grace-seconds", "inf"], {}, "--grace-seconds 'inf': Input should be a finite number"),
         ([], {"WHYBERT_DTYPE": "float8"}, "WHYBERT_DTYPE='float8' (--dtype)"),
         ([], {"WHYBERT_LOG_LEVEL": "loud"}, "WHYBERT_LOG_LEVEL='loud' (--log-level)"),

@@ -60,9 +60,20 @@ class WorkerCrash(BaseException):
     """Raised inside the worker when its device state can no longer be trusted."""
 
 
+# The smallest token budget a time bound may cut batches to (a batch still takes one row
+# whatever its length).
+MIN_BATCH_TOKENS = 256
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     max_batch_tokens: int = 8192
+    # Cut batches to take about this long on this device, so that whoever arrives while one
+    # runs (a Predict, the next round of a small explanation) waits at most about this long;
+    # the token budget shrinks below `max_batch_tokens` where the device is slow (measured:
+    # the built-in model on 2 CPU cores runs 8,192 tokens in ~1.4 s). None or 0: the token
+    # budget alone.
+    max_batch_seconds: float | None = 0.2
     max_batch_delay_s: float = 0.004
     max_queued_rows: int = 200_000
     # Rows a length group keeps at least before a longer row may start a new group; None:
@@ -117,6 +128,9 @@ class ModelWorker:
         self._job_turns: dict[int, int] = {}  # id(context.flow) → its jobs run while queued
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
+        # Seconds per padded token of the batches run so far (an exponential average over
+        # batches near the budget), what the time bound turns into a token budget.
+        self._seconds_per_token: float | None = None
         # Rows of work queued outside the row queue (integrated gradients waiting for a
         # drain): they hold places under the same `max_queued_rows` bound.
         self._reserved_rows = 0
@@ -133,6 +147,30 @@ class ModelWorker:
             self.metrics.queue_submissions.labels(classifier.name),
             self.metrics.queue_requests.labels(classifier.name),
         )
+        self._budget_gauge = self.metrics.batch_token_budget.labels(classifier.name)
+        self._budget_gauge.set(self.token_budget())
+
+    def token_budget(self) -> int:
+        """Tokens (longest row × rows) the next batch may hold: `max_batch_tokens`, or less
+        where batches that large would run longer than `max_batch_seconds` on this device.
+
+        The estimate comes from batches that filled at least half the budget, so a stream
+        of one-row batches (whose fixed cost per forward dominates) never shrinks it; with
+        a fixed cost `a` per forward and `b` per token it settles where a + b × budget is
+        the time bound."""
+        cap, target, rate = self.config.max_batch_tokens, self.config.max_batch_seconds, self._seconds_per_token
+        if not target or rate is None:
+            return cap
+        return max(min(cap, MIN_BATCH_TOKENS), min(cap, int(target / rate)))
+
+    def _learn_speed(self, padded_tokens: int, seconds: float) -> None:
+        """Fold a finished batch's time into the seconds-per-token estimate."""
+        if padded_tokens <= 0 or padded_tokens < self.token_budget() // 2:
+            return
+        rate = seconds / padded_tokens
+        previous = self._seconds_per_token
+        self._seconds_per_token = rate if previous is None else previous + 0.3 * (rate - previous)
+        self._budget_gauge.set(self.token_budget())
 
     # ---- the callers' side -------------------------------------------------------------
 
@@ -344,9 +382,10 @@ class ModelWorker:
                 if len(self._queue):
                     oldest = self._queue.oldest_enqueued_at() or now
                     delay = oldest + cfg.max_batch_delay_s - now
-                    if delay <= 0 or self._queue.pending_cost() >= cfg.max_batch_tokens:
+                    budget = self.token_budget()
+                    if delay <= 0 or self._queue.pending_cost() >= budget:
                         explanation_rows = head != Priority.PREDICT
-                        batch = self._queue.take_batch(cfg.max_batch_tokens, now)
+                        batch = self._queue.take_batch(budget, now)
                         if explanation_rows:  # a Predict batch is not the jobs' turn taken
                             self._job_ran_last = False
                         for piece in batch.slices:
@@ -434,12 +473,14 @@ class ModelWorker:
         started = time.perf_counter()
         with self._failing_on_restart(batch):
             self._run_pairs(pairs)
-        self._batch_done(len(pairs), started)
+        self._batch_done(batch, len(pairs), started)
 
-    def _batch_done(self, rows: int, started: float) -> None:
+    def _batch_done(self, batch: Batch, rows: int, started: float) -> None:
         name = self.classifier.name
-        self.metrics.forward_seconds.labels(name).observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.forward_seconds.labels(name).observe(seconds)
         self.metrics.rows_total.labels(name).inc(rows)
+        self._learn_speed(batch.padded_tokens, seconds)
         self._publish_memory()
 
     @contextlib.contextmanager
@@ -470,7 +511,7 @@ class ModelWorker:
                 raise
             except Exception:
                 self._run_pairs(pairs)
-                self._batch_done(len(pairs), started)
+                self._batch_done(batch, len(pairs), started)
                 return None
         return _Launched(batch, pairs, groups, outputs, started)
 
@@ -492,7 +533,7 @@ class ModelWorker:
                 self._run_pairs(pairs)
             else:
                 self._deliver(pairs, logits)
-        self._batch_done(len(pairs), launched.started)
+        self._batch_done(launched.batch, len(pairs), launched.started)
 
     def _publish_memory(self) -> None:
         """Device memory in use, on a GPU only (the series stays absent on the CPU)."""

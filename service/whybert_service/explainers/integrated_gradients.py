@@ -159,7 +159,7 @@ def run_step_batches(
             ]
         )
     batches = plan_step_batches(
-        len(request.targets), request.n_steps, len(request.ids), worker.config.max_batch_tokens
+        len(request.targets), request.n_steps, len(request.ids), worker.token_budget()
     )
     integration_points(request.n_steps)  # here, not on the worker
     held = _HeldRows(worker, rows)
