@@ -50,6 +50,8 @@ def server(faulty: FaultyClassifier, tiny_model_dir: Any) -> Iterator[ServerThre
     with ServerThread(settings, registry_factory(faulty, settings)) as running:
         faulty.seen.clear()
         faulty.events.clear()
+        faulty.batches.clear()
+        faulty.padded.clear()
         try:
             yield running
         finally:

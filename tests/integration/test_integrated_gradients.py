@@ -169,7 +169,7 @@ def test_step_batches_add_up_to_captums_internal_batching(
 ) -> None:
     """Cut into jobs, the values are still Captum's: the same steps per batch, the same
     arithmetic, the shares added in step order."""
-    worker = start_worker(tiny_classifier, max_batch_tokens=budget)
+    worker = start_worker(tiny_classifier, max_batch_tokens=budget, max_batch_seconds=None)  # exactly `budget`
     text, targets, n_steps = TEXTS[0], [0, 2], 20
     request = gradient_request(tiny_classifier, text, targets, n_steps)
     try:

@@ -44,6 +44,8 @@ def make_worker(tiny_classifier: Any) -> Iterator[WorkerFactory]:
         worker.start()
         faulty.seen.clear()  # forget the warm-up pass
         faulty.events.clear()
+        faulty.batches.clear()
+        faulty.padded.clear()
         started.append(worker)
         return worker, faulty
 
@@ -399,35 +401,55 @@ def test_a_crash_with_a_batch_in_flight_leaves_nobody_waiting(make_worker: Worke
 
 
 def test_on_a_slow_device_batches_are_cut_to_the_time_bound(make_worker: WorkerFactory) -> None:
-    """A batch of the full token budget took 0.1 s against a bound of 0.02 s: the budget
-    shrinks to what runs in about 0.02 s, so the next batches are small, and the gauge
-    says so. Without the bound the same rows go in one batch."""
+    """A batch of the full token budget took 0.5 s against a bound of 0.05 s: the budget
+    shrinks to what runs in about 0.05 s (~400 tokens), so the next batches are small, and
+    the gauge says so. Without the bound the same rows go in one batch."""
     row = ids(make_worker()[1], "the quick brown fox jumps over the lazy dog once more")[0]
-    worker, faulty = make_worker(max_batch_tokens=1024, max_batch_seconds=0.02)
-    assert worker.token_budget() == 1024  # nothing learnt yet
-    per_row = 1024 // len(row)
-    faulty.seconds_per_token = 0.1 / (per_row * len(row))
-    served(worker, [row] * per_row)  # one full batch: ~0.1 s
+    worker, faulty = make_worker(max_batch_tokens=4096, max_batch_seconds=0.05)
+    per_row = 4096 // len(row)
+    faulty.seconds_per_token = 0.5 / (per_row * len(row))
+    served(worker, [row] * per_row)  # one full batch: ~0.5 s
     budget = worker.token_budget()
-    assert 256 <= budget <= 1024 // 3, budget  # ~0.02 s of this device (floor 256 tokens)
+    assert 256 < budget <= 4096 // 6, budget
     assert metric(worker, "whybert_batch_token_budget") == budget
     faulty.padded.clear()
     served(worker, [row] * per_row)
-    assert len(faulty.padded) >= 3 and max(faulty.padded) <= 1024 // 2, faulty.padded
+    assert len(faulty.padded) >= 6 and max(faulty.padded) <= 4096 // 4, faulty.padded
 
-    plain, slow = make_worker(max_batch_tokens=1024, max_batch_seconds=None)
+    plain, slow = make_worker(max_batch_tokens=4096, max_batch_seconds=None)
     slow.seconds_per_token = faulty.seconds_per_token
     served(plain, [row] * per_row)
     slow.padded.clear()
     served(plain, [row] * per_row)
-    assert plain.token_budget() == 1024 and slow.padded == [per_row * len(row)]
+    assert plain.token_budget() == 4096 and slow.padded == [per_row * len(row)]
+
+
+def test_the_warm_up_times_a_batch_so_the_first_heavy_batch_is_already_cut(
+    make_worker: WorkerFactory, tiny_classifier: Any
+) -> None:
+    """A device slow from the start: the timed warm-up batch sets the budget before any
+    request arrives, so the very first batch of a heavy request is already small."""
+    slow = FaultyClassifier(tiny_classifier)
+    slow.seconds_per_token = 0.5 / 2048  # 2,048 tokens (the warm-up batch) take 0.5 s
+    worker = ModelWorker(slow, WorkerConfig(max_batch_tokens=8192, max_batch_seconds=0.05), Metrics())
+    worker.start()
+    try:
+        budget = worker.token_budget()
+        assert 256 <= budget <= 8192 // 8, budget
+        slow.padded.clear()
+        row = ids(slow, "the quick brown fox jumps over the lazy dog once more")[0]
+        served(worker, [row] * 100)
+        assert slow.padded[0] <= 8192 // 8, slow.padded
+    finally:
+        worker.stop()
 
 
 def test_slow_single_rows_do_not_shrink_the_budget(make_worker: WorkerFactory) -> None:
     """One-row batches cost mostly their fixed overhead: they say nothing about how long a
     full batch takes, and a stream of them leaves the budget alone."""
-    worker, faulty = make_worker(max_batch_tokens=1024, max_batch_seconds=0.02)
-    faulty.delay = 0.05  # each forward pass, however small, takes longer than the bound
+    worker, faulty = make_worker(max_batch_tokens=1024, max_batch_seconds=0.2)
+    assert worker.token_budget() == 1024  # the tiny model runs 1,024 tokens well within 0.2 s
+    faulty.delay = 0.25  # each forward pass, however small, takes longer than the bound
     for i in range(3):
         served(worker, ids(faulty, f"one short prediction {i}"))
     assert worker.token_budget() == 1024

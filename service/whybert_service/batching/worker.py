@@ -63,6 +63,8 @@ class WorkerCrash(BaseException):
 # The smallest token budget a time bound may cut batches to (a batch still takes one row
 # whatever its length).
 MIN_BATCH_TOKENS = 256
+# Tokens of the timed warm-up batch that gives the time bound its first speed estimate.
+CALIBRATION_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,11 @@ class ModelWorker:
         """Fold a finished batch's time into the seconds-per-token estimate."""
         if padded_tokens <= 0 or padded_tokens < self.token_budget() // 2:
             return
+        # Quick to shrink, slow to grow: a batch slower than the estimate is taken at its
+        # word at once (the next batch must not run long too), a faster one moves it 30 %.
         rate = seconds / padded_tokens
         previous = self._seconds_per_token
-        self._seconds_per_token = rate if previous is None else previous + 0.3 * (rate - previous)
+        self._seconds_per_token = rate if previous is None or rate > previous else previous + 0.3 * (rate - previous)
         self._budget_gauge.set(self.token_budget())
 
     # ---- the callers' side -------------------------------------------------------------
@@ -297,9 +301,20 @@ class ModelWorker:
         self._set_health(False)
 
     def _warm_up(self) -> None:
-        """One forward pass at start-up, so the first request does not pay for lazy init."""
+        """One forward pass at start-up, so the first request does not pay for lazy init;
+        with a time bound, a second one of rows as long as the model reads (up to 2,048
+        tokens) gives the first estimate of the device's speed, so the first heavy batch
+        does not run long either."""
         ids = self.classifier.encode(["warm up the model"]).ids
         self.classifier.forward(ids * 2)
+        if self.config.max_batch_seconds:
+            width = max(1, min(self.classifier.max_length, CALIBRATION_TOKENS))
+            row = (ids[0] * width)[:width]
+            rows = [row] * max(1, min(self.config.max_batch_tokens, CALIBRATION_TOKENS) // width)
+            started = time.perf_counter()
+            self.classifier.forward(rows)
+            self._seconds_per_token = (time.perf_counter() - started) / (len(rows) * width)
+            self._budget_gauge.set(self.token_budget())
         self._publish_memory()
 
     def _set_health(self, ok: bool) -> None:
