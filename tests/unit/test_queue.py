@@ -148,7 +148,21 @@ def test_a_small_request_does_not_wait_behind_a_huge_one() -> None:
     assert shares == [32, 18]
 
 
-def test_requests_of_one_class_take_turns_by_rows_served() -> None:
+def test_short_rows_beside_long_rows_get_their_share_in_tokens_not_rows() -> None:
+    """A request of 200-token rows is being served when one of twenty 10-token rows joins:
+    its 200 tokens cost less than one long row, so the whole of it goes in the next batch
+    (by rows served it would get 16 rows, then wait for 8 long ones)."""
+    queue = RowQueue(quantum=16)
+    long_rows = submission([200] * 100, tag=1)
+    queue.push(long_rows)
+    assert len(queue.take_batch(max_tokens=400, now=time.monotonic()).rows) == 2
+    short = submission([10] * 20, tag=2)
+    queue.push(short)
+    second = [r[0] for r in queue.take_batch(max_tokens=400, now=time.monotonic()).rows]
+    assert second == [2] * 20 and not short.pending
+
+
+def test_requests_of_one_class_take_turns_by_tokens_served() -> None:
     queue = RowQueue(quantum=4)
     a, b = submission([1] * 12, tag=1), submission([1] * 12, tag=2)
     queue.push(a)
