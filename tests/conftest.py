@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
     from _references import CaptumReference, LimeReference, PlainModel, ShapReference
@@ -32,6 +33,14 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One compute thread per test process, and (through the environment) per server process the
+# tests start: scripts/test runs several pytest-xdist workers beside those servers, and on a
+# 2-core machine the OpenMP and OpenBLAS threads of oversubscribed processes spin against each
+# other (the built-in model's Partition sweep: 92 s with two threads, 29 s with one, beside
+# another test run). Export OMP_NUM_THREADS to choose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
 
 TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "integration", "system")

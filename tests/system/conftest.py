@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = shutil.which("chromium")
 # Nothing that reaches for the network (updates, sync, QUIC probes): the tests run offline.
@@ -28,9 +28,12 @@ CHROMIUM_FLAGS = [
 PAGE_TIMEOUT_MS = 30_000  # a click or a page answer that needs only the page's own server
 
 
-@pytest.fixture
-def page() -> Iterator[Page]:
-    """A 1300×900 page in Debian's headless Chromium, driven by Playwright.
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright, started once per test module (a
+    launch costs a second or two of CPU). Module scope, not session: Playwright's sync API
+    keeps an event loop of its own alive, which must not outlive the page tests into the
+    asyncio tests of other modules.
 
     Debian's binary, never `playwright install`: the tests run where nothing can be downloaded.
     """
@@ -41,8 +44,19 @@ def page() -> Iterator[Page]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A 1300×900 page in a fresh browser context of its own (no cookies, storage or cache
+    from another test)."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        yield page
+    finally:
+        context.close()
