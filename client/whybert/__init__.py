@@ -23,7 +23,7 @@ from ._exceptions import (
     UnavailableError,
     WhybertError,
 )
-from ._types import Explanation, Faithfulness, ModelInfo, Prediction, Progress
+from ._types import AttentionMaps, Entity, Explanation, Faithfulness, ModelInfo, Prediction, Progress
 from .aggregate import Aggregate, WordStat, aggregate
 from .corpus import CorpusResult, explain_corpus
 from .evaluation import Evaluation, evaluate
@@ -35,10 +35,12 @@ __all__ = [
     "USE_CLIENT_DEFAULT",
     "Aggregate",
     "AsyncClient",
+    "AttentionMaps",
     "CancelledError",
     "Client",
     "CorpusResult",
     "DeadlineExceededError",
+    "Entity",
     "Evaluation",
     "Explanation",
     "Faithfulness",

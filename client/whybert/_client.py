@@ -59,10 +59,16 @@ class Client(BaseClient):
             raise from_rpc_error(exc) from exc
 
     def predict(
-        self, texts: Sequence[str] | str, model: str | None = None, *, timeout: Any = USE_CLIENT_DEFAULT
+        self,
+        texts: Sequence[str] | str,
+        model: str | None = None,
+        *,
+        pairs: Sequence[str] | str | None = None,
+        timeout: Any = USE_CLIENT_DEFAULT,
     ) -> list[Prediction]:
-        """Class probabilities of each text."""
-        response = self._call(self._stub.Predict, self.predict_request(texts, model), timeout)
+        """Class probabilities of each text (of each (text, pair) input for a text-pair model:
+        `pairs` holds one second text per text)."""
+        response = self._call(self._stub.Predict, self.predict_request(texts, model, pairs), timeout)
         return self.predictions(response)
 
     def explain(
@@ -93,12 +99,17 @@ class Client(BaseClient):
             call.cancel()  # nothing once the call has ended
 
     def predict_stream(
-        self, texts: Iterable[str] | str, model: str | None = None, *, timeout: Any = USE_CLIENT_DEFAULT
+        self,
+        texts: Iterable[str] | str,
+        model: str | None = None,
+        *,
+        pairs: Iterable[str] | str | None = None,
+        timeout: Any = USE_CLIENT_DEFAULT,
     ) -> Generator[tuple[int, Prediction], None, None]:
         """(index, prediction) of each text as the server finishes it, in any order. All the
         texts go in one request message (see `check_request_size`); `timeout` covers the
         whole stream. The call starts with the first `next()`."""
-        request = self.predict_stream_request(texts, model)
+        request = self.predict_stream_request(texts, model, pairs)
         return self._stream(self._stub.PredictStream, request, timeout, self.streamed_prediction)
 
     def explain_stream(
@@ -175,10 +186,15 @@ class AsyncClient(BaseClient):
             raise from_rpc_error(exc) from exc
 
     async def predict(
-        self, texts: Sequence[str] | str, model: str | None = None, *, timeout: Any = USE_CLIENT_DEFAULT
+        self,
+        texts: Sequence[str] | str,
+        model: str | None = None,
+        *,
+        pairs: Sequence[str] | str | None = None,
+        timeout: Any = USE_CLIENT_DEFAULT,
     ) -> list[Prediction]:
         """Class probabilities of each text."""
-        response = await self._call(self._stub.Predict, self.predict_request(texts, model), timeout)
+        response = await self._call(self._stub.Predict, self.predict_request(texts, model, pairs), timeout)
         return self.predictions(response)
 
     async def explain(
@@ -209,11 +225,16 @@ class AsyncClient(BaseClient):
             call.cancel()  # nothing once the call has ended
 
     def predict_stream(
-        self, texts: Iterable[str] | str, model: str | None = None, *, timeout: Any = USE_CLIENT_DEFAULT
+        self,
+        texts: Iterable[str] | str,
+        model: str | None = None,
+        *,
+        pairs: Iterable[str] | str | None = None,
+        timeout: Any = USE_CLIENT_DEFAULT,
     ) -> AsyncGenerator[tuple[int, Prediction], None]:
         """(index, prediction) of each text as the server finishes it, in any order: an async
         iterator, as `Client.predict_stream`."""
-        request = self.predict_stream_request(texts, model)
+        request = self.predict_stream_request(texts, model, pairs)
         return self._stream(self._stub.PredictStream, request, timeout, self.streamed_prediction)
 
     def explain_stream(

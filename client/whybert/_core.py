@@ -46,7 +46,10 @@ EXPLAIN_OPTIONS = (
     "max_evals", "fixed_context", "batch_size",      # shap-partition
     "num_samples", "num_features", "random_seed",    # lime
     "n_steps",                                       # integrated-gradients
+    "raw_attention", "attention_layers", "attention_heads",  # attention
     "output", "targets", "faithfulness",             # every explainer
+    "entity",                                        # token models: 0 | (start, end) | "all"
+    "pairs",                                         # text-pair models: one second text per text
 )
 
 
@@ -174,11 +177,15 @@ class BaseClient:
     # ---- requests ------------------------------------------------------------------------
 
     @staticmethod
-    def predict_request(texts: Sequence[str] | str, model: str | None) -> pb.PredictRequest:
-        return pb.PredictRequest(model=model or "", texts=_texts(texts))
+    def predict_request(
+        texts: Sequence[str] | str, model: str | None, pairs: Sequence[str] | str | None = None
+    ) -> pb.PredictRequest:
+        return pb.PredictRequest(model=model or "", texts=_texts(texts), pairs=_pairs(pairs))
 
-    def predict_stream_request(self, texts: Iterable[str] | str, model: str | None) -> pb.PredictStreamRequest:
-        request = pb.PredictStreamRequest(model=model or "", texts=_texts(texts))
+    def predict_stream_request(
+        self, texts: Iterable[str] | str, model: str | None, pairs: Iterable[str] | str | None = None
+    ) -> pb.PredictStreamRequest:
+        request = pb.PredictStreamRequest(model=model or "", texts=_texts(texts), pairs=_pairs(pairs))
         self.check_request_size(request)
         return request
 
@@ -204,16 +211,20 @@ class BaseClient:
     ) -> pb.ExplainProgressiveRequest:
         """One text, SHAP Partition's options (output, targets, max_evals, batch_size,
         fixed_context), and the least time between messages in seconds."""
-        allowed = {"output", "targets", "max_evals", "batch_size", "fixed_context"}
+        allowed = {"output", "targets", "max_evals", "batch_size", "fixed_context", "entity", "pair"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise TypeError(f"unknown option(s) of a progressive explanation: {', '.join(unknown)}")
         single = pb.ExplainRequest()
-        _fill_explain_request(single, [text], model, "shap-partition", options)
+        pair = options.get("pair")
+        rest = {k: v for k, v in options.items() if k != "pair"}
+        _fill_explain_request(single, [text], model, "shap-partition", rest)
         req = pb.ExplainProgressiveRequest(
             model=single.model, text=text, output=single.output, target_mode=single.target_mode,
-            target_labels=single.target_labels, shap=single.shap,
+            target_labels=single.target_labels, shap=single.shap, pair=_pairs(pair)[0] if pair is not None else "",
         )
+        if single.HasField("entity"):
+            req.entity.CopyFrom(single.entity)
         if interval is not None:
             req.interval_ms = max(0, round(interval * 1000))
         return req
@@ -255,11 +266,17 @@ class BaseClient:
 
     @staticmethod
     def explanations(request: pb.ExplainRequest, response: pb.ExplainResponse) -> list[Explanation]:
-        return [Explanation.from_proto(t, e) for t, e in zip(request.texts, response.explanations, strict=True)]
+        if request.HasField("entity"):  # entity explanations: none, one or several per text
+            return [Explanation.from_proto(request.texts[e.text_index], e) for e in response.explanations]
+        pairs: list[str | None] = list(request.pairs) or [None] * len(request.texts)
+        return [
+            Explanation.from_proto(t, e, pair)
+            for t, e, pair in zip(request.texts, response.explanations, pairs, strict=True)
+        ]
 
     @staticmethod
     def streamed_progress(request: pb.ExplainProgressiveRequest, response: pb.ExplainProgressiveResponse) -> Progress:
-        return Progress.from_proto(request.text, response)
+        return Progress.from_proto(request.text, response, request.pair or None)
 
     @staticmethod
     def streamed_prediction(response: pb.PredictStreamResponse) -> tuple[int, Prediction]:
@@ -269,7 +286,8 @@ class BaseClient:
     def streamed_explanation(
         request: pb.ExplainStreamRequest, response: pb.ExplainStreamResponse
     ) -> tuple[int, Explanation]:
-        return response.index, Explanation.from_proto(request.texts[response.index], response.explanation)
+        pair = request.pairs[response.index] if request.pairs else None
+        return response.index, Explanation.from_proto(request.texts[response.index], response.explanation, pair)
 
     @staticmethod
     def models(response: pb.ListModelsResponse) -> list[ModelInfo]:
@@ -286,6 +304,17 @@ def _texts(texts: Iterable[str] | str) -> list[str]:
     bad = [type(t).__name__ for t in items if not isinstance(t, str)]
     if bad:
         raise TypeError(f"texts must be strings, got {', '.join(sorted(set(bad)))}")
+    return items
+
+
+def _pairs(pairs: Iterable[str] | str | None) -> list[str]:
+    """The second texts of text-pair inputs (none for single texts), checked like texts."""
+    if pairs is None:
+        return []
+    items = _as_list(pairs)
+    bad = [type(t).__name__ for t in items if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"pairs must be strings, got {', '.join(sorted(set(bad)))}")
     return items
 
 
@@ -306,6 +335,9 @@ def _fill_explain_request(
         raise ValueError(f"unknown explainer {explainer!r}; known: {known}")
     req.model = model or ""
     req.texts.extend(_texts(texts))
+    req.pairs.extend(_pairs(options.get("pairs")))
+    if req.pairs and len(req.pairs) != len(req.texts):
+        raise ValueError(f"{len(req.pairs)} pairs for {len(req.texts)} texts: give one pair text per text")
     req.explainer = kind
     output = options.get("output")
     if output is not None:
@@ -327,6 +359,42 @@ def _fill_explain_request(
                 raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
             setattr(message, name, value)
     req.faithfulness = bool(options.get("faithfulness", False))
+    _set_entity(req, options.get("entity"))
+    _set_attention(req, options)
+
+
+def _set_attention(req: pb.ExplainRequest | pb.ExplainStreamRequest, options: dict[str, Any]) -> None:
+    """The attention explainer's raw maps: `raw_attention=True` (every layer and head), or
+    the `attention_layers` / `attention_heads` to return (either implies raw maps)."""
+    for name, field in (("attention_layers", req.attention.layers), ("attention_heads", req.attention.heads)):
+        chosen = options.get(name)
+        if chosen is None:
+            continue
+        chosen = [chosen] if isinstance(chosen, int) else list(chosen)
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in chosen):
+            raise ValueError(f"{name} must be non-negative integers, not {options[name]!r}")
+        field.extend(chosen)
+    req.attention.raw = bool(options.get("raw_attention")) or bool(req.attention.layers) or bool(
+        req.attention.heads
+    )
+
+
+def _set_entity(req: pb.ExplainRequest | pb.ExplainStreamRequest, entity: Any) -> None:
+    """A token model's entity to explain: its index, its (start, end) span, or "all"."""
+    if entity is None:
+        return
+    if entity == "all":
+        req.entity.all = True
+    elif isinstance(entity, int) and not isinstance(entity, bool) and entity >= 0:
+        req.entity.index = entity
+    elif (
+        isinstance(entity, (tuple, list))
+        and len(entity) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entity)
+    ):
+        req.entity.start, req.entity.end = int(entity[0]), int(entity[1])
+    else:
+        raise ValueError(f'entity must be an index, a (start, end) span or "all", not {entity!r}')
 
 
 def _set_targets(req: pb.ExplainRequest | pb.ExplainStreamRequest, targets: Any) -> None:

@@ -1,6 +1,7 @@
 """PNG charts beyond `render.bar_chart`: the top tokens of every explained label, a histogram
 of the values, the top words of a corpus (`whybert.aggregate`), a corpus's confidence against
-its largest attributions and an evaluation's confusion matrix.
+its largest attributions, an evaluation's confusion matrix and the raw attention maps of
+an `attention` explanation (a layer × head grid of heat maps).
 
 Each function returns a matplotlib `Figure` (no pyplot: no display, no global state, safe
 from threads) of a size fixed by its content, and `save_png` writes one. matplotlib is the
@@ -193,6 +194,49 @@ def confusion_matrix_chart(matrix: np.ndarray, labels: Sequence[str], title: str
     fig.colorbar(image, ax=ax, label="share of the true label's rows", shrink=0.8)
     if title:
         ax.set_title(title, loc="left", fontsize=10)
+    return fig
+
+
+ATTENTION_PANEL_INCHES = 2.2  # one heat map of the layer × head grid
+MAX_ATTENTION_PANELS = 64  # more maps than this make unreadable thumbnails: choose layers/heads
+TICK_LABELS_UP_TO = 24  # tokens: beyond this a panel's axes carry no token names
+
+
+def attention_grid(e: Explanation) -> Any:
+    """The raw attention maps of an `attention` explanation (asked for with raw_attention,
+    attention_layers or attention_heads): one heat map per (layer, head), layers as rows and
+    heads as columns, queries down and keys across, on one scale from 0 to 1 (each query's
+    row sums to 1). Token names label the axes of short texts only."""
+    maps = e.attention
+    if maps is None:
+        raise ValueError("this explanation has no raw attention maps: ask the attention explainer for them")
+    n_layers, n_heads = len(maps.layers), len(maps.heads)
+    if n_layers * n_heads > MAX_ATTENTION_PANELS:
+        raise ValueError(
+            f"{n_layers} layers × {n_heads} heads is more than {MAX_ATTENTION_PANELS} heat maps; "
+            "choose fewer attention_layers or attention_heads"
+        )
+    names = [t.strip() or "␣" for t in e.tokens]
+    fig = _matplotlib_figure()(
+        figsize=(0.6 + ATTENTION_PANEL_INCHES * n_heads, 0.8 + ATTENTION_PANEL_INCHES * n_layers),
+        layout="constrained",
+    )
+    axes = fig.subplots(n_layers, n_heads, squeeze=False)
+    image = None
+    for i, layer in enumerate(maps.layers):
+        for j, head in enumerate(maps.heads):
+            ax = axes[i, j]
+            image = ax.imshow(maps.weights[i, j], cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            if len(names) <= TICK_LABELS_UP_TO:
+                ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+                ax.set_yticks(range(len(names)), names, fontsize=6)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="attention weight (query → key)", shrink=0.8)
+    fig.suptitle("raw attention (rows: queries, columns: keys)", x=0.01, ha="left", fontsize=10)
     return fig
 
 

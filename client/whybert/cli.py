@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._client import Client
 from ._core import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
 from ._exceptions import WhybertError
 from ._types import EXPLAINER_KINDS, OUTPUT_SPACES, Explanation, Prediction
-from .render import print_terminal, write_html, write_png
+from .render import mark_entities, print_terminal, write_html, write_png
 
 if TYPE_CHECKING:
     from .corpus import CorpusResult
@@ -61,7 +63,31 @@ def _make_client(args: argparse.Namespace) -> Client:
 
 
 def _prediction_json(text: str, p: Prediction) -> dict[str, Any]:
-    return {"text": text, "label": p.label, "scores": p.scores, "truncated": p.truncated}
+    out: dict[str, Any] = {"text": text, "label": p.label, "scores": p.scores, "truncated": p.truncated}
+    if p.entities:
+        out["entities"] = [vars(e) for e in p.entities]
+    return out
+
+
+def _print_entities(texts: Sequence[str], predictions: Sequence[Prediction]) -> None:
+    """A token model's predictions: each text, then one line per entity (span, type, score)."""
+    for text, p in zip(texts, predictions, strict=True):
+        print(mark_entities(text, p.entities, sys.stdout) + (" (truncated)" if p.truncated else ""))
+        if not p.entities:
+            print("  (no entities)")
+        for i, e in enumerate(p.entities):
+            print(f"  {i:>3}  [{e.start}, {e.end})  {e.label:<8} {e.score:.3f}  {e.text}")
+
+
+def parse_entity(value: str | None) -> int | tuple[int, int] | str | None:
+    """`--entity`: an index (0), a span (START:END) or `all`."""
+    if value is None or value == "all":
+        return value
+    start, colon, end = value.partition(":")
+    try:
+        return (int(start), int(end)) if colon else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--entity takes an index, START:END or all, not {value!r}") from None
 
 
 def _explanation_json(e: Explanation) -> dict[str, Any]:
@@ -76,7 +102,8 @@ def _explanation_json(e: Explanation) -> dict[str, Any]:
         "values": e.values.tolist(),
         "base_values": e.base_values.tolist(),
         "output_values": e.output_values.tolist(),
-        "additivity_error": e.additivity_error,
+        # NaN (the attention explainer: not applicable) is not JSON: null.
+        "additivity_error": None if math.isnan(e.additivity_error) else e.additivity_error,
         "prediction": _prediction_json(e.text, e.prediction),
         "model_rows": e.model_rows,
         "queue_seconds": e.queue_seconds,
@@ -84,6 +111,24 @@ def _explanation_json(e: Explanation) -> dict[str, Any]:
         "cached": e.cached,
         "convergence_delta": None if e.convergence_delta is None else e.convergence_delta.tolist(),
         "faithfulness": None if e.faithfulness is None else vars(e.faithfulness),
+        **({} if e.pair is None else {"pair": e.pair, "segments": e.segments}),
+        **(
+            {}
+            if e.entity is None
+            else {"entity": vars(e.entity), "entity_index": e.entity_index, "text_index": e.text_index}
+        ),
+        **({} if e.explainer != "attention" else {"attention_position": e.attention_position}),
+        **(
+            {}
+            if e.attention is None
+            else {
+                "attention": {
+                    "layers": e.attention.layers,
+                    "heads": e.attention.heads,
+                    "weights": e.attention.weights.tolist(),  # [layer][head][query][key]
+                }
+            }
+        ),
     }
 
 
@@ -92,21 +137,39 @@ def _print_line(item: dict[str, Any]) -> None:
     print(json.dumps(item), flush=True)
 
 
+def _shown_texts(args: argparse.Namespace) -> list[str]:
+    """The inputs as the tables show them: a pair's two texts joined by ` ‖ `."""
+    pairs = getattr(args, "pair", None)
+    if not pairs:
+        return list(args.texts)
+    return [f"{t} ‖ {p}" for t, p in zip(args.texts, pairs, strict=False)]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    pairs = getattr(args, "pair", None)
     if args.stream:
         with _make_client(args) as client:
-            for index, p in client.predict_stream(args.texts, model=args.model):
-                _print_line({"index": index, **_prediction_json(args.texts[index], p)})
+            for index, p in client.predict_stream(args.texts, model=args.model, pairs=pairs):
+                item = _prediction_json(args.texts[index], p)
+                _print_line({"index": index, **item, **({"pair": pairs[index]} if pairs else {})})
         return 0
     with _make_client(args) as client:
-        predictions = client.predict(args.texts, model=args.model)
+        predictions = client.predict(args.texts, model=args.model, pairs=pairs)
     if args.json:
-        print(json.dumps([_prediction_json(t, p) for t, p in zip(args.texts, predictions, strict=True)], indent=2))
+        items = [_prediction_json(t, p) for t, p in zip(args.texts, predictions, strict=True)]
+        for i, item in enumerate(items):
+            if pairs:
+                item["pair"] = pairs[i]
+        print(json.dumps(items, indent=2))
+        return 0
+    if any(p.entities for p in predictions) or all(not p.scores for p in predictions):  # a token model
+        _print_entities(args.texts, predictions)
         return 0
     labels = list(predictions[0].scores) if predictions else []
-    width = min(max((len(t) for t in args.texts), default=4), 60)
+    shown_texts = _shown_texts(args)
+    width = min(max((len(t) for t in shown_texts), default=4), 60)
     print(f"{'text':<{width}}  {'label':<12}" + "".join(f"{label:>10}" for label in labels))
-    for text, p in zip(args.texts, predictions, strict=True):
+    for text, p in zip(shown_texts, predictions, strict=True):
         shown = text if len(text) <= width else text[: width - 1] + "…"
         mark = " (truncated)" if p.truncated else ""
         print(f"{shown:<{width}}  {p.label:<12}" + "".join(f"{p.scores[k]:>10.3f}" for k in labels) + mark)
@@ -122,13 +185,19 @@ def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     targets = args.targets
     options["targets"] = targets[0] if targets in (["all"], ["predicted"]) else targets
+    options["entity"] = getattr(args, "entity", None)
+    options["pairs"] = getattr(args, "pair", None)  # text-pair models
+    # The attention explainer's raw maps: only when asked for (other explainers ignore them).
+    layers, heads = getattr(args, "attention_layers", None), getattr(args, "attention_heads", None)
+    if getattr(args, "raw_attention", False) or layers or heads or getattr(args, "attention_png", None):
+        options.update(raw_attention=True, attention_layers=layers, attention_heads=heads)
     return options
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     options = _explain_options(args)
     if args.stream:
-        if args.html or args.png or args.bar_png or args.hist_png:
+        if args.html or args.png or args.bar_png or args.hist_png or args.attention_png:
             raise ValueError("--stream prints one JSON line per text; the pictures need the whole batch")
         with _make_client(args) as client:
             stream = client.explain_stream(args.texts, model=args.model, explainer=args.explainer, **options)
@@ -149,6 +218,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _write_pictures(args: argparse.Namespace, explanations: list[Explanation]) -> None:
+    if getattr(args, "attention_png", None):
+        from . import charts
+
+        first = explanations[0]
+        if first.attention is None:
+            raise ValueError("--attention-png needs --explainer attention (its raw maps)")
+        charts.save_png(charts.attention_grid(first), args.attention_png)
     if args.html:
         write_html(explanations, args.html)
     if args.png:  # matplotlib is imported only here, by render, when a PNG is asked for
@@ -176,6 +252,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     chart = bool(args.out) and _can_draw("confusion_matrix.png")
     with _make_client(args) as client:
         info = model_info(client, args.model)
+        if info.kind == "token":  # an entity model: --data is a CoNLL-style file
+            return _evaluate_entities(args, client, info.name)
         data = EvalCSV.check(args.data, args.text_column, args.label_column, info)
         files = OutputFiles(args.out, info.labels) if args.out else None
         try:
@@ -194,6 +272,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(_report_table(result))
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _evaluate_entities(args: argparse.Namespace, client: Client, model: str) -> int:
+    """seqeval's entity figures of a token model on a CoNLL-style file (one token and its
+    tag a line, blank lines between sentences)."""
+    from .entity_evaluation import evaluate_entities
+
+    result = evaluate_entities(client, args.data, model, batch_size=args.batch_size or 64)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "entity_metrics.json").write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'type':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for name, row in result["report"].items():
+        print(
+            f"{name:<14}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1-score']:>10.4f}"
+            f"{int(row['support']):>10}"
+        )
+    print(f"{result['sentences']} sentences")
     return 0
 
 
@@ -336,6 +437,14 @@ def _add_explain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=None, help="lime: perturbed samples")
     parser.add_argument("--n-steps", type=int, default=None, help="integrated-gradients: steps")
     parser.add_argument("--faithfulness", action="store_true", help="add AOPC faithfulness figures")
+    parser.add_argument("--entity", type=parse_entity, default=None, metavar="INDEX|START:END|all",
+                        help="token models: the entity to explain (its index in predict's list, its span, or all)")
+    parser.add_argument("--raw-attention", action="store_true",
+                        help="attention: also return the raw attention maps (every layer and head unless chosen)")
+    parser.add_argument("--attention-layers", type=int, nargs="+", default=None, metavar="LAYER",
+                        help="attention: the layers (from 0) whose raw maps are returned")
+    parser.add_argument("--attention-heads", type=int, nargs="+", default=None, metavar="HEAD",
+                        help="attention: the heads (from 0) of those layers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
+    p.add_argument("--pair", action="append", default=None, metavar="TEXT",
+                   help="text-pair models: the second text of each TEXT, in order (give it once per TEXT)")
     _client_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -360,7 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "their words' mean |value| over all of them)")
     p.add_argument("--hist-png", default=None, metavar="FILE",
                    help="also write a PNG histogram of the token values, per explained label")
+    p.add_argument("--attention-png", default=None, metavar="FILE",
+                   help="attention: also write a PNG grid (layer × head) of the first text's raw attention maps")
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
+    p.add_argument("--pair", action="append", default=None, metavar="TEXT",
+                   help="text-pair models: the second text of each TEXT, in order (give it once per TEXT)")
     _client_options(p)
     p.set_defaults(func=cmd_explain)
 

@@ -20,6 +20,7 @@ the word statistics, the charts, the table of rows, the explainers' ranking and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -39,7 +40,16 @@ import numpy as np
 from ._client import Client
 from ._core import EXPLAIN_OPTIONS, USE_CLIENT_DEFAULT
 from ._exceptions import InvalidArgumentError
-from ._types import EXPLAINER_ALIASES, EXPLAINER_KINDS, Explanation, Faithfulness, ModelInfo, Prediction
+from ._types import (
+    EXPLAINER_ALIASES,
+    EXPLAINER_KINDS,
+    AttentionMaps,
+    Entity,
+    Explanation,
+    Faithfulness,
+    ModelInfo,
+    Prediction,
+)
 from .aggregate import Aggregate
 from .evaluation import EvalCSV, _read, labelled_pairs, model_info
 
@@ -127,6 +137,21 @@ def explanation_to_dict(e: Explanation) -> dict[str, Any]:
         },
         "truncated": e.truncated,
         "explained_chars": e.explained_chars,
+        "entity": None if e.entity is None else dataclasses.asdict(e.entity),
+        "entity_index": e.entity_index,
+        "text_index": e.text_index,
+        "entity_position": e.entity_position,
+        "attention_position": e.attention_position,
+        "attention": None
+        if e.attention is None
+        else {
+            "layers": list(e.attention.layers),
+            "heads": list(e.attention.heads),
+            "weights": _json_array(e.attention.weights),
+        },
+        "pair": e.pair,
+        "segments": [int(s) for s in e.segments],
+        "explained_pair_chars": e.explained_pair_chars,
     }
 
 
@@ -165,9 +190,30 @@ def explanation_from_dict(data: Mapping[str, Any]) -> Explanation:
             else Faithfulness(float(faith["comprehensiveness"]), float(faith["sufficiency"])),
             truncated=bool(data["truncated"]),
             explained_chars=int(data["explained_chars"]),
+            # records written before entities had none of these
+            entity=None if data.get("entity") is None else Entity(**data["entity"]),
+            entity_index=int(data.get("entity_index", 0)),
+            text_index=int(data.get("text_index", 0)),
+            entity_position=int(data.get("entity_position", 0)),
+            # nor, before attention and text pairs, these
+            attention_position=int(data.get("attention_position", 0)),
+            attention=_attention_from_dict(data.get("attention")),
+            pair=data.get("pair"),
+            segments=[int(s) for s in data.get("segments", [])],
+            explained_pair_chars=int(data.get("explained_pair_chars", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not an explanation written by explanation_to_dict: {exc!r}") from exc
+
+
+def _attention_from_dict(data: Mapping[str, Any] | None) -> AttentionMaps | None:
+    if data is None:
+        return None
+    layers, heads = [int(x) for x in data["layers"]], [int(x) for x in data["heads"]]
+    weights = _array(data["weights"]).astype(np.float32)
+    if weights.ndim != 4 or weights.shape[:2] != (len(layers), len(heads)):
+        raise ValueError(f"attention weights of shape {weights.shape} for {len(layers)} layers × {len(heads)} heads")
+    return AttentionMaps(layers, heads, weights)
 
 
 # ---- the records: explanations.jsonl -------------------------------------------------------

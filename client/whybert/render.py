@@ -13,13 +13,13 @@ from __future__ import annotations
 import html as html_lib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from ._types import Explanation
+from ._types import Entity, Explanation
 
 RED = (255, 13, 87)
 BLUE = (30, 136, 229)
@@ -52,17 +52,24 @@ def terminal(e: Explanation, label: str | None = None, colour: bool = True, top:
     column = e.values[:, j]
     scale = _text_scale(e, j)
     parts = []
+    segment = 0
     for i in _visible(e):
         token = e.tokens[i]
+        if e.pair is not None and e.segments and e.segments[i] != segment:  # a pair: mark the join
+            segment = e.segments[i]
+            parts.append(" \x1b[1m‖ pair:\x1b[0m " if colour else "‖ pair: ")
         if colour:
             r, g, b = blend(float(column[i]), scale)
-            parts.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{token}\x1b[0m")
+            underline = "\x1b[4m" if _in_entity(e, i) else ""  # the explained entity
+            parts.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{underline}{token}\x1b[0m")
         else:
             parts.append(f"{token.strip()}[{_signed(float(column[i]), 3)}] ")
     scores = ", ".join(f"{k} {v:.3f}" for k, v in e.prediction.scores.items())
     lines = [
-        f"prediction: {e.prediction.label} ({scores})",
-        f"explaining {e.labels[j]!r} ({e.output}, {e.explainer}): base {_signed(float(e.base_values[j]))} "
+        f"prediction: {e.prediction.label} ({scores})" if e.entity is None else _entity_line(e),
+        _attention_caption(e)
+        if e.explainer == "attention"
+        else f"explaining {e.labels[j]!r} ({e.output}, {e.explainer}): base {_signed(float(e.base_values[j]))} "
         f"+ attributions {_signed(float(column.sum()))} = {_signed(float(e.output_values[j]))}",
         "".join(parts).rstrip(),
     ]
@@ -70,6 +77,37 @@ def terminal(e: Explanation, label: str | None = None, colour: bool = True, top:
     if ranked:
         lines.append("top: " + ", ".join(f"{tok} {_signed(val, 3)}" for tok, val in ranked))
     return "\n".join(lines)
+
+
+def _entity_line(e: Explanation) -> str:
+    entity = e.entity
+    assert entity is not None
+    span = f"[{entity.start}, {entity.end})"
+    return f"entity {e.entity_index}: {entity.text!r} {entity.label} {span} score {entity.score:.3f}"
+
+
+def _in_entity(e: Explanation, i: int) -> bool:
+    """Whether token i lies in the explained entity's characters."""
+    if e.entity is None or e.special[i]:
+        return False
+    start, end = e.offsets[i]
+    return start < e.entity.end and e.entity.start < end
+
+
+def mark_entities(text: str, entities: Sequence[Entity], stream: TextIO | None = None) -> str:
+    """The text with each entity marked and typed: underlined with its type after it where
+    `stream` takes colour, `[Angela Merkel]PER` otherwise."""
+    colour = stream is not None and _wants_colour(stream)
+    parts, cursor = [], 0
+    for entity in sorted(entities, key=lambda x: x.start):
+        if entity.start < cursor:
+            continue
+        parts.append(text[cursor : entity.start])
+        inner = text[entity.start : entity.end]
+        parts.append(f"\x1b[4m{inner}\x1b[0m\x1b[2m/{entity.label}\x1b[0m" if colour else f"[{inner}]{entity.label}")
+        cursor = entity.end
+    parts.append(text[cursor:])
+    return "".join(parts)
 
 
 def print_terminal(e: Explanation, stream: TextIO, label: str | None = None) -> None:
@@ -96,6 +134,9 @@ STYLE = """
 .wb-caption b { color: #1d1d1f; }
 .wb-text { font-size: 1.05em; line-height: 2; white-space: pre-wrap; overflow-wrap: anywhere;
   margin: 0; }
+.wb-pair-part { font-size: .75em; color: #555; text-transform: uppercase; letter-spacing: .05em;
+  margin-right: .5em; }
+.wb-pair-sep { display: block; border-top: 2px dashed #c8c8d0; margin: 6px 0; }
 .wb-tok { position: relative; border-radius: 3px; padding: 1px 0; cursor: default;
   box-decoration-break: clone; -webkit-box-decoration-break: clone; }
 .wb-tok:hover { outline: 1px solid #1d1d1f; }
@@ -106,6 +147,9 @@ STYLE = """
   margin-top: 8px; }
 .wb-legend-bar { width: 180px; height: 10px; border-radius: 5px; border: 1px solid #d8d8de; }
 .wb-note { font-size: .8em; color: #8e8e98; margin-top: 4px; }
+.wb-entity { text-decoration: underline 2px; text-underline-offset: 3px; }
+.wb-entity-type { font-size: .7em; font-weight: 650; vertical-align: super; margin-left: 1px;
+  color: #555; }
 """
 
 _esc = html_lib.escape
@@ -142,6 +186,15 @@ def _data_number(value: float) -> str:
     return repr(value)
 
 
+def _attention_caption(e: Explanation) -> str:
+    """The `attention` explainer's values are rollout weights, not attributions: say so."""
+    where = e.tokens[e.attention_position].strip() if e.attention_position < len(e.tokens) else "?"
+    return (
+        f"attention rollout read at token {e.attention_position} ({where}): weights over all tokens "
+        "summing to 1; where the model attends, not an attribution of its output"
+    )
+
+
 def _visible(e: Explanation) -> list[int]:
     """The indices of the tokens shown (not special ones such as [CLS])."""
     return [i for i in range(len(e.tokens)) if not e.special[i]]
@@ -165,26 +218,54 @@ def _token_span(piece: str, value: float, label: str, scale: float) -> str:
 
 
 def _highlighted_text(e: Explanation, j: int, scale: float) -> str:
-    """The original text, each token's characters wrapped in a span coloured by its value.
+    """The original text, each token's characters wrapped in a span coloured by its value;
+    a text pair's two texts one after the other, clearly apart.
 
     Spans come from the token offsets, so the text keeps its case and white space.
     """
+    if e.pair is None or not e.segments:
+        return _highlighted_segment(e, j, scale, e.text, range(len(e.tokens)))
+    first, second = ([i for i, s in enumerate(e.segments) if s == k] for k in (0, 1))
+    return (
+        '<span class="wb-pair-part">text</span>'
+        f"{_highlighted_segment(e, j, scale, e.text, first)}"
+        '<span class="wb-pair-sep"></span><span class="wb-pair-part">pair</span>'
+        f"{_highlighted_segment(e, j, scale, e.pair, second)}"
+    )
+
+
+def _highlighted_segment(e: Explanation, j: int, scale: float, text: str, indices: Iterable[int]) -> str:
+    """One text with the spans of its tokens (`indices`, whose offsets point into it)."""
     parts, cursor = [], 0
-    shown = sorted((i for i, sp in enumerate(e.special) if not sp), key=lambda i: e.offsets[i])
+    shown = sorted((i for i in indices if not e.special[i]), key=lambda i: e.offsets[i])
     for i in shown:
         start, end = e.offsets[i]
         start = max(start, cursor)  # tolerate overlapping offsets (byte-level BPE)
         if end <= start:
             continue
-        parts.append(_esc(e.text[cursor:start]))
-        parts.append(_token_span(e.text[start:end], float(e.values[i, j]), e.labels[j], scale))
+        parts.append(_esc(text[cursor:start]))
+        span = _token_span(text[start:end], float(e.values[i, j]), e.labels[j], scale)
+        if _in_entity(e, i):  # the explained entity: underlined, its type after its last piece
+            assert e.entity is not None
+            span = f'<span class="wb-entity" data-entity="{_esc(e.entity.label)}">{span}</span>'
+            if end >= e.entity.end:
+                span += f'<span class="wb-entity-type">{_esc(e.entity.label)}</span>'
+        parts.append(span)
         cursor = end
-    parts.append(_esc(e.text[cursor:]))
+    parts.append(_esc(text[cursor:]))
     return "".join(parts)
 
 
 def _prediction_header(e: Explanation) -> str:
     p = e.prediction
+    if e.entity is not None:  # a token model: the explained entity, not a sequence label
+        x = e.entity
+        return (
+            '<div class="wb-prediction"><span>entity</span>'
+            f'<span class="wb-label">{_esc(x.text)}</span><span class="wb-score wb-top" '
+            f'data-label="{_esc(x.label)}">{_esc(x.label)} {x.score:.3f}</span>'
+            f"<span class=\"wb-score\">[{x.start}, {x.end})</span></div>"
+        )
     scores = []
     for name, score in sorted(p.scores.items(), key=lambda kv: -kv[1]):
         top = " wb-top" if name == p.label else ""
@@ -213,6 +294,13 @@ def _target_block(e: Explanation, j: int, scale: float) -> str:
         f'<span class="wb-legend-bar" style="background:{gradient}"></span>'
         f"<span>raises {label} {_number(scale)}</span></div>"
     )
+    if e.explainer == "attention":  # a heat strip of rollout weights (all ≥ 0), not attributions
+        caption = _esc(_attention_caption(e))
+        legend = (
+            '<div class="wb-legend"><span>0</span>'
+            f'<span class="wb-legend-bar" style="background:linear-gradient(to right, #fff, {_rgb(RED)})"></span>'
+            f"<span>{_number(scale)} attention weight</span></div>"
+        )
     return (
         f'<div class="wb-target" data-label="{label}"><p class="wb-caption">{caption}</p>'
         f'<p class="wb-text">{_highlighted_text(e, j, scale)}</p>{legend}</div>'
@@ -307,7 +395,11 @@ def bar_chart(e: Explanation, label: str | None = None, top: int = 10) -> Any:
     p = e.prediction
     title = f"prediction: {p.label} ({p.scores.get(p.label, 0.0):.3f}) · why {e.labels[j]}"
     ax.set_title(title, loc="left", fontsize=11)
-    ax.set_xlabel(f"attribution to {e.labels[j]} ({e.output}, {e.explainer})")
+    ax.set_xlabel(
+        "attention rollout weight (not an attribution)"
+        if e.explainer == "attention"
+        else f"attribution to {e.labels[j]} ({e.output}, {e.explainer})"
+    )
     return fig
 
 

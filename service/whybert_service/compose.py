@@ -14,7 +14,7 @@ import torch
 
 from .batching.worker import ModelWorker, WorkerConfig
 from .metrics import Metrics
-from .models.builtin import BUILTIN_NAME
+from .models.builtin import BUILTIN_NAME, ENTITIES_NAME
 from .models.classifier import Classifier
 from .models.loading import load_directory, resolve_device, resolve_dtype
 from .registry import ModelHandle, ModelRegistry
@@ -90,6 +90,10 @@ def load_models(
         from .models.builtin import load_builtin as _load_builtin
 
         loaders.append((BUILTIN_NAME, lambda: _load_builtin(device, dtype)))
+    if load_builtin and ENTITIES_NAME not in model_paths:
+        from .models.builtin import load_entities
+
+        loaders.append((ENTITIES_NAME, lambda: load_entities(device, dtype)))
     for name, path in model_paths.items():
         loaders.append((name, lambda name=name, path=path: load_directory(name, path, device, dtype)))  # type: ignore[misc]
     if not loaders:

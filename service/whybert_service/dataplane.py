@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -17,20 +18,28 @@ from typing import Any, TypeVar
 
 from .cache import ExplanationCache
 from .context import RequestContext
+from .entities import entity_prediction, select_entities
 from .errors import InvalidArgument, ResourceExhausted, ServiceError
 from .explainers import Explainer, create_explainers
+from .explainers.attention import attention_shape
 from .explainers.faithfulness import with_faithfulness
 from .explainers.shap_partition import Progress, ShapPartitionExplainer, explain_progressively
 from .explainers.targets import check_target_labels
 from .metrics import Metrics
+from .models.pair_classifier import PairClassifier
+from .models.token_classifier import TokenClassifier
 from .outputs import prediction_from_logits
+from .pairs import joined_params, mark_separator, split_explanation
+from .pairs import window as cut_pair
 from .registry import ModelHandle, ModelRegistry
 from .types import (
+    EntityTarget,
     ExplainParams,
     ExplanationResult,
     ModelDescription,
     PredictionResult,
     PredictParams,
+    TargetModeName,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +104,9 @@ class DataPlane:
     async def predict(self, params: PredictParams, ctx: RequestContext) -> tuple[str, list[PredictionResult]]:
         handle = self.registry.get(params.model)
         classifier = handle.classifier
+        params = joined_params(handle, params)  # pairs travel joined from here on
+        if isinstance(classifier, TokenClassifier):
+            return handle.name, await self._predict_entities(handle, params.texts, ctx)
         encoded = await asyncio.to_thread(classifier.encode, params.texts)
         result = await handle.worker.run(encoded.ids, ctx)
         predictions = [
@@ -106,16 +118,55 @@ class DataPlane:
     async def _predict_one(self, handle: ModelHandle, text: str, ctx: RequestContext) -> PredictionResult:
         """One text's prediction (a text of a PredictStream)."""
         classifier = handle.classifier
+        if isinstance(classifier, TokenClassifier):
+            return (await self._predict_entities(handle, (text,), ctx))[0]
         encoded = await asyncio.to_thread(classifier.encode, (text,))
         result = await handle.worker.run(encoded.ids, ctx)
         return prediction_from_logits(classifier.labels, result.logits[0], encoded.truncated[0], len(encoded.ids[0]))
+
+    async def _predict_entities(
+        self, handle: ModelHandle, texts: tuple[str, ...], ctx: RequestContext
+    ) -> list[PredictionResult]:
+        """A token model's entities of each text: every position's logits from the worker,
+        grouped here."""
+        classifier = handle.classifier
+        assert isinstance(classifier, TokenClassifier)
+        windows = await asyncio.to_thread(lambda: [classifier.window(t) for t in texts])
+        logits = await handle.worker.run_tokens([w.ids for w in windows], ctx)
+        return [entity_prediction(classifier, w, row) for w, row in zip(windows, logits, strict=True)]
+
+    async def _entity_targets(
+        self, handle: ModelHandle, params: ExplainParams, ctx: RequestContext, streamed: bool = False
+    ) -> list[list[EntityTarget]] | None:
+        """For a token model, the entities each text's explanations explain (None for a
+        sequence model); INVALID_ARGUMENT when the request's `entity` does not fit the model."""
+        token = isinstance(handle.classifier, TokenClassifier)
+        if not token:
+            if params.entity is not None:
+                raise InvalidArgument([("entity", f"model {handle.name!r} classifies sequences, not tokens")])
+            return None
+        if params.entity is None:
+            raise InvalidArgument(
+                [("entity", f"model {handle.name!r} finds entities: say which to explain (index, span or all)")]
+            )
+        if streamed and params.entity.all:
+            raise InvalidArgument([("entity.all", "explains one entity per text here; use Explain for all")])
+        if params.faithfulness:
+            raise InvalidArgument([("faithfulness", "is not computed for entity explanations")])
+        if params.target_mode is not TargetModeName.PREDICTED or params.target_labels:
+            raise InvalidArgument([("target_mode", "an entity explanation explains the entity's type alone")])
+        assert isinstance(handle.classifier, TokenClassifier)
+        predictions = await self._predict_entities(handle, params.texts, ctx)
+        return [
+            select_entities(handle.classifier, params.entity, p.entities, i) for i, p in enumerate(predictions)
+        ]
 
     async def predict_stream(
         self, params: PredictParams, ctx: RequestContext, window: int
     ) -> AsyncGenerator[tuple[int, PredictionResult], None]:
         """Each text's prediction with its index, as each is ready (see `_stream`)."""
         handle = self.registry.get(params.model)
-        texts = params.texts
+        texts = joined_params(handle, params).texts
         stream = self._stream(
             "PredictStream", len(texts), lambda i: self._predict_one(handle, texts[i], ctx.part()), ctx, window
         )
@@ -128,11 +179,20 @@ class DataPlane:
     async def explain(self, params: ExplainParams, ctx: RequestContext) -> tuple[str, list[ExplanationResult]]:
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
+        params = joined_params(handle, params)  # pairs travel joined from here on
         explainer = self._explainer_for(params, handle)
+        targets = await self._entity_targets(handle, params, ctx)
+        jobs = (
+            [(text, params) for text in params.texts]
+            if targets is None
+            else [
+                (text, dataclasses.replace(params, entity_target=t))
+                for text, chosen in zip(params.texts, targets, strict=True)
+                for t in chosen
+            ]
+        )
         self._explaining.add(ctx)
-        tasks = [
-            asyncio.ensure_future(self._explain_one(explainer, handle, text, params, ctx)) for text in params.texts
-        ]
+        tasks = [asyncio.ensure_future(self._explain_one(explainer, handle, text, p, ctx)) for text, p in jobs]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
@@ -153,14 +213,20 @@ class DataPlane:
         alone, and the cache is consulted for it as in Explain."""
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
+        params = joined_params(handle, params)  # pairs travel joined from here on
         explainer = self._explainer_for(params, handle)
         texts = params.texts
+        targets = await self._entity_targets(handle, params, ctx, streamed=True)
+
+        def params_of(i: int) -> ExplainParams:
+            return params if targets is None else dataclasses.replace(params, entity_target=targets[i][0])
+
         self._explaining.add(ctx)
         try:
             stream = self._stream(
                 "ExplainStream",
                 len(texts),
-                lambda i: self._explain_one(explainer, handle, texts[i], params, ctx.part()),
+                lambda i: self._explain_one(explainer, handle, texts[i], params_of(i), ctx.part()),
                 ctx,
                 window,
             )
@@ -178,15 +244,24 @@ class DataPlane:
         to watch the values form."""
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
+        params = joined_params(handle, params)  # pairs travel joined from here on
         explainer = self._explainer_for(params, handle)
         if not isinstance(explainer, ShapPartitionExplainer):
             raise InvalidArgument([("explainer", "progressive explanations are SHAP Partition's")])
+        targets = await self._entity_targets(handle, params, ctx, streamed=True)
+        if targets is not None:
+            params = dataclasses.replace(params, entity_target=targets[0][0])
         text = params.texts[0]
+        classifier = handle.classifier  # a pair: tokenized aside, as the explainers do
+        pair = await asyncio.to_thread(cut_pair, classifier, text) if isinstance(classifier, PairClassifier) else None
         self._explaining.add(ctx)
         try:
-            messages = explain_progressively(explainer, handle, text, params, ctx, interval)
+            explained = text if pair is None else pair.joined
+            messages = explain_progressively(explainer, handle, explained, params, ctx, interval)
             async with contextlib.aclosing(messages):
                 async for progress in messages:
+                    if pair is not None:
+                        progress = dataclasses.replace(progress, result=split_explanation(progress.result, pair))
                     if progress.final:
                         self.cache.put(self.cache.key(handle.classifier, text, params), progress.result)
                     yield progress
@@ -267,10 +342,20 @@ class DataPlane:
             return cached
         started = time.perf_counter()
         try:
-            result = await explainer.explain_async(handle, text, params, ctx, self._pool)
+            # A pair is explained as what the model reads of it (longest_first), then split.
+            classifier = handle.classifier
+            pair = None
+            if isinstance(classifier, PairClassifier):  # tokenized aside, as the explainers do
+                pair = await asyncio.to_thread(cut_pair, classifier, text)
+            explained = text if pair is None else pair.joined
+            result = await explainer.explain_async(handle, explained, params, ctx, self._pool)
+            if pair is not None:
+                result = mark_separator(result, pair)
             if params.faithfulness:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, with_faithfulness, handle, text, result, ctx)
+                result = await loop.run_in_executor(self._pool, with_faithfulness, handle, explained, result, ctx)
+            if pair is not None:
+                result = split_explanation(result, pair)
         except ServiceError as exc:
             self.metrics.explanations.labels(handle.name, name, exc.kind.value).inc()
             raise
@@ -308,6 +393,9 @@ class DataPlane:
             weights_sha256=c.weights_sha256,
             device=str(c.device),
             dtype=str(c.dtype).removeprefix("torch."),
+            kind=c.kind,
+            attention_layers=attention_shape(c)[0],
+            attention_heads=attention_shape(c)[1],
         )
 
 

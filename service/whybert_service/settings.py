@@ -69,7 +69,9 @@ class ServerSettings(BaseSettings):
     default_model: str = Field(
         "", description="Model used when a request names none; empty means the built-in 'sentiment'."
     )
-    no_builtin_model: bool = Field(False, description="Do not load the built-in 'sentiment' model.")
+    no_builtin_model: bool = Field(
+        False, description="Do not load the built-in models ('sentiment' and 'entities')."
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
@@ -106,6 +108,13 @@ class ServerSettings(BaseSettings):
     max_evals_limit: PositiveInt = Field(4000, description="Largest SHAP max_evals a request may ask for.")
     max_lime_samples: PositiveInt = Field(10_000, description="Largest LIME num_samples a request may ask for.")
     max_ig_steps: PositiveInt = Field(512, description="Largest integrated-gradients n_steps a request may ask for.")
+    max_attention_cells: PositiveInt = Field(
+        1_048_576,
+        description=(
+            "Most raw attention weights (layers × heads × tokens²) one text's explanation may "
+            "return (4 bytes each on the wire)."
+        ),
+    )
     max_rows_per_request: PositiveInt = Field(200_000, description="Model rows one request may cost in total.")
     max_stream_texts: PositiveInt = Field(
         10_000,

@@ -65,8 +65,8 @@ def test_unchanged_contract_passes(repo: Path) -> None:
 
 
 def test_added_field_passes(repo: Path) -> None:
-    edit(repo, "  repeated string texts = 2;\n}\n\n// PredictResponse",
-         "  repeated string texts = 2;\n  // A note.\n  string note = 3;\n}\n\n// PredictResponse")
+    edit(repo, "  repeated string pairs = 10;\n}\n\n// PredictResponse",
+         "  repeated string pairs = 10;\n  // A note.\n  string note = 3;\n}\n\n// PredictResponse")
     done = check(repo)
     assert done.returncode == 0, done.stderr
 
@@ -75,8 +75,8 @@ def test_added_field_passes(repo: Path) -> None:
     ("old", "new", "rule"),
     [
         # Renumbering a field: old clients' field 2 would be read as something else.
-        ("  repeated string texts = 2;\n}\n\n// PredictResponse",
-         "  repeated string texts = 3;\n}\n\n// PredictResponse",
+        ("characters-per-text limits.\n  repeated string texts = 2;",
+         "characters-per-text limits.\n  repeated string texts = 3;",
          'Previously present field "2" with name "texts" on message "PredictRequest" was deleted'),
         # Removing an RPC.
         ("  rpc ListModels(ListModelsRequest) returns (ListModelsResponse);\n", "",

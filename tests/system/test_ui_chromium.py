@@ -314,3 +314,22 @@ def test_a_shap_explanation_refines_live_to_the_final_values(
     j = plain.labels.index(plain.prediction.label)
     visible = [i for i, special in enumerate(plain.special) if not special]
     assert renderings[-1] == plain.values[visible, j].tolist()
+
+
+def test_attention_is_offered_and_drawn_as_a_heat_strip(page: Page, ui: UIServer, client: whybert.Client) -> None:
+    """The model's explainers include attention; chosen, it has no budget, and its rollout
+    is drawn over the text, the heaviest visible token in full red, captioned as attention."""
+    page.goto(ui.url)
+    expect(page.locator("#model")).to_have_value("tiny", timeout=SERVER_TIMEOUT_MS)
+    page.locator("#explainer").select_option("attention")
+    expect(page.locator("#budget-field")).to_be_hidden()
+    page.locator("#text-a").fill(TEXT)
+    page.locator("#submit").click()
+    expected = client.explain(TEXT, model="tiny", explainer="attention")[0]
+    visible = [i for i, special in enumerate(expected.special) if not special]
+    tokens = page.locator("#results .wb-tok")
+    expect(tokens.first).to_be_attached(timeout=EXPLAIN_TIMEOUT_MS)
+    expect(tokens).to_have_text([exactly(TEXT[slice(*expected.offsets[i])]) for i in visible])
+    top = int(np.argmax(expected.values[visible, 0]))
+    expect(tokens.nth(top)).to_have_css("background-color", "rgb({}, {}, {})".format(*RED))
+    expect(page.locator("#results .wb-caption")).to_contain_text("attention rollout read at token 0")

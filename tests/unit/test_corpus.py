@@ -59,6 +59,10 @@ def full_explanation() -> whybert.Explanation:
         additivity_error=float("inf"),
         model_rows=17, queue_seconds=0.5, compute_seconds=1.75, cached=True,
         truncated=True, explained_chars=9,
+        entity=whybert.Entity("good", "positive", 4, 15, 0.875), entity_index=1, text_index=2, entity_position=2,
+        attention_position=0,
+        attention=whybert.AttentionMaps([0, 3], [1], np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4) / 7),
+        pair="a second <text>", segments=[0, 0, 1, 1], explained_pair_chars=8,
     )
 
 

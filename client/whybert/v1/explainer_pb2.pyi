@@ -14,6 +14,7 @@ class ExplainerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPLAINER_KIND_SHAP_PARTITION: _ClassVar[ExplainerKind]
     EXPLAINER_KIND_LIME: _ClassVar[ExplainerKind]
     EXPLAINER_KIND_INTEGRATED_GRADIENTS: _ClassVar[ExplainerKind]
+    EXPLAINER_KIND_ATTENTION: _ClassVar[ExplainerKind]
 
 class OutputSpace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,10 +34,18 @@ class FixedContext(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FIXED_CONTEXT_UNSPECIFIED: _ClassVar[FixedContext]
     FIXED_CONTEXT_ZERO: _ClassVar[FixedContext]
     FIXED_CONTEXT_ONE: _ClassVar[FixedContext]
+
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_SEQUENCE_CLASSIFICATION: _ClassVar[ModelKind]
+    MODEL_KIND_TOKEN_CLASSIFICATION: _ClassVar[ModelKind]
+    MODEL_KIND_TEXT_PAIR_CLASSIFICATION: _ClassVar[ModelKind]
 EXPLAINER_KIND_UNSPECIFIED: ExplainerKind
 EXPLAINER_KIND_SHAP_PARTITION: ExplainerKind
 EXPLAINER_KIND_LIME: ExplainerKind
 EXPLAINER_KIND_INTEGRATED_GRADIENTS: ExplainerKind
+EXPLAINER_KIND_ATTENTION: ExplainerKind
 OUTPUT_SPACE_UNSPECIFIED: OutputSpace
 OUTPUT_SPACE_PROBABILITY: OutputSpace
 OUTPUT_SPACE_LOGIT: OutputSpace
@@ -47,14 +56,20 @@ TARGET_MODE_NAMED: TargetMode
 FIXED_CONTEXT_UNSPECIFIED: FixedContext
 FIXED_CONTEXT_ZERO: FixedContext
 FIXED_CONTEXT_ONE: FixedContext
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_SEQUENCE_CLASSIFICATION: ModelKind
+MODEL_KIND_TOKEN_CLASSIFICATION: ModelKind
+MODEL_KIND_TEXT_PAIR_CLASSIFICATION: ModelKind
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "texts")
+    __slots__ = ("model", "texts", "pairs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    pairs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pairs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("model", "predictions")
@@ -65,16 +80,18 @@ class PredictResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("label", "scores", "truncated", "token_count")
+    __slots__ = ("label", "scores", "truncated", "token_count", "entities")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
     label: str
     scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
     truncated: bool
     token_count: int
-    def __init__(self, label: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ..., token_count: _Optional[int] = ...) -> None: ...
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    def __init__(self, label: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ..., token_count: _Optional[int] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "probability", "logit")
@@ -85,6 +102,32 @@ class LabelScore(_message.Message):
     probability: float
     logit: float
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ..., logit: _Optional[float] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("text", "label", "start", "end", "score")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    label: str
+    start: int
+    end: int
+    score: float
+    def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class EntitySelector(_message.Message):
+    __slots__ = ("index", "start", "end", "all")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    start: int
+    end: int
+    all: bool
+    def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
 
 class ShapOptions(_message.Message):
     __slots__ = ("max_evals", "fixed_context", "batch_size")
@@ -112,8 +155,30 @@ class IntegratedGradientsOptions(_message.Message):
     n_steps: int
     def __init__(self, n_steps: _Optional[int] = ...) -> None: ...
 
+class AttentionOptions(_message.Message):
+    __slots__ = ("raw", "layers", "heads")
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    raw: bool
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, raw: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AttentionMaps(_message.Message):
+    __slots__ = ("layers", "heads", "tokens", "weights")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    tokens: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., tokens: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "texts", "explainer", "output", "target_mode", "target_labels", "shap", "lime", "integrated_gradients", "faithfulness")
+    __slots__ = ("model", "texts", "explainer", "output", "target_mode", "target_labels", "shap", "lime", "integrated_gradients", "attention", "faithfulness", "entity", "pairs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     EXPLAINER_FIELD_NUMBER: _ClassVar[int]
@@ -123,7 +188,10 @@ class ExplainRequest(_message.Message):
     SHAP_FIELD_NUMBER: _ClassVar[int]
     LIME_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     explainer: ExplainerKind
@@ -133,8 +201,11 @@ class ExplainRequest(_message.Message):
     shap: ShapOptions
     lime: LimeOptions
     integrated_gradients: IntegratedGradientsOptions
+    attention: AttentionOptions
     faithfulness: bool
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., lime: _Optional[_Union[LimeOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., faithfulness: _Optional[bool] = ...) -> None: ...
+    entity: EntitySelector
+    pairs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., lime: _Optional[_Union[LimeOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ..., faithfulness: _Optional[bool] = ..., entity: _Optional[_Union[EntitySelector, _Mapping]] = ..., pairs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "explanations")
@@ -145,16 +216,18 @@ class ExplainResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[TextExplanation, _Mapping]]] = ...) -> None: ...
 
 class Token(_message.Message):
-    __slots__ = ("text", "start", "end", "special")
+    __slots__ = ("text", "start", "end", "special", "segment")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     SPECIAL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     text: str
     start: int
     end: int
     special: bool
-    def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., special: _Optional[bool] = ...) -> None: ...
+    segment: int
+    def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., special: _Optional[bool] = ..., segment: _Optional[int] = ...) -> None: ...
 
 class Faithfulness(_message.Message):
     __slots__ = ("comprehensiveness", "sufficiency")
@@ -165,7 +238,7 @@ class Faithfulness(_message.Message):
     def __init__(self, comprehensiveness: _Optional[float] = ..., sufficiency: _Optional[float] = ...) -> None: ...
 
 class TextExplanation(_message.Message):
-    __slots__ = ("tokens", "labels", "values", "base_values", "output_values", "prediction", "additivity_error", "model_rows", "queue_seconds", "compute_seconds", "cached", "explainer", "output", "convergence_delta", "faithfulness", "truncated", "explained_chars")
+    __slots__ = ("tokens", "labels", "values", "base_values", "output_values", "prediction", "additivity_error", "model_rows", "queue_seconds", "compute_seconds", "cached", "explainer", "output", "convergence_delta", "faithfulness", "truncated", "explained_chars", "entity", "entity_index", "text_index", "entity_position", "pair", "explained_pair_chars", "attention_position", "attention")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +256,14 @@ class TextExplanation(_message.Message):
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     EXPLAINED_CHARS_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_POSITION_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_PAIR_CHARS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[Token]
     labels: _containers.RepeatedScalarFieldContainer[str]
     values: _containers.RepeatedScalarFieldContainer[float]
@@ -200,15 +281,25 @@ class TextExplanation(_message.Message):
     faithfulness: Faithfulness
     truncated: bool
     explained_chars: int
-    def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., base_values: _Optional[_Iterable[float]] = ..., output_values: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., additivity_error: _Optional[float] = ..., model_rows: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., convergence_delta: _Optional[_Iterable[float]] = ..., faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ..., truncated: _Optional[bool] = ..., explained_chars: _Optional[int] = ...) -> None: ...
+    entity: Entity
+    entity_index: int
+    text_index: int
+    entity_position: int
+    pair: bool
+    explained_pair_chars: int
+    attention_position: int
+    attention: AttentionMaps
+    def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., base_values: _Optional[_Iterable[float]] = ..., output_values: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., additivity_error: _Optional[float] = ..., model_rows: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., convergence_delta: _Optional[_Iterable[float]] = ..., faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ..., truncated: _Optional[bool] = ..., explained_chars: _Optional[int] = ..., entity: _Optional[_Union[Entity, _Mapping]] = ..., entity_index: _Optional[int] = ..., text_index: _Optional[int] = ..., entity_position: _Optional[int] = ..., pair: _Optional[bool] = ..., explained_pair_chars: _Optional[int] = ..., attention_position: _Optional[int] = ..., attention: _Optional[_Union[AttentionMaps, _Mapping]] = ...) -> None: ...
 
 class PredictStreamRequest(_message.Message):
-    __slots__ = ("model", "texts")
+    __slots__ = ("model", "texts", "pairs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    pairs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pairs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictStreamResponse(_message.Message):
     __slots__ = ("model", "index", "prediction")
@@ -221,7 +312,7 @@ class PredictStreamResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., index: _Optional[int] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
 
 class ExplainStreamRequest(_message.Message):
-    __slots__ = ("model", "texts", "explainer", "output", "target_mode", "target_labels", "shap", "lime", "integrated_gradients", "faithfulness")
+    __slots__ = ("model", "texts", "explainer", "output", "target_mode", "target_labels", "shap", "lime", "integrated_gradients", "attention", "faithfulness", "entity", "pairs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     EXPLAINER_FIELD_NUMBER: _ClassVar[int]
@@ -231,7 +322,10 @@ class ExplainStreamRequest(_message.Message):
     SHAP_FIELD_NUMBER: _ClassVar[int]
     LIME_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     explainer: ExplainerKind
@@ -241,8 +335,11 @@ class ExplainStreamRequest(_message.Message):
     shap: ShapOptions
     lime: LimeOptions
     integrated_gradients: IntegratedGradientsOptions
+    attention: AttentionOptions
     faithfulness: bool
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., lime: _Optional[_Union[LimeOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., faithfulness: _Optional[bool] = ...) -> None: ...
+    entity: EntitySelector
+    pairs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., explainer: _Optional[_Union[ExplainerKind, str]] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., lime: _Optional[_Union[LimeOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ..., faithfulness: _Optional[bool] = ..., entity: _Optional[_Union[EntitySelector, _Mapping]] = ..., pairs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainStreamResponse(_message.Message):
     __slots__ = ("model", "index", "explanation")
@@ -255,7 +352,7 @@ class ExplainStreamResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., index: _Optional[int] = ..., explanation: _Optional[_Union[TextExplanation, _Mapping]] = ...) -> None: ...
 
 class ExplainProgressiveRequest(_message.Message):
-    __slots__ = ("model", "text", "output", "target_mode", "target_labels", "shap", "interval_ms")
+    __slots__ = ("model", "text", "output", "target_mode", "target_labels", "shap", "interval_ms", "entity", "pair")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +360,8 @@ class ExplainProgressiveRequest(_message.Message):
     TARGET_LABELS_FIELD_NUMBER: _ClassVar[int]
     SHAP_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
     model: str
     text: str
     output: OutputSpace
@@ -270,7 +369,9 @@ class ExplainProgressiveRequest(_message.Message):
     target_labels: _containers.RepeatedScalarFieldContainer[str]
     shap: ShapOptions
     interval_ms: int
-    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., interval_ms: _Optional[int] = ...) -> None: ...
+    entity: EntitySelector
+    pair: str
+    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., output: _Optional[_Union[OutputSpace, str]] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_labels: _Optional[_Iterable[str]] = ..., shap: _Optional[_Union[ShapOptions, _Mapping]] = ..., interval_ms: _Optional[int] = ..., entity: _Optional[_Union[EntitySelector, _Mapping]] = ..., pair: _Optional[str] = ...) -> None: ...
 
 class ExplainProgressiveResponse(_message.Message):
     __slots__ = ("model", "explanation", "evals", "final")
@@ -297,7 +398,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "labels", "max_tokens", "is_default", "explainers", "weights_sha256", "device", "dtype")
+    __slots__ = ("name", "labels", "max_tokens", "is_default", "explainers", "weights_sha256", "device", "dtype", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +407,7 @@ class ModelInfo(_message.Message):
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     max_tokens: int
@@ -314,4 +416,5 @@ class ModelInfo(_message.Message):
     weights_sha256: str
     device: str
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., is_default: _Optional[bool] = ..., explainers: _Optional[_Iterable[_Union[ExplainerKind, str]]] = ..., weights_sha256: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    kind: ModelKind
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., is_default: _Optional[bool] = ..., explainers: _Optional[_Iterable[_Union[ExplainerKind, str]]] = ..., weights_sha256: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ...) -> None: ...

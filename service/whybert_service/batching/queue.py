@@ -61,6 +61,8 @@ class Submission:
     taken_at: float | None = None
     logits: np.ndarray | None = None
     longest: int = 0
+    # Token models: the token position whose logits every row gives (None: the first).
+    position: int | None = None
 
     def __post_init__(self) -> None:
         self.longest = max((len(r) for r in self.rows), default=0)

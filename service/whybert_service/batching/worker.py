@@ -182,8 +182,11 @@ class ModelWorker:
     def healthy(self) -> bool:
         return self._healthy and not self._stopping
 
-    def submit(self, rows: Sequence[Sequence[int]], context: RequestContext) -> Future[RowsResult]:
-        """Queue encoded rows; the future receives their logits. Never blocks on the model.
+    def submit(
+        self, rows: Sequence[Sequence[int]], context: RequestContext, position: int | None = None
+    ) -> Future[RowsResult]:
+        """Queue encoded rows; the future receives their logits (on a token model, those of
+        token `position` of each row). Never blocks on the model.
 
         A request whose caller left or whose deadline passed is refused here, and one
         that would go over its row budget (`RequestContext.max_rows`) too.
@@ -201,6 +204,7 @@ class ModelWorker:
             future=future,
             enqueued_at=time.monotonic(),
             seq=next(self._seq),
+            position=position,
         )
         with self._cond:
             self._admit(len(sub.rows))
@@ -210,9 +214,11 @@ class ModelWorker:
             self._cond.notify()
         return future
 
-    def run_blocking(self, rows: Sequence[Sequence[int]], context: RequestContext) -> RowsResult:
+    def run_blocking(
+        self, rows: Sequence[Sequence[int]], context: RequestContext, position: int | None = None
+    ) -> RowsResult:
         """Submit and wait, from a thread that is not the event loop (explainers)."""
-        future = self.submit(rows, context)
+        future = self.submit(rows, context, position)
         try:
             return context.wait(future, "the model")
         except (Cancelled, DeadlineExceeded):
@@ -229,6 +235,34 @@ class ModelWorker:
             context.cancel()
             future.cancel()
             raise
+
+    async def run_tokens(self, rows: Sequence[Sequence[int]], context: RequestContext) -> list[np.ndarray]:
+        """Every position's logits of each row (a token model's Predict), as jobs on the
+        worker thread, each cut under the token budget (longest row × rows) and charged to
+        the request's row budget like submitted rows."""
+        if not rows:
+            return []
+        context.ensure_alive("before the model could run")
+        if not context.charge(len(rows)):
+            raise InvalidArgument([("texts", _over_budget(context, len(rows)))])
+        budget = self.token_budget()
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(rows):
+            stop, longest = start, 0
+            while stop < len(rows) and (stop == start or max(longest, len(rows[stop])) * (stop + 1 - start) <= budget):
+                longest = max(longest, len(rows[stop]))
+                stop += 1
+            chunk = [list(r) for r in rows[start:stop]]
+            future = self.call(lambda c, chunk=chunk: c.token_logits(chunk), context)  # type: ignore[misc]
+            try:
+                out.extend(await asyncio.wrap_future(future))
+            except asyncio.CancelledError:
+                context.cancel()
+                future.cancel()
+                raise
+            start = stop
+        return out
 
     def call(self, fn: Callable[[Classifier], T], context: RequestContext) -> Future[T]:
         """Run `fn(classifier)` on the worker thread between batches (gradient work)."""
@@ -521,7 +555,12 @@ class ModelWorker:
                 return None
             groups = self._groups([s.rows[i] for s, i in pairs])
             try:
-                outputs = [self.classifier.launch([pairs[i][0].rows[pairs[i][1]] for i in g]) for g in groups]
+                outputs = [
+                    _launch_rows(
+                        self.classifier, [pairs[i][0].rows[pairs[i][1]] for i in g], [pairs[i][0].position for i in g]
+                    )
+                    for g in groups
+                ]
             except WorkerCrash:
                 raise
             except Exception:
@@ -574,7 +613,7 @@ class ModelWorker:
         if not pairs:
             return
         try:
-            logits = self._forward_grouped([s.rows[i] for s, i in pairs])
+            logits = self._forward_grouped([s.rows[i] for s, i in pairs], [s.position for s, _ in pairs])
         except WorkerCrash:
             raise
         except Exception as exc:
@@ -611,11 +650,12 @@ class ModelWorker:
         self.metrics.padding_fraction.labels(self.classifier.name).observe(1 - real / max(padded, 1))
         return groups
 
-    def _forward_grouped(self, rows: list[list[int]]) -> np.ndarray:
+    def _forward_grouped(self, rows: list[list[int]], positions: list[int | None]) -> np.ndarray:
         """One forward per group of similar lengths; logits back in the rows' order."""
         out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
         for group in self._groups(rows):
-            out[group] = self.classifier.forward([rows[i] for i in group])
+            picked = [positions[i] for i in group]
+            out[group] = self.classifier.collect(_launch_rows(self.classifier, [rows[i] for i in group], picked))
         return out
 
     def _fail_everything(self, error: ServiceError) -> None:
@@ -635,6 +675,14 @@ class ModelWorker:
             fail(sub, error)
         for job in jobs:
             fail_job(job, error)
+
+
+def _launch_rows(classifier: Classifier, rows: list[list[int]], positions: list[int | None]) -> torch.Tensor:
+    """Launch rows; token positions are passed only where a row asks for one (a sequence
+    classifier has none to read)."""
+    if any(p is not None for p in positions):
+        return classifier.launch(rows, positions)
+    return classifier.launch(rows)
 
 
 def fail_job(job: _Job, error: BaseException) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..types import ExplainerName
+from .attention import AttentionExplainer
 from .base import Explainer
 from .integrated_gradients import IntegratedGradientsExplainer
 from .lime_text import LimeExplainer
@@ -12,6 +13,7 @@ EXPLAINERS: dict[ExplainerName, type[Explainer]] = {
     ExplainerName.SHAP_PARTITION: ShapPartitionExplainer,
     ExplainerName.LIME: LimeExplainer,
     ExplainerName.INTEGRATED_GRADIENTS: IntegratedGradientsExplainer,
+    ExplainerName.ATTENTION: AttentionExplainer,
 }
 
 def create_explainers() -> dict[str, Explainer]:

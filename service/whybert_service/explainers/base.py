@@ -28,7 +28,15 @@ from ..context import RequestContext
 from ..models.classifier import Classifier
 from ..outputs import prediction_from_logits, to_output_space
 from ..registry import ModelHandle
-from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, PredictionResult, TokenSpan
+from ..types import (
+    AttentionMapsResult,
+    ExplainerName,
+    ExplainParams,
+    ExplanationResult,
+    OutputName,
+    PredictionResult,
+    TokenSpan,
+)
 from .targets import resolve_targets
 
 
@@ -109,6 +117,8 @@ class Attribution:
     rows: int  # model rows the method cost
     queue_seconds: float
     convergence_delta: np.ndarray | None = None
+    attention_position: int | None = None  # attention: the rollout row's position
+    attention_maps: AttentionMapsResult | None = None  # attention: raw maps, on request
 
 
 class Explainer(abc.ABC):
@@ -167,9 +177,10 @@ class Explainer(abc.ABC):
         self, handle: ModelHandle, params: ExplainParams, a: Attribution, started: float
     ) -> ExplanationResult:
         labels = handle.classifier.labels
+        entity = params.entity_target
         return ExplanationResult(
             tokens=a.tokens,
-            labels=[labels[t] for t in a.targets],
+            labels=[labels[t] for t in a.targets] if entity is None else [entity.entity.label],
             values=a.values,
             base_values=a.base_values,
             output_values=a.output_values,
@@ -182,4 +193,7 @@ class Explainer(abc.ABC):
             convergence_delta=a.convergence_delta,
             truncated=a.truncated,
             explained_chars=a.explained_chars,
+            entity=entity,
+            attention_position=a.attention_position,
+            attention_maps=a.attention_maps,
         )

@@ -42,6 +42,7 @@ import torch
 
 from ..batching.worker import ModelWorker
 from ..context import RequestContext
+from ..entities import entity_output
 from ..errors import InvalidArgument, ModelFailure
 from ..models.classifier import Classifier
 from ..outputs import to_output_space
@@ -61,6 +62,10 @@ class GradientRequest:
     targets: list[int]
     n_steps: int
     output: OutputName
+    # Token models: the output is p(type) (or its log-odds) at this position, summed over
+    # these tag columns, and `targets` is [0].
+    position: int | None = None
+    columns: tuple[int, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -259,8 +264,12 @@ def step_batch_attributions(
         targets = [request.targets[piece.column] for piece in batch for _ in range(piece.rows)]
         hook = layer.register_forward_hook(lambda _module, _args, _output: scaled)
         try:
-            outputs = output_function(classifier.model, request.output)(
-                ids.repeat(rows, 1), torch.ones_like(ids).repeat(rows, 1)
+            repeated = ids.repeat(rows, 1)
+            types = getattr(classifier, "token_types", None)  # text pairs: their segments
+            outputs = output_function(classifier.model, request.output, request.position, request.columns)(
+                repeated,
+                torch.ones_like(ids).repeat(rows, 1),
+                types(repeated) if types is not None and getattr(classifier, "uses_token_types", False) else None,
             )
         finally:
             hook.remove()
@@ -280,11 +289,23 @@ def step_batch_attributions(
     return shares
 
 
-def output_function(model: torch.nn.Module, output: OutputName) -> Any:
-    """The function differentiated: float32 probabilities or logits of every label."""
+def output_function(
+    model: torch.nn.Module, output: OutputName, position: int | None = None, columns: Sequence[int] = ()
+) -> Any:
+    """The function differentiated: float32 probabilities or logits of every label; for a
+    token model's entity (`position`), p(B-X) + p(I-X) at that position, or its log-odds."""
 
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    def forward(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
+        if position is not None:
+            p = torch.softmax(logits[:, position], dim=-1)[:, list(columns)].sum(dim=-1, keepdim=True)
+            if output is OutputName.PROBABILITY:
+                return p
+            p = p.clamp(1e-12, 1 - 1e-12)
+            return torch.log(p) - torch.log1p(-p)
         return torch.softmax(logits, dim=-1) if output is OutputName.PROBABILITY else logits
 
     return forward
@@ -325,15 +346,23 @@ class IntegratedGradientsExplainer(Explainer):
     ) -> Attribution:
         classifier = handle.classifier
         tokens, ids, truncated = word_pieces(classifier, text)
+        sep = getattr(classifier, "sep_id", None)  # a pair's separator stays in the baseline
         baseline = [
-            row_id if token.special else classifier.pad_id
+            row_id if token.special or row_id == sep else classifier.pad_id
             for row_id, token in zip(ids, tokens, strict=True)
         ]
-        ends = handle.worker.run_blocking([ids, baseline], context)
-        targets = self.targets(params, classifier, ends.logits[0])
-        outputs = to_output_space(ends.logits, params.output)[:, targets]
+        entity = params.entity_target
+        position = None if entity is None else entity.entity.position
+        ends = handle.worker.run_blocking([ids, baseline], context, position)
+        if entity is None:
+            targets = self.targets(params, classifier, ends.logits[0])
+            outputs = to_output_space(ends.logits, params.output)[:, targets]
+            columns: tuple[int, ...] = ()
+        else:
+            targets, columns = [0], entity.columns
+            outputs = entity_output(ends.logits, columns, params.output is OutputName.LOGIT)
         request = GradientRequest(
-            ids, baseline, targets, params.integrated_gradients.n_steps, params.output
+            ids, baseline, targets, params.integrated_gradients.n_steps, params.output, position, columns
         )
         result = run_step_batches(handle.worker, request, context)
         values = result.attributions

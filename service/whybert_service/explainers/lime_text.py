@@ -22,6 +22,7 @@ keeps `base + sum(values)` equal to LIME's local model at the text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ CHUNK_CHARS = 1 << 20  # ... and their characters: bounds the tokenizer's memory
 CHECK_EVERY = 16  # samples drawn between two looks at whether the caller is still there
 
 
+def lime_split(classifier: Any) -> dict[str, Any]:
+    """LIME's word splitting for a model: its default (`\\W+`), and for a text-pair model
+    the separator of the joined pair as one more non-word, so that the words of both texts
+    are the features and the separator is never removed."""
+    sep = getattr(classifier, "sep_token", None)
+    if getattr(classifier, "kind", "") != "pair" or sep is None:
+        return {}
+    return {"split_expression": rf"(?:{re.escape(sep)}|\W)+"}
+
+
 class LimeExplainer(Explainer):
     name = ExplainerName.LIME
 
@@ -58,8 +69,12 @@ class LimeExplainer(Explainer):
     ) -> Attribution:
         from lime.lime_text import IndexedString, LimeTextExplainer
 
+        if params.entity_target is not None:  # a token model's entity: words hidden in place
+            from .lime_entities import attribute_entity
+
+            return attribute_entity(handle, text, params, context, self.chunk_rows)
         text, truncated = handle.classifier.readable_prefix(text)
-        indexed = IndexedString(text)  # what LimeTextExplainer builds, with the same defaults
+        indexed = IndexedString(text, **lime_split(handle.classifier))  # LimeTextExplainer's, same defaults
         if indexed.num_words() == 0:
             raise InvalidArgument(
                 [("texts", f"LIME needs at least one word to remove, and {text[:40]!r} has none")]

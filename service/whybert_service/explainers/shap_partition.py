@@ -11,6 +11,7 @@ ids, where they share forward batches with the rounds of every other explanation
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncGenerator
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import RequestContext
+from ..entities import entity_output
 from ..models.classifier import Classifier
 from ..registry import ModelHandle
-from ..types import ExplainerName, ExplainParams, ExplanationResult, TokenSpan
+from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, TokenSpan
 from .base import Attribution, Explainer
 from .partition import MaskingSpec, PartitionEngine, PartitionResult, PreparedText, prepare_text
 from .partition.task import PartitionTask
@@ -41,6 +43,8 @@ class ShapPartitionExplainer(Explainer):
             spec = self._specs.get(key)
         if spec is None:
             spec = MaskingSpec.for_tokenizer(classifier.tokenizer)
+            if classifier.kind == "token":  # shap's token_ids rows: the entity keeps its place
+                spec = dataclasses.replace(spec, in_place=True)
             with self._lock:
                 self._specs[key] = spec
         return spec
@@ -53,6 +57,20 @@ class ShapPartitionExplainer(Explainer):
 
     def engine(self, handle: ModelHandle, prepared: PreparedText, params: ExplainParams) -> PartitionEngine:
         classifier = handle.classifier
+        entity = params.entity_target
+        if entity is not None:  # one output: the entity type's probability at its first piece
+            columns, logit = entity.columns, params.output is OutputName.LOGIT
+            return PartitionEngine(
+                prepared,
+                self.spec(classifier),
+                _encoder(classifier),
+                output=params.output,
+                targets=lambda logits: [0],
+                max_evals=params.shap.max_evals,
+                fixed_context=params.shap.fixed_context,
+                batch_size=params.shap.batch_size,
+                transform=lambda logits: entity_output(logits, columns, logit),
+            )
         return PartitionEngine(
             prepared,
             self.spec(classifier),
@@ -70,7 +88,7 @@ class ShapPartitionExplainer(Explainer):
         """No thread: tokenizing runs aside, then every round is scheduled on the worker."""
         prepared = await asyncio.to_thread(self.prepare, handle, text)
         context.ensure_alive("before the explanation started")
-        task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
+        task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context, position=_position(params))
         future = task.start()
         try:
             result = await asyncio.wrap_future(future)
@@ -84,7 +102,7 @@ class ShapPartitionExplainer(Explainer):
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
     ) -> Attribution:
         prepared = self.prepare(handle, text)
-        task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context)
+        task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context, position=_position(params))
         return _attribution(prepared, task, context.wait(task.start(), "the explanation"))
 
 
@@ -137,7 +155,9 @@ async def explain_progressively(
     tokens = token_spans(prepared)  # the same for every message
     latest = _Latest(asyncio.get_running_loop())
     engine = explainer.engine(handle, prepared, params)
-    task = PartitionTask(handle.worker, engine, context, on_progress=latest.offer, progress_interval=interval)
+    task = PartitionTask(
+        handle.worker, engine, context, on_progress=latest.offer, progress_interval=interval, position=_position(params)
+    )
     done = asyncio.wrap_future(task.start())
     try:
         while not done.done():
@@ -178,6 +198,11 @@ def _attribution(
         rows=task.rows,
         queue_seconds=task.queue_seconds,
     )
+
+
+def _position(params: ExplainParams) -> int | None:
+    """The token position whose logits an entity explanation's rows give (None: a sequence model)."""
+    return None if params.entity_target is None else params.entity_target.entity.position
 
 
 def _encoder(classifier: Classifier):  # type: ignore[no-untyped-def]

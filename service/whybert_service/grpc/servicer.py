@@ -95,6 +95,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         plane = self.dataplane
         # The reply's bound needs the model's labels and window: refused before any work.
         model = plane.describe(params.model)
+        params = validation.resolve_attention(params, model.attention_layers, model.attention_heads, self.limits)
         validation.check_reply_size(params, model.labels, model.max_tokens, self.limits)
         with plane.admitted("Explain"):
             ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
@@ -123,6 +124,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         plane = self.dataplane
         # Each text's message is bounded before any work, as an Explain reply is.
         model = plane.describe(params.model)
+        params = validation.resolve_attention(params, model.attention_layers, model.attention_heads, self.limits)
         validation.check_stream_reply_sizes(params, model.labels, model.max_tokens, self.limits)
         with plane.admitted("ExplainStream"):  # one stream, one request slot
             ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)

@@ -1,8 +1,9 @@
 """Protobuf requests in, typed parameters out: every field checked against the server's limits.
 
 The transport's last step: below `grpc/`, code sees only the types of `types.py`. Checks
-that need the model (its labels) belong to the explainers; the one check here that needs
-the model's size, the reply bound, is given the model's labels and window.
+that need the model (its labels) belong to the explainers; the checks here that need the
+model's size, the reply bound and the attention maps' layers and heads, are given the
+model's labels, window and layer and head counts.
 
 All violations of a request are collected and reported together, each with the path of
 its field (`texts[3]`, `shap.max_evals`), as google.rpc.BadRequest field violations.
@@ -10,6 +11,7 @@ its field (`texts[3]`, `shap.max_evals`), as google.rpc.BadRequest field violati
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from whybert.v1 import explainer_pb2 as pb
 from ..errors import InvalidArgument, ResourceExhausted
 from ..settings import ServerSettings
 from ..types import (
+    AttentionParams,
+    EntityChoice,
     ExplainerName,
     ExplainParams,
     IntegratedGradientsParams,
@@ -62,6 +66,7 @@ class Limits:
     max_lime_samples: int
     max_ig_steps: int
     max_rows: int
+    max_attention_cells: int = 1_048_576
     max_message_bytes: int = 8 * 1024 * 1024
     max_stream_texts: int = 10_000
     stream_window: int = 128
@@ -74,6 +79,7 @@ class Limits:
             max_evals=s.max_evals_limit,
             max_lime_samples=s.max_lime_samples,
             max_ig_steps=s.max_ig_steps,
+            max_attention_cells=s.max_attention_cells,
             max_rows=s.max_rows_per_request,
             max_message_bytes=s.max_message_bytes,
             max_stream_texts=s.max_stream_texts,
@@ -110,6 +116,22 @@ def _check_texts(texts: list[str], limits: Limits, v: _Violations, stream: bool 
             v.add(f"texts[{i}]", f"contains the control character U+{ord(bad.group()):04X}")
 
 
+def _check_pairs(pairs: list[str], texts: list[str], limits: Limits, v: _Violations) -> None:
+    """Pair texts (text-pair models): none, or one per text, each under the text rules."""
+    if not pairs:
+        return
+    if len(pairs) != len(texts):
+        v.add("pairs", f"{len(pairs)} pair texts for {len(texts)} texts: give one per text")
+        return
+    for i, text in enumerate(pairs):
+        if not text.strip():
+            v.add(f"pairs[{i}]", "the pair text is empty or only white space")
+        elif len(text) > limits.max_chars:
+            v.add(f"pairs[{i}]", f"{len(text)} characters; at most {limits.max_chars} per text")
+        elif (bad := _FORBIDDEN.search(text)) is not None:
+            v.add(f"pairs[{i}]", f"contains the control character U+{ord(bad.group()):04X}")
+
+
 def _check_model_name(name: str, v: _Violations) -> None:
     if len(name) > 256:
         v.add("model", "the model name is longer than 256 characters")
@@ -128,8 +150,10 @@ def predict_params(request: AnyPredictRequest, limits: Limits) -> PredictParams:
     _check_model_name(request.model, v)
     texts = list(request.texts)
     _check_texts(texts, limits, v, stream=isinstance(request, pb.PredictStreamRequest))
+    pairs = list(request.pairs)
+    _check_pairs(pairs, texts, limits, v)
     v.raise_if_any()
-    return PredictParams(model=request.model, texts=tuple(texts))
+    return PredictParams(model=request.model, texts=tuple(texts), pairs=tuple(pairs))
 
 
 def _enum(value: int, table: Mapping[Any, object], field: str, v: _Violations) -> object | None:
@@ -147,6 +171,8 @@ def explain_params(request: AnyExplainRequest, limits: Limits) -> ExplainParams:
     texts = list(request.texts)
     stream = isinstance(request, pb.ExplainStreamRequest)
     _check_texts(texts, limits, v, stream)
+    pairs = list(request.pairs)
+    _check_pairs(pairs, texts, limits, v)
     explainer = _enum(request.explainer, EXPLAINERS, "explainer", v)
     output = _enum(request.output, OUTPUTS, "output", v)
     mode = _enum(request.target_mode, TARGET_MODES, "target_mode", v)
@@ -161,12 +187,14 @@ def explain_params(request: AnyExplainRequest, limits: Limits) -> ExplainParams:
     shap = _shap_params(request, limits, v)
     lime = _lime_params(request, limits, v)
     ig = _ig_params(request, limits, v)
+    attention = _attention_params(request, v)
     if explainer is ExplainerName.SHAP_PARTITION and shap is not None:
         _check_total_rows(len(texts), shap.max_evals, "shap.max_evals", stream, limits, v)
     if explainer is ExplainerName.LIME and lime is not None:
         _check_total_rows(len(texts), lime.num_samples, "lime.num_samples", stream, limits, v)
     if explainer is ExplainerName.INTEGRATED_GRADIENTS and ig is not None:
         _check_total_rows(len(texts), ig.n_steps, "integrated_gradients.n_steps", stream, limits, v)
+    entity = _entity_choice(request, v)
     v.raise_if_any()
     assert isinstance(explainer, ExplainerName) and isinstance(output, OutputName)
     assert isinstance(mode, TargetModeName) and shap and lime and ig
@@ -180,8 +208,35 @@ def explain_params(request: AnyExplainRequest, limits: Limits) -> ExplainParams:
         shap=shap,
         lime=lime,
         integrated_gradients=ig,
+        attention=attention,
         faithfulness=request.faithfulness,
+        entity=entity,
+        pairs=tuple(pairs),
     )
+
+
+def _entity_choice(request: AnyExplainRequest, v: _Violations) -> EntityChoice | None:
+    """The request's EntitySelector (None when unset): exactly one of index, the span
+    (start and end together, start < end) or all."""
+    if not request.HasField("entity"):
+        return None
+    sel = request.entity
+    has_index, has_start, has_end = sel.HasField("index"), sel.HasField("start"), sel.HasField("end")
+    if has_start != has_end:
+        v.add("entity.end" if has_start else "entity.start", "a span needs both start and end")
+        return None
+    chosen = int(has_index) + int(has_start) + int(sel.all)
+    if chosen != 1:
+        v.add("entity", "set exactly one of index, the span (start and end) or all")
+        return None
+    if has_start:
+        if sel.end <= sel.start:
+            v.add("entity.end", f"must be greater than entity.start ({sel.start})")
+            return None
+        return EntityChoice(span=(int(sel.start), int(sel.end)))
+    if has_index:
+        return EntityChoice(index=int(sel.index))
+    return EntityChoice(all=True)
 
 
 def _bounded(value: int, low: int, high: int, field: str, v: _Violations) -> bool:
@@ -229,6 +284,42 @@ def _ig_params(
     return IntegratedGradientsParams(n_steps=steps)
 
 
+def _attention_params(request: AnyExplainRequest, v: _Violations) -> AttentionParams:
+    """The attention options on their own (the model's layer and head counts are checked in
+    `resolve_attention`): layers and heads distinct, and only with `raw`."""
+    opts = request.attention
+    layers, heads = tuple(int(x) for x in opts.layers), tuple(int(x) for x in opts.heads)
+    for name, chosen in (("layers", layers), ("heads", heads)):
+        if chosen and not opts.raw:
+            v.add(f"attention.{name}", "only with attention.raw (they choose the raw maps returned)")
+        if len(set(chosen)) != len(chosen):
+            v.add(f"attention.{name}", f"a {name[:-1]} is named twice")
+    return AttentionParams(raw=opts.raw, layers=layers, heads=heads)
+
+
+def resolve_attention(
+    params: ExplainParams, model_layers: int, model_heads: int, limits: Limits
+) -> ExplainParams:
+    """The attention explainer's raw maps checked against the model (each layer and head in
+    range), with empty choices made explicit (every layer, every head). The cells (layers ×
+    heads × tokens²) are checked against --max-attention-cells by the explainer once a text
+    is tokenized, before its forward pass: a bound from the text's bytes would refuse texts
+    whose maps fit."""
+    if params.explainer is not ExplainerName.ATTENTION or not params.attention.raw:
+        return params
+    v = _Violations()
+    opts = params.attention
+    for name, picked, count in (("layers", opts.layers, model_layers), ("heads", opts.heads, model_heads)):
+        for i, x in enumerate(picked):
+            if x >= count:
+                v.add(f"attention.{name}[{i}]", f"{x} is out of range; the model has {count} {name} (0 to {count - 1})")
+    v.raise_if_any()
+    layers = opts.layers or tuple(range(model_layers))
+    heads = opts.heads or tuple(range(model_heads))
+    chosen = AttentionParams(raw=True, layers=layers, heads=heads, max_cells=limits.max_attention_cells)
+    return dataclasses.replace(params, attention=chosen)
+
+
 def _check_total_rows(
     n_texts: int, per_text: int, option: str, stream: bool, limits: Limits, v: _Violations
 ) -> None:
@@ -262,6 +353,9 @@ EXPLANATION_WIRE_BYTES = 256
 LABEL_WIRE_BYTES = 6  # a string's tag and length
 SCORE_WIRE_BYTES = 6 + 2 * (1 + VALUE_BYTES)  # a LabelScore's framing and its two doubles
 STREAM_INDEX_BYTES = 6  # ExplainStreamResponse.index: a tag and a 32-bit varint
+FLOAT_BYTES = 4  # one packed float (AttentionMaps.weights)
+ATTENTION_MAPS_WIRE_BYTES = 32  # AttentionMaps' framing, its token count, attention_position
+ATTENTION_INDEX_BYTES = 12  # a layer and a head index of one map, at most (packed varints)
 
 
 def explained_label_count(params: ExplainParams, labels: Sequence[str]) -> int:
@@ -289,9 +383,13 @@ class _ReplyBound:
     per_text: int
     per_token: int
     max_tokens: int
+    attention_maps: int = 0  # raw attention maps per text (layers × heads)
+    max_attention_cells: int = 0
 
     @classmethod
-    def of(cls, params: ExplainParams, labels: Sequence[str], max_tokens: int) -> _ReplyBound:
+    def of(
+        cls, params: ExplainParams, labels: Sequence[str], max_tokens: int, max_attention_cells: int = 0
+    ) -> _ReplyBound:
         explained = explained_label_count(params, labels)
         label_names = sum(len(label.encode("utf-8")) + LABEL_WIRE_BYTES for label in labels)
         per_text = (
@@ -303,20 +401,37 @@ class _ReplyBound:
         )
         per_token = TOKEN_WIRE_BYTES + explained * VALUE_BYTES
         header = 2 * LABEL_WIRE_BYTES + len(params.model.encode("utf-8"))
-        return cls(header, per_text, per_token, max_tokens)
+        maps = 0
+        if params.explainer is ExplainerName.ATTENTION and params.attention.raw:
+            maps = len(params.attention.layers) * len(params.attention.heads)
+            per_text += ATTENTION_MAPS_WIRE_BYTES + maps * ATTENTION_INDEX_BYTES
+        return cls(header, per_text, per_token, max_tokens, maps, max_attention_cells)
 
     def text(self, text: str) -> int:
         """One text's explanation: its tokens (at most `token_bound`) and their texts (slices
-        of the text, so at most its UTF-8 bytes) and its fixed part."""
-        return self.per_text + token_bound(text, self.max_tokens) * self.per_token + len(text.encode("utf-8"))
+        of the text, so at most its UTF-8 bytes), its fixed part and its raw attention maps
+        (maps × tokens² floats, at most --max-attention-cells: the explainer refuses more)."""
+        tokens = token_bound(text, self.max_tokens)
+        cells = min(self.attention_maps * tokens * tokens, self.max_attention_cells) if self.attention_maps else 0
+        return self.per_text + tokens * self.per_token + len(text.encode("utf-8")) + cells * FLOAT_BYTES
 
 
-def reply_bytes_bound(params: ExplainParams, labels: Sequence[str], max_tokens: int) -> int:
+def reply_bytes_bound(
+    params: ExplainParams, labels: Sequence[str], max_tokens: int, max_attention_cells: int = 0
+) -> int:
     """An upper bound of the serialized ExplainResponse: per text, its tokens × (a Token's
     framing + one value per explained label), the tokens' texts (slices of the text, so at
     most its UTF-8 bytes) and the per-explanation parts that grow with the labels."""
-    bound = _ReplyBound.of(params, labels, max_tokens)
-    return bound.header + sum(bound.text(text) for text in params.texts)
+    bound = _ReplyBound.of(params, labels, max_tokens, max_attention_cells)
+    return bound.header + sum(bound.text(text) for text in _inputs(params))
+
+
+def _inputs(params: ExplainParams) -> list[str]:
+    """Each input's characters: a text, or a text and its pair text (whose tokens and
+    token texts the explanation carries as well)."""
+    if not params.pairs:
+        return list(params.texts)
+    return [text + pair for text, pair in zip(params.texts, params.pairs, strict=True)]
 
 
 def check_reply_size(
@@ -324,10 +439,10 @@ def check_reply_size(
 ) -> None:
     """Refuse, before any work, an Explain whose reply could exceed the message limit: it
     would be computed in full and then fail to send."""
-    bound = reply_bytes_bound(params, labels, max_tokens)
+    bound = reply_bytes_bound(params, labels, max_tokens, limits.max_attention_cells)
     if bound <= limits.max_message_bytes:
         return
-    longest = max(token_bound(text, max_tokens) for text in params.texts)
+    longest = max(token_bound(text, max_tokens) for text in _inputs(params))
     explained = explained_label_count(params, labels)
     raise InvalidArgument(
         [
@@ -347,10 +462,10 @@ def check_stream_reply_sizes(
 ) -> None:
     """The same refusal for an ExplainStream, where each text's explanation is a message of
     its own: every text whose message could exceed the limit is named (`texts[12]`)."""
-    bound = _ReplyBound.of(params, labels, max_tokens)
+    bound = _ReplyBound.of(params, labels, max_tokens, limits.max_attention_cells)
     header = bound.header + STREAM_INDEX_BYTES
     v = _Violations()
-    for i, text in enumerate(params.texts):
+    for i, text in enumerate(_inputs(params)):
         size = header + bound.text(text)
         if size > limits.max_message_bytes:
             v.add(
@@ -390,14 +505,18 @@ def progressive_params(request: pb.ExplainProgressiveRequest, limits: Limits) ->
         target_mode=request.target_mode,
         target_labels=request.target_labels,
         shap=request.shap,
+        pairs=[request.pair] if request.pair else [],
     )
+    if request.HasField("entity"):
+        single.entity.CopyFrom(request.entity)
     v = _Violations()
     interval = request.interval_ms if request.HasField("interval_ms") else DEFAULT_INTERVAL_MS
     _bounded(interval, MIN_INTERVAL_MS, MAX_INTERVAL_MS, "interval_ms", v)
     try:
         params = explain_params(single, limits)
     except InvalidArgument as exc:
-        renamed = [("text" if f in ("texts", "texts[0]") else f, d) for f, d in exc.violations]
+        names = {"texts": "text", "texts[0]": "text", "pairs[0]": "pair"}
+        renamed = [(names.get(f, f), d) for f, d in exc.violations]
         raise InvalidArgument(renamed + v.items) from None
     v.raise_if_any()
     return params, interval / 1000.0

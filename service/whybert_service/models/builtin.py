@@ -26,6 +26,7 @@ import torch
 from .adapter import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, AdapterError, merge_adapter, read_adapter
 from .classifier import Classifier
 from .loading import ATTENTION_IMPLEMENTATION, ModelLoadError, sha256_files
+from .token_classifier import TokenClassifier
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ ENCODER_FILES = (
     "vocab.txt",
 )
 ADAPTER_DIR = Path(__file__).resolve().parent.parent / "default_model"
+# The built-in `entities` model: the same encoder with a token-classification adapter
+# (CoNLL-2003 tags; see `entities_model/MODEL_CARD.md`), written by `whybert train --task entities`.
+ENTITIES_NAME = "entities"
+ENTITIES_ADAPTER_DIR = Path(__file__).resolve().parent.parent / "entities_model"
+BUILTIN_NAMES = (BUILTIN_NAME, ENTITIES_NAME)
 # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer rows are cut there.
 SERVE_MAX_LENGTH = 256
 
@@ -123,10 +129,11 @@ def read_adapter_info(adapter_dir: Path = ADAPTER_DIR) -> AdapterInfo:
     return info
 
 
-def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
-    """Encoder + adapter → a plain float32 `BertForSequenceClassification` on the CPU."""
+def build_builtin(adapter_dir: Path = ADAPTER_DIR, *, token_classification: bool = False) -> BuiltinModel:
+    """Encoder + adapter → a plain float32 `BertForSequenceClassification` (or, for a token
+    adapter, `BertForTokenClassification`) on the CPU."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
     info = read_adapter_info(adapter_dir)
     root = encoder_dir()
@@ -141,10 +148,13 @@ def build_builtin(adapter_dir: Path = ADAPTER_DIR) -> BuiltinModel:
         label2id={label: i for i, label in enumerate(labels)},
         attn_implementation=ATTENTION_IMPLEMENTATION,
     )
-    model = BertForSequenceClassification(bert_config)
+    head = BertForTokenClassification if token_classification else BertForSequenceClassification
+    model = head(bert_config)
     state = load_file(str(root / "model.safetensors"))
     result = model.bert.load_state_dict(state, strict=False)
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
+    # A token-classification BERT has no pooler: the encoder's pooler weights go unused.
+    unused = ("position_ids", "pooler.dense.weight", "pooler.dense.bias") if token_classification else ("position_ids",)
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(unused)]
     if result.missing_keys or unexpected:
         raise ModelLoadError(
             f"{root / 'model.safetensors'} does not fit a BERT encoder (missing "
@@ -178,6 +188,23 @@ def load_builtin(device: torch.device, dtype: torch.dtype) -> Classifier:
     log.info("built-in model assembled in %.1f s", time.monotonic() - started)
     return Classifier(
         name=BUILTIN_NAME,
+        model=model,
+        tokenizer=built.tokenizer,
+        labels=built.labels,
+        device=device,
+        weights_sha256=built.weights_sha256,
+        source=built.source,
+    )
+
+
+def load_entities(device: torch.device, dtype: torch.dtype) -> TokenClassifier:
+    """The built-in `entities` token classifier (CoNLL-2003 PER / ORG / LOC / MISC, BIO tags)."""
+    started = time.monotonic()
+    built = build_builtin(ENTITIES_ADAPTER_DIR, token_classification=True)
+    model = built.model.to(device=device, dtype=dtype).eval()
+    log.info("built-in entities model assembled in %.1f s", time.monotonic() - started)
+    return TokenClassifier(
+        name=ENTITIES_NAME,
         model=model,
         tokenizer=built.tokenizer,
         labels=built.labels,

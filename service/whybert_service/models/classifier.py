@@ -26,6 +26,8 @@ class Classifier:
     Rust tokenizer safe to share. `forward` must only be called by the model's worker.
     """
 
+    kind = "sequence"  # what the model computes (ListModels' ModelKind)
+
     def __init__(
         self,
         *,
@@ -68,12 +70,13 @@ class Classifier:
         text, truncated, _ = read_window(self.tokenizer, text, self.max_length, self._suffix)
         return text, truncated
 
-    def forward(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
-        """Logits (rows × labels, float32) of already-encoded rows, padded to the longest."""
-        return self.collect(self.launch(rows))
+    def forward(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> np.ndarray:
+        """Logits (rows × labels, float32) of already-encoded rows, padded to the longest
+        (`positions`: which token's logits each row gives, for token models)."""
+        return self.collect(self.launch(rows) if positions is None else self.launch(rows, positions))
 
     @torch.inference_mode()
-    def launch(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
         """Start the forward pass of `rows`; `collect` gives its logits. On a GPU this only
         queues the kernels and a copy into pinned host memory, so the caller can prepare
         the next batch while the device computes this one."""

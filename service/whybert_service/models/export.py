@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .builtin import BUILTIN_NAME
+from .builtin import BUILTIN_NAME, ENTITIES_NAME
 from .loading import ModelLoadError, load_pretrained
 
 
@@ -73,5 +73,10 @@ def _resolve(name: str, paths: dict[str, str], builtin: bool) -> tuple[Any, Any,
 
         built = build_builtin()
         return built.model, built.tokenizer, ADAPTER_DIR / "MODEL_CARD.md"
-    known = sorted(paths) + ([BUILTIN_NAME] if builtin else [])
+    if name == ENTITIES_NAME and builtin:
+        from .builtin import ENTITIES_ADAPTER_DIR, build_builtin
+
+        built = build_builtin(ENTITIES_ADAPTER_DIR, token_classification=True)
+        return built.model, built.tokenizer, ENTITIES_ADAPTER_DIR / "MODEL_CARD.md"
+    known = sorted(paths) + ([BUILTIN_NAME, ENTITIES_NAME] if builtin else [])
     raise ValueError(f"no model named {name!r} (known: {', '.join(known) or 'none'})")

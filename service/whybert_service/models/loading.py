@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from .classifier import Classifier
+from .pair_classifier import PairClassifier, is_text_pair
+from .token_classifier import TokenClassifier
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +104,25 @@ class LoadedDirectory:
     tokenizer: Any
 
 
-def load_pretrained(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedDirectory:
-    """Check a sequence-classification directory and load its model and fast tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def is_token_classification(root: Path) -> bool:
+    """Whether a checked directory holds a token-classification model (`*ForTokenClassification`)."""
+    config = json.loads((root / "config.json").read_text())
+    return any(str(a).endswith("ForTokenClassification") for a in config.get("architectures") or [])
+
+
+def load_pretrained(
+    name: str, path: str | Path, device: torch.device, dtype: torch.dtype, *, token: bool = False
+) -> LoadedDirectory:
+    """Check a sequence- (or, with `token`, token-) classification directory and load its
+    model and fast tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     root = Path(path).expanduser().resolve()
     weights = check_directory(root)
+    auto = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
     try:
         tokenizer = AutoTokenizer.from_pretrained(root, use_fast=True, **_LOCAL)
-        model = _from_pretrained(AutoModelForSequenceClassification, root, dtype, device)
+        model = _from_pretrained(auto, root, dtype, device)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model {name!r} from {root}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -119,13 +131,38 @@ def load_pretrained(name: str, path: str | Path, device: torch.device, dtype: to
 
 
 def load_directory(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> Classifier:
-    """Load a sequence-classification directory as a `Classifier`."""
+    """Load a sequence-classification directory as a `Classifier` (a `PairClassifier` when
+    its config.json marks a text-pair model), or a token-classification one (its config's
+    architecture `*ForTokenClassification`) as a `TokenClassifier`."""
+    root = Path(path).expanduser().resolve()
+    check_directory(root)
+    if is_token_classification(root):
+        return load_token_directory(name, root, device, dtype)
     loaded = load_pretrained(name, path, device, dtype)
-    return Classifier(
+    kind = PairClassifier if is_text_pair(root) else Classifier  # pairs: see pair_classifier
+    return kind(
         name=name,
         model=loaded.model,
         tokenizer=loaded.tokenizer,
         labels=labels_of(loaded.model.config),
+        device=device,
+        weights_sha256=sha256_files(loaded.weights),
+        source=str(loaded.root),
+    )
+
+
+def load_token_directory(name: str, path: str | Path, device: torch.device, dtype: torch.dtype) -> TokenClassifier:
+    """Load a token-classification directory (BIO/IOB2 tags) as a `TokenClassifier`."""
+    loaded = load_pretrained(name, path, device, dtype, token=True)
+    labels = labels_of(loaded.model.config)
+    odd = [label for label in labels if label != "O" and not label.startswith(("B-", "I-"))]
+    if odd:
+        raise ModelLoadError(f"model {name!r}: tags {odd[:5]} are not BIO/IOB2 (O, B-TYPE, I-TYPE)")
+    return TokenClassifier(
+        name=name,
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        labels=labels,
         device=device,
         weights_sha256=sha256_files(loaded.weights),
         source=str(loaded.root),

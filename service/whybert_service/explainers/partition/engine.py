@@ -60,9 +60,13 @@ class PartitionEngine:
         fixed_context: int | None = None,
         batch_size: int | None = None,
         seed: int = 0,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.text, self.spec, self._encode = text, spec, encode
         self.output = output
+        # raw logits (rows × labels) → the explained outputs (rows × outputs), when they are
+        # not the labels in `output` space (an entity's type probability)
+        self._transform = transform
         self._resolve_targets = targets
         self.targets: list[int] = []
         self.max_evals = max_evals - 2  # shap's owen() gets the budget less base and full rows
@@ -140,17 +144,23 @@ class PartitionEngine:
         if not self.targets:  # the base and unmasked rows: resolve the explained outputs
             self._raw = [np.asarray(row, dtype=np.float32) for row in logits]
             self.targets = [int(t) for t in self._resolve_targets(self._raw[self._root[1]])]
-            self._f = to_output_space(np.stack(self._raw), self.output)[:, self.targets].tolist()
+            self._f = self._outputs(np.stack(self._raw)).tolist()
             self._pending_rows, self._pending_slots = [], []
             self._begin_owen()
         else:
-            outputs = to_output_space(np.asarray(logits), self.output)[:, self.targets].tolist()
+            outputs = self._outputs(np.asarray(logits)).tolist()
             f = self._f
             for slot, row in zip(self._pending_slots, outputs, strict=True):
                 f[slot] = row
             self._pending_rows, self._pending_slots = [], []
             self._finish_round()
         self._advance()
+
+    def _outputs(self, logits: np.ndarray) -> np.ndarray:
+        """The explained targets' outputs of raw logits (rows × targets)."""
+        if self._transform is not None:
+            return self._transform(logits)[:, self.targets]
+        return to_output_space(logits, self.output)[:, self.targets]
 
     # ---- the algorithm -----------------------------------------------------------------
 

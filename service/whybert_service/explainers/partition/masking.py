@@ -41,6 +41,9 @@ class MaskingSpec:
     sep_token: str | None
     sentencepiece: bool
     edit_ids: bool  # rows may be built by editing ids (see the module docstring)
+    # shap's `Text(tokenizer, output_type="token_ids")`: every row is the ids with the mask
+    # id at each hidden piece, so positions never shift (token models explain one position).
+    in_place: bool = False
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> MaskingSpec:
@@ -127,7 +130,7 @@ def prepare_text(tokenizer: Any, spec: MaskingSpec, text: str, max_tokens: int, 
     keep[: spec.keep_prefix] = True
     if spec.keep_suffix:
         keep[m - spec.keep_suffix :] = True
-    if spec.sep_token is not None:
+    if spec.sep_token is not None and not spec.in_place:  # the token_ids path keeps no separator
         keep |= np.array([s == spec.sep_token for s in segments], dtype=bool)
     invariant = np.zeros(m, dtype=bool)
     invariant[: spec.keep_prefix] = True
@@ -152,9 +155,9 @@ def prepare_text(tokenizer: Any, spec: MaskingSpec, text: str, max_tokens: int, 
         continues=continues,
         invariant=invariant,
         clustering=text_clustering(segments, spec.sep_token),
-        edit_ids=spec.edit_ids and word_ids is not None,
+        edit_ids=spec.in_place or (spec.edit_ids and word_ids is not None),
     )
-    if prepared.edit_ids and not _edits_agree(prepared, spec, encode):
+    if prepared.edit_ids and not spec.in_place and not _edits_agree(prepared, spec, encode):
         prepared = dataclasses.replace(prepared, edit_ids=False)
     return prepared
 
@@ -207,7 +210,10 @@ def needs_string(p: PreparedText, masks: np.ndarray) -> np.ndarray:
 
 
 def build_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: Encode) -> list[np.ndarray]:
-    """The model's input ids for each mask, equal to tokenising shap's masked strings."""
+    """The model's input ids for each mask, equal to tokenising shap's masked strings (or,
+    in place, to shap's token_ids rows)."""
+    if spec.in_place:
+        return list(edit_rows(p, spec, masks))
     if not p.edit_ids:
         return [np.asarray(r, dtype=np.int64) for r in encode([mask_string(p, spec, m) for m in masks])]
     edited = edit_rows(p, spec, masks)

@@ -40,8 +40,10 @@ class PartitionTask:
         context: RequestContext,
         on_progress: Progress | None = None,
         progress_interval: float = 0.1,
+        position: int | None = None,
     ) -> None:
         self.worker = worker
+        self.position = position  # token models: the position whose logits the rows give
         self.engine = engine
         self.context = context
         self.future: Future[PartitionResult] = Future()
@@ -58,7 +60,7 @@ class PartitionTask:
     def _submit(self) -> None:
         rows = self.engine.rows()
         try:
-            submitted = self.worker.submit([r.tolist() for r in rows], self.context)
+            submitted = self.worker.submit([r.tolist() for r in rows], self.context, self.position)
         except ServiceError as exc:
             settle(self.future, exception=exc)
             return

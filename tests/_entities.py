@@ -1,0 +1,74 @@
+"""A tiny random token-classification BERT (BIO tags) and generated texts for entity tests.
+
+Random weights give every piece nearly the same tag distribution; the head is sharpened
+(scaled up) so that the most probable tag changes from piece to piece and the texts get
+entities of every type, B-/I- mixtures and adjacent entities.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+_WORDS = [
+    "Angela", "Merkel", "visited", "Paris", "and", "Renée", "Zellweger", "met", "Microsoft", "Corporation",
+    "in", "São", "Paulo", "on", "Tuesday", "unbelievably", "internationalisation", "Müller", "Straße",
+    "the", "United", "Nations", "said", "New", "York", "Times", "reported", "that", "Jean-Luc", "Picard",
+    "Dvořák", "naïve", "café", "O'Neill", "McDonald's", "Schwarzenegger", "Reykjavík", "Łódź", "EU", "U.S.",
+]
+_PUNCT = [",", ".", ";", ":", "!", "?", "(", ")", "-", "'", '"', "...", "&"]
+
+
+def make_tiny_ner(path: Path, sharpen: float = 60.0) -> Path:
+    """Save a random BertForTokenClassification with BIO tags and the MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+    from whybert_service.models.builtin import encoder_dir
+
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(TAGS),
+        id2label=dict(enumerate(TAGS)),
+        label2id={t: i for i, t in enumerate(TAGS)},
+    )
+    model = BertForTokenClassification(config).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "encoder" in name:
+                module.weight.mul_(8.0)
+        model.classifier.weight.mul_(sharpen)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def generated_texts(count: int, seed: int = 0) -> list[str]:
+    """Texts of names, accents, long words split into pieces, punctuation and odd spaces."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        parts: list[str] = []
+        for _ in range(rng.randint(1, 14)):
+            r = rng.random()
+            if r < 0.15:
+                parts.append(rng.choice(_PUNCT))
+            elif r < 0.2:
+                parts.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyzé") for _ in range(rng.randint(9, 18))))
+            else:
+                parts.append(rng.choice(_WORDS))
+        text = ""
+        for p in parts:
+            text += p if not text or rng.random() < 0.15 else rng.choice([" ", " ", " ", "  "]) + p
+        texts.append(text.strip() or "Paris")
+    return texts

@@ -1,0 +1,114 @@
+"""`whybert predict` and `whybert explain --entity` on a token model, and the terminal and
+HTML renderings of an entity's explanation, against a server of the tiny NER model."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import whybert
+from _entities import make_tiny_ner
+from _servers import ServerThread, tiny_settings
+from whybert import cli
+from whybert.render import html_fragment, mark_entities, terminal
+
+TEXT = "Angela Merkel visited Paris and met Microsoft Corporation in São Paulo"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    ner_dir = make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
+    with ServerThread(tiny_settings(ner_dir, model=(f"ner={ner_dir}",))) as running:
+        yield running
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(argv)
+    out, _ = capsys.readouterr()
+    return code, out
+
+
+def test_predict_lists_the_entities(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    with whybert.Client(server.target) as client:
+        (p,) = client.predict(TEXT, model="ner")
+    assert p.entities
+    code, out = _run(["predict", TEXT, "--model", "ner", "--target", server.target], capsys)
+    assert code == 0
+    first, *lines = out.strip().splitlines()
+    assert first == mark_entities(TEXT, p.entities)  # not a terminal: [text]TYPE marks
+    for i, (line, e) in enumerate(zip(lines, p.entities, strict=True)):
+        assert line.split()[0] == str(i) and f"[{e.start}, {e.end})" in line and e.label in line
+        assert line.endswith(e.text)
+    code, out = _run(["predict", TEXT, "--model", "ner", "--json", "--target", server.target], capsys)
+    (item,) = json.loads(out)
+    listed = [(x["start"], x["end"], x["label"]) for x in item["entities"]]
+    assert listed == [(e.start, e.end, e.label) for e in p.entities]
+
+
+def test_explain_an_entity_by_index_span_and_all(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    with whybert.Client(server.target) as client:
+        (p,) = client.predict(TEXT, model="ner")
+    target = ["--model", "ner", "--max-evals", "40", "--target", server.target]
+    last = len(p.entities) - 1
+    code, out = _run(["explain", TEXT, "--entity", str(last), "--json", *target], capsys)
+    (item,) = json.loads(out)
+    assert code == 0 and item["entity_index"] == last and item["entity"]["text"] == p.entities[last].text
+    assert item["labels"] == [p.entities[last].label]
+    e = p.entities[0]
+    code, out = _run(["explain", TEXT, "--entity", f"{e.start}:{e.end}", *target], capsys)
+    assert code == 0 and out.startswith(f"entity 0: {e.text!r} {e.label}")
+    code, out = _run(["explain", TEXT, "--entity", "all", "--json", *target], capsys)
+    assert [x["entity_index"] for x in json.loads(out)] == list(range(len(p.entities)))
+    assert _run(["explain", TEXT, "--entity", "99", *target], capsys)[0] != 0
+
+
+def test_renderings_mark_the_explained_entity(server: ServerThread) -> None:
+    with whybert.Client(server.target) as client:
+        (e,) = client.explain(TEXT, model="ner", entity=0, max_evals=40)
+    assert e.entity is not None
+    page = html_fragment([e])
+    marked = re.findall(r'<span class="wb-entity" data-entity="([A-Z]+)">', page)
+    pieces = [i for i, (s, t) in enumerate(e.offsets) if not e.special[i] and s < e.entity.end and e.entity.start < t]
+    assert marked == [e.entity.label] * len(pieces)
+    assert page.count(f'<span class="wb-entity-type">{e.entity.label}</span>') == 1
+    shown = terminal(e, colour=True)
+    assert shown.count("\x1b[4m") == len(pieces)
+    assert terminal(e, colour=False).startswith(f"entity 0: {e.entity.text!r}")
+
+
+def test_mark_entities_without_a_terminal() -> None:
+    entities = [whybert.Entity("Angela Merkel", "PER", 0, 13, 0.9), whybert.Entity("Paris", "LOC", 22, 27, 0.8)]
+    assert mark_entities(TEXT, entities) == "[Angela Merkel]PER visited [Paris]LOC" + TEXT[27:]
+
+
+def test_evaluate_reports_seqevals_entity_figures(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from _entities import generated_texts
+    from seqeval.metrics import classification_report
+    from whybert.entity_evaluation import tags_of
+
+    rng = random.Random(0)
+    sentences = [text.split() for text in generated_texts(40, seed=9)]
+    gold = [[rng.choice(["O", "B-PER", "I-PER", "B-LOC", "I-ORG", "B-MISC"]) for _ in s] for s in sentences]
+    path = tmp_path / "test.txt"
+    pairs = zip(sentences, gold, strict=True)
+    blocks = ["\n".join(f"{t} NN {tag}" for t, tag in zip(s, g, strict=True)) for s, g in pairs]
+    path.write_text("-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n")
+    code, out = _run(["evaluate", "--data", str(path), "--model", "ner", "--json", "--target", server.target], capsys)
+    assert code == 0
+    result = json.loads(out)
+    with whybert.Client(server.target) as client:
+        predictions = client.predict([" ".join(s) for s in sentences], model="ner")
+    predicted = [tags_of(s, p.entities) for s, p in zip(sentences, predictions, strict=True)]
+    ref = classification_report(gold, predicted, output_dict=True, zero_division=0)
+    assert result["sentences"] == len(sentences) and set(result["report"]) == set(ref)
+    for name, row in ref.items():
+        assert result["report"][name]["f1-score"] == pytest.approx(float(row["f1-score"]), abs=1e-12)
+        assert result["report"][name]["support"] == row["support"]
+    code, out = _run(["evaluate", "--data", str(path), "--model", "ner", "--target", server.target], capsys)
+    assert code == 0 and "micro avg" in out and out.strip().endswith(f"{len(sentences)} sentences")
