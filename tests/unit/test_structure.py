@@ -152,3 +152,71 @@ def test_the_checker_sees_a_cycle(tmp_path: Path) -> None:
     assert list(_imports("pkg.a", tmp_path / "a.py", at_import_time=True)) == [("pkg.b", 1), ("pkg.b.x", 1)]
     (tmp_path / "__init__.py").write_text("from . import a\n")
     assert ("pkg.a", 1) in list(_imports("pkg", tmp_path / "__init__.py"))
+
+
+# Modules with nothing of their own to test (module → why). Empty today: even the plain
+# types carry behaviour (the cache key, the additivity gap). A module that gains behaviour
+# leaves this list; generated stubs, `__init__` and `__main__` are never asked for tests.
+UNTESTED: dict[str, str] = {}
+
+
+def _test_stems() -> set[str]:
+    return {
+        path.stem for layer in ("unit", "integration", "system") for path in (ROOT / "tests" / layer).glob("test_*.py")
+    }
+
+
+def _names_for(module: str, ambiguous: set[str]) -> list[str]:
+    """The test-file names that may name a module: `test_<module>` or, its packages joined
+    in front, `test_<package>_<module>`; a module name shared by two modules (`cli`) needs
+    its package. A file may add a suffix (`test_partition_engine_shap` names partition/engine)."""
+    parts = module.split(".")[1:]
+    shortest = 1 if parts[-1] not in ambiguous or len(parts) == 1 else 2
+    return ["_".join(parts[-n:]) for n in range(shortest, len(parts) + 1)]
+
+
+def _missing_tests(modules: list[str], stems: set[str]) -> list[str]:
+    last = [m.split(".")[-1] for m in modules]
+    ambiguous = {name for name in last if last.count(name) > 1}
+    return [
+        module
+        for module in modules
+        if not any(
+            stem == f"test_{n}" or stem.startswith(f"test_{n}_")
+            for n in _names_for(module, ambiguous)
+            for stem in stems
+        )
+    ]
+
+
+def _service_leaf_modules() -> list[str]:
+    """Every module of the service that holds code: packages' `__init__` and `__main__` excluded."""
+    return [module for module, path in SERVICE_MODULES.items() if path.name not in ("__init__.py", "__main__.py")]
+
+
+def test_every_service_module_has_tests_that_name_it() -> None:
+    """Each module's own responsibility is tested where a reader looks for it, so a new module
+    without tests fails here (name the file tests/<layer>/test_<module>.py)."""
+    modules = [m for m in _service_leaf_modules() if m not in UNTESTED]
+    missing = _missing_tests(modules, _test_stems())
+    if missing:
+        last = [m.split(".")[-1] for m in _service_leaf_modules()]
+        ambiguous = {name for name in last if last.count(name) > 1}
+        wanted = [f"{m} (tests/<layer>/test_{_names_for(m, ambiguous)[0]}.py)" for m in missing]
+        pytest.fail("modules of service/whybert_service with no test file that names them: " + ", ".join(wanted))
+
+
+def test_the_allow_list_names_real_modules() -> None:
+    """An allow-list entry for a module that was removed or renamed would hide nothing; drop it."""
+    assert set(UNTESTED) <= set(_service_leaf_modules())
+
+
+def test_a_test_file_names_its_module() -> None:
+    """The matcher: a suffix is allowed, an ambiguous module name needs its package, and a
+    prefix of another word does not count (`test_lime` does not name `lime_text`)."""
+    modules = ["s.cli", "s.training.cli", "s.explainers.partition.engine", "s.explainers.lime_text"]
+    assert _missing_tests(modules, {"test_cli", "test_partition_engine_shap", "test_lime"}) == [
+        "s.training.cli",
+        "s.explainers.lime_text",
+    ]
+    assert _missing_tests(modules, {"test_cli_process", "test_training_cli", "test_engine", "test_lime_text"}) == []
