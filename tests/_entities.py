@@ -25,32 +25,15 @@ _PUNCT = [",", ".", ";", ":", "!", "?", "(", ")", "-", "'", '"', "...", "&"]
 
 def make_tiny_ner(path: Path, sharpen: float = 60.0) -> Path:
     """Save a random BertForTokenClassification with BIO tags and the MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
-    from whybert_service.models.builtin import encoder_dir
+    from conftest import save_tiny, scale_up, tiny_bert_config
+    from transformers import BertForTokenClassification
 
     torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=len(TAGS),
-        id2label=dict(enumerate(TAGS)),
-        label2id={t: i for i, t in enumerate(TAGS)},
-    )
-    model = BertForTokenClassification(config).eval()
+    model = BertForTokenClassification(tiny_bert_config(TAGS)).eval()
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and "encoder" in name:
-                module.weight.mul_(8.0)
+        scale_up(model, "encoder")
         model.classifier.weight.mul_(sharpen)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
-    tokenizer.model_max_length = 128
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny(model, path, 128)
 
 
 def generated_texts(count: int, seed: int = 0) -> list[str]:

@@ -52,33 +52,16 @@ def make_tiny_pair_bert(path: Path, max_tokens: int = 64) -> Path:
     """A random BertForSequenceClassification (hidden 32, type_vocab_size 2, weights scaled
     up as conftest's tiny model) with the uncased WordPiece tokenizer, marked as a pair
     model in its config.json."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-    from whybert_service.models.builtin import encoder_dir
+    from conftest import save_tiny, scale_up, tiny_bert_config
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=max_tokens,
-        type_vocab_size=2,
-        num_labels=len(PAIR_LABELS),
-        id2label=dict(enumerate(PAIR_LABELS)),
-        label2id={label: i for i, label in enumerate(PAIR_LABELS)},
-    )
-    model = BertForSequenceClassification(config).eval()
+    model = BertForSequenceClassification(tiny_bert_config(PAIR_LABELS, max_tokens, type_vocab_size=2)).eval()
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and ("encoder" in name or "pooler" in name):
-                module.weight.mul_(8.0)
+        scale_up(model, "encoder", "pooler")
         model.classifier.weight.mul_(4.0)
         model.bert.embeddings.token_type_embeddings.weight.mul_(20.0)  # segments matter
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
-    tokenizer.model_max_length = max_tokens
-    tokenizer.save_pretrained(path)
+    save_tiny(model, path, max_tokens)
     config_file = path / "config.json"
     data = json.loads(config_file.read_text())
     data["whybert_text_pairs"] = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -29,7 +29,9 @@ from threadpoolctl import threadpool_limits
 if TYPE_CHECKING:
     from _references import CaptumReference, LimeReference, PlainModel, ShapReference
     from _servers import ServerThread
+    from transformers import BertConfig
     from whybert_service.models.classifier import Classifier
+    from whybert_service.models.token_classifier import TokenClassifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -65,31 +67,49 @@ def make_tiny_bert(path: Path) -> Path:
     up so that words move the outputs by tenths and comparisons with the libraries mean
     something.
     """
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-    from whybert_service.models.builtin import encoder_dir
+    from transformers import BertForSequenceClassification
 
-    labels = ["negative", "neutral", "positive"]
     torch.manual_seed(0)
-    config = BertConfig(
+    model = BertForSequenceClassification(tiny_bert_config(["negative", "neutral", "positive"])).eval()
+    with torch.no_grad():
+        scale_up(model, "encoder", "pooler")
+        model.classifier.weight.mul_(4.0)
+    return save_tiny(model, path, 128)
+
+
+def tiny_bert_config(labels: list[str], max_positions: int = 128, **extra: Any) -> BertConfig:
+    """The tiny models' shape (hidden 32, 2 layers, 2 heads, the real uncased vocabulary)."""
+    from transformers import BertConfig
+
+    return BertConfig(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
+        **extra,
     )
-    model = BertForSequenceClassification(config).eval()
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and ("encoder" in name or "pooler" in name):
-                module.weight.mul_(8.0)
-        model.classifier.weight.mul_(4.0)
-    model.save_pretrained(path, safe_serialization=True)
+
+
+def scale_up(model: torch.nn.Module, *parts: str, factor: float = 8.0) -> None:
+    """Multiply the weights of the linear layers whose names hold one of `parts`."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(part in name for part in parts):
+            module.weight.mul_(factor)
+
+
+def save_tiny(model: torch.nn.Module, path: Path, max_tokens: int) -> Path:
+    """Save a tiny model with the real uncased WordPiece tokenizer, cut at `max_tokens`."""
+    from transformers import AutoTokenizer
+    from whybert_service.models.builtin import encoder_dir
+
+    model.save_pretrained(path, safe_serialization=True)  # type: ignore[operator]
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
-    tokenizer.model_max_length = 128
+    tokenizer.model_max_length = max_tokens
     tokenizer.save_pretrained(path)
     return path
 
@@ -107,6 +127,25 @@ def tiny_classifier(tiny_model_dir: Path) -> Classifier:
     from whybert_service.models.loading import load_directory
 
     return load_directory("tiny", tiny_model_dir, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny token-classification model's directory (tests/_entities.py)."""
+    from _entities import make_tiny_ner
+
+    return make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
+
+
+@pytest.fixture(scope="session")
+def ner(ner_dir: Path) -> TokenClassifier:
+    """The tiny token-classification model, loaded as the server loads it."""
+    from whybert_service.models.loading import load_directory
+    from whybert_service.models.token_classifier import TokenClassifier
+
+    classifier = load_directory("ner", ner_dir, torch.device("cpu"), torch.float32)
+    assert isinstance(classifier, TokenClassifier)
+    return classifier
 
 
 # ---- the libraries' own answers on it (tests/_references.py) ----------------------------------

@@ -274,13 +274,6 @@ def test_explain_stream_resolves_and_checks_the_options_too(target: str, referen
         np.testing.assert_allclose(results[i].values[:, 0], reference.rollout(text)[0], rtol=1e-5, atol=1e-7)
 
 
-@pytest.fixture(scope="module")
-def ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from _entities import make_tiny_ner
-
-    return make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
-
-
 def test_an_entity_is_read_at_its_first_piece(ner_dir: Path) -> None:
     from _entities import generated_texts
     from transformers import AutoModelForTokenClassification

@@ -12,23 +12,10 @@ import numpy as np
 import pytest
 import torch
 import whybert
-from _entities import generated_texts, make_tiny_ner
+from _entities import generated_texts
 from _servers import ServerThread, tiny_settings
 from whybert_service.entities import entity_output, group_entities
-from whybert_service.models.loading import load_directory
 from whybert_service.models.token_classifier import TokenClassifier
-
-
-@pytest.fixture(scope="module")
-def ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
-
-
-@pytest.fixture(scope="module")
-def ner(ner_dir: Path) -> TokenClassifier:
-    classifier = load_directory("ner", ner_dir, torch.device("cpu"), torch.float32)
-    assert isinstance(classifier, TokenClassifier)
-    return classifier
 
 
 @pytest.fixture(scope="module")

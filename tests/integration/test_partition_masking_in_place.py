@@ -13,28 +13,18 @@ itself.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from _entities import generated_texts, make_tiny_ner
+from _entities import generated_texts
 from whybert_service.entities import entity_output, group_entities
 from whybert_service.explainers.partition import MaskingSpec, PartitionEngine, explain_text, prepare_text
-from whybert_service.models.loading import load_directory
 from whybert_service.models.token_classifier import TokenClassifier
 
 TEXTS = generated_texts(60, seed=3)
 BUDGETS = [(500, None, None), (60, None, None), (120, 1, None), (200, None, 8), (40, 0, 64)]
-
-
-@pytest.fixture(scope="module")
-def ner(tmp_path_factory: pytest.TempPathFactory) -> TokenClassifier:
-    path = make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
-    classifier = load_directory("ner", Path(path), torch.device("cpu"), torch.float32)
-    assert isinstance(classifier, TokenClassifier)
-    return classifier
 
 
 def _plain_logits(classifier: TokenClassifier, rows: Any, position: int) -> np.ndarray:

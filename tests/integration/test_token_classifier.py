@@ -11,23 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _entities import make_tiny_ner
 from whybert_service.batching.worker import ModelWorker, WorkerConfig
 from whybert_service.context import RequestContext
 from whybert_service.models.loading import ModelLoadError, load_directory
 from whybert_service.models.token_classifier import TokenClassifier
-
-
-@pytest.fixture(scope="module")
-def ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
-
-
-@pytest.fixture(scope="module")
-def ner(ner_dir: Path) -> TokenClassifier:
-    classifier = load_directory("ner", ner_dir, torch.device("cpu"), torch.float32)
-    assert isinstance(classifier, TokenClassifier)
-    return classifier
 
 
 def test_a_token_classification_directory_loads_as_a_token_classifier(ner: TokenClassifier) -> None:

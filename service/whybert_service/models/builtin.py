@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,6 +27,8 @@ from .adapter import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, AdapterError
 from .classifier import Classifier
 from .loading import ATTENTION_IMPLEMENTATION, ModelLoadError, sha256_files
 from .token_classifier import TokenClassifier
+
+C = TypeVar("C", bound=Classifier)
 
 log = logging.getLogger(__name__)
 
@@ -182,29 +184,25 @@ def build_builtin(adapter_dir: Path = ADAPTER_DIR, *, token_classification: bool
 
 def load_builtin(device: torch.device, dtype: torch.dtype) -> Classifier:
     """The `sentiment` classifier (negative / neutral / positive) on `device` in `dtype`."""
-    started = time.monotonic()
-    built = build_builtin()
-    model = built.model.to(device=device, dtype=dtype).eval()
-    log.info("built-in model assembled in %.1f s", time.monotonic() - started)
-    return Classifier(
-        name=BUILTIN_NAME,
-        model=model,
-        tokenizer=built.tokenizer,
-        labels=built.labels,
-        device=device,
-        weights_sha256=built.weights_sha256,
-        source=built.source,
-    )
+    return _load(Classifier, BUILTIN_NAME, build_builtin, device, dtype)
 
 
 def load_entities(device: torch.device, dtype: torch.dtype) -> TokenClassifier:
     """The built-in `entities` token classifier (CoNLL-2003 PER / ORG / LOC / MISC, BIO tags)."""
+    return _load(
+        TokenClassifier, ENTITIES_NAME,
+        lambda: build_builtin(ENTITIES_ADAPTER_DIR, token_classification=True), device, dtype,
+    )  # fmt: skip
+
+
+def _load(kind: type[C], name: str, build: Callable[[], Any], device: torch.device, dtype: torch.dtype) -> C:
+    """A built-in model assembled from the encoder and its adapter, on `device` in `dtype`."""
     started = time.monotonic()
-    built = build_builtin(ENTITIES_ADAPTER_DIR, token_classification=True)
+    built = build()
     model = built.model.to(device=device, dtype=dtype).eval()
-    log.info("built-in entities model assembled in %.1f s", time.monotonic() - started)
-    return TokenClassifier(
-        name=ENTITIES_NAME,
+    log.info("built-in model %r assembled in %.1f s", name, time.monotonic() - started)
+    return kind(
+        name=name,
         model=model,
         tokenizer=built.tokenizer,
         labels=built.labels,
