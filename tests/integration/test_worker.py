@@ -336,7 +336,7 @@ def test_while_restarting_new_work_is_refused_as_unavailable(make_worker: Worker
     with pytest.raises(Unavailable):
         worker.submit(ids(faulty, "this crashes the worker"), RequestContext()).result(10)
     assert wait_for(lambda: not worker.healthy)
-    with pytest.raises(Unavailable, match="not serving right now; retry"):
+    with pytest.raises(Unavailable, match=r"not serving right now \(loading or restarting\); retry"):
         worker.submit(ids(faulty, "refused meanwhile"), RequestContext())
     with faulty._lock:
         faulty.crashes = 0

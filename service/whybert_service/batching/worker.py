@@ -270,7 +270,7 @@ class ModelWorker:
         context.ensure_alive("before the model could run")
         with self._cond:
             if not self.healthy:
-                raise Unavailable(f"model {self.classifier.name!r} is not serving right now; retry")
+                raise Unavailable(_not_serving(self.classifier.name))
             self._jobs.append(_Job(fn=fn, context=context, future=future))
             self._cond.notify()
         return future
@@ -298,7 +298,7 @@ class ModelWorker:
     def _admit(self, n_rows: int) -> None:
         if not self.healthy:
             self.metrics.dropped_rows.labels(self.classifier.name, "rejected").inc(n_rows)
-            raise Unavailable(f"model {self.classifier.name!r} is not serving right now; retry")
+            raise Unavailable(_not_serving(self.classifier.name))
         limit = self.config.max_queued_rows
         if self._queue.queued_rows + self._reserved_rows + n_rows > limit:
             # Rows of callers who left hold no places, even while a long batch runs.
@@ -683,6 +683,11 @@ def _launch_rows(classifier: Classifier, rows: list[list[int]], positions: list[
     if any(p is not None for p in positions):
         return classifier.launch(rows, positions)
     return classifier.launch(rows)
+
+
+def _not_serving(name: str) -> str:
+    """The registry's words: a caller sees one message whichever check refused it first."""
+    return f"model {name!r} is not serving right now (loading or restarting); retry"
 
 
 def fail_job(job: _Job, error: BaseException) -> None:
