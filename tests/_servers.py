@@ -125,7 +125,7 @@ class FaultyClassifier(Classifier):
         with self._lock:
             return ids in self.seen
 
-    def launch(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
         """Every forward pass starts here, pipelined or not: the faults strike at launch."""
         self.entered.set()
         if not self._open.wait(timeout=30):
@@ -151,7 +151,7 @@ class FaultyClassifier(Classifier):
             self.batches.append(len(rows))
             self.padded.append(padded)
             self.events.append("forward")
-        return super().launch(rows)
+        return super().launch(rows, positions)
 
 
 def _holds(row: Sequence[int], part: tuple[int, ...]) -> bool:

@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .models.pair_classifier import PairClassifier
 from .models.token_classifier import TokenClassifier
 from .outputs import prediction_from_logits
-from .pairs import joined_params, mark_separator, split_explanation
+from .pairs import PairWindow, joined_params, mark_separator, split_explanation
 from .pairs import window as cut_pair
 from .registry import ModelHandle, ModelRegistry
 from .types import (
@@ -45,6 +45,15 @@ from .types import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+
+async def _read_pair(handle: ModelHandle, text: str) -> PairWindow | None:
+    """A pair model's joined pair cut to what the model reads (tokenized aside, as the
+    explainers tokenize); None for other models."""
+    if not isinstance(handle.classifier, PairClassifier):
+        return None
+    return await asyncio.to_thread(cut_pair, handle.classifier, text)
 
 
 class DataPlane:
@@ -140,8 +149,8 @@ class DataPlane:
     ) -> list[list[EntityTarget]] | None:
         """For a token model, the entities each text's explanations explain (None for a
         sequence model); INVALID_ARGUMENT when the request's `entity` does not fit the model."""
-        token = isinstance(handle.classifier, TokenClassifier)
-        if not token:
+        classifier = handle.classifier
+        if not isinstance(classifier, TokenClassifier):
             if params.entity is not None:
                 raise InvalidArgument([("entity", f"model {handle.name!r} classifies sequences, not tokens")])
             return None
@@ -155,11 +164,8 @@ class DataPlane:
             raise InvalidArgument([("faithfulness", "is not computed for entity explanations")])
         if params.target_mode is not TargetModeName.PREDICTED or params.target_labels:
             raise InvalidArgument([("target_mode", "an entity explanation explains the entity's type alone")])
-        assert isinstance(handle.classifier, TokenClassifier)
         predictions = await self._predict_entities(handle, params.texts, ctx)
-        return [
-            select_entities(handle.classifier, params.entity, p.entities, i) for i, p in enumerate(predictions)
-        ]
+        return [select_entities(classifier, params.entity, p.entities, i) for i, p in enumerate(predictions)]
 
     async def predict_stream(
         self, params: PredictParams, ctx: RequestContext, window: int
@@ -252,8 +258,7 @@ class DataPlane:
         if targets is not None:
             params = dataclasses.replace(params, entity_target=targets[0][0])
         text = params.texts[0]
-        classifier = handle.classifier  # a pair: tokenized aside, as the explainers do
-        pair = await asyncio.to_thread(cut_pair, classifier, text) if isinstance(classifier, PairClassifier) else None
+        pair = await _read_pair(handle, text)
         self._explaining.add(ctx)
         try:
             explained = text if pair is None else pair.joined
@@ -343,10 +348,7 @@ class DataPlane:
         started = time.perf_counter()
         try:
             # A pair is explained as what the model reads of it (longest_first), then split.
-            classifier = handle.classifier
-            pair = None
-            if isinstance(classifier, PairClassifier):  # tokenized aside, as the explainers do
-                pair = await asyncio.to_thread(cut_pair, classifier, text)
+            pair = await _read_pair(handle, text)
             explained = text if pair is None else pair.joined
             result = await explainer.explain_async(handle, explained, params, ctx, self._pool)
             if pair is not None:
@@ -384,6 +386,7 @@ class DataPlane:
 
     def _description(self, handle: ModelHandle) -> ModelDescription:
         c = handle.classifier
+        layers, heads = attention_shape(c)
         return ModelDescription(
             name=c.name,
             labels=list(c.labels),
@@ -394,8 +397,8 @@ class DataPlane:
             device=str(c.device),
             dtype=str(c.dtype).removeprefix("torch."),
             kind=c.kind,
-            attention_layers=attention_shape(c)[0],
-            attention_heads=attention_shape(c)[1],
+            attention_layers=layers,
+            attention_heads=heads,
         )
 
 

@@ -556,8 +556,8 @@ class ModelWorker:
             groups = self._groups([s.rows[i] for s, i in pairs])
             try:
                 outputs = [
-                    _launch_rows(
-                        self.classifier, [pairs[i][0].rows[pairs[i][1]] for i in g], [pairs[i][0].position for i in g]
+                    self.classifier.launch(
+                        [pairs[i][0].rows[pairs[i][1]] for i in g], [pairs[i][0].position for i in g]
                     )
                     for g in groups
                 ]
@@ -655,7 +655,7 @@ class ModelWorker:
         out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
         for group in self._groups(rows):
             picked = [positions[i] for i in group]
-            out[group] = self.classifier.collect(_launch_rows(self.classifier, [rows[i] for i in group], picked))
+            out[group] = self.classifier.collect(self.classifier.launch([rows[i] for i in group], picked))
         return out
 
     def _fail_everything(self, error: ServiceError) -> None:
@@ -675,14 +675,6 @@ class ModelWorker:
             fail(sub, error)
         for job in jobs:
             fail_job(job, error)
-
-
-def _launch_rows(classifier: Classifier, rows: list[list[int]], positions: list[int | None]) -> torch.Tensor:
-    """Launch rows; token positions are passed only where a row asks for one (a sequence
-    classifier has none to read)."""
-    if any(p is not None for p in positions):
-        return classifier.launch(rows, positions)
-    return classifier.launch(rows)
 
 
 def _not_serving(name: str) -> str:

@@ -108,12 +108,17 @@ def _check_texts(texts: list[str], limits: Limits, v: _Violations, stream: bool 
         v.add("texts", f"{len(texts)} texts given; at most {most} per {per}")
         return
     for i, text in enumerate(texts):
-        if not text.strip():
-            v.add(f"texts[{i}]", "the text is empty or only white space")
-        elif len(text) > limits.max_chars:
-            v.add(f"texts[{i}]", f"{len(text)} characters; at most {limits.max_chars} per text")
-        elif (bad := _FORBIDDEN.search(text)) is not None:
-            v.add(f"texts[{i}]", f"contains the control character U+{ord(bad.group()):04X}")
+        _check_text(f"texts[{i}]", "text", text, limits, v)
+
+
+def _check_text(field: str, what: str, text: str, limits: Limits, v: _Violations) -> None:
+    """One text's rules: not blank, within the characters limit, no control characters."""
+    if not text.strip():
+        v.add(field, f"the {what} is empty or only white space")
+    elif len(text) > limits.max_chars:
+        v.add(field, f"{len(text)} characters; at most {limits.max_chars} per text")
+    elif (bad := _FORBIDDEN.search(text)) is not None:
+        v.add(field, f"contains the control character U+{ord(bad.group()):04X}")
 
 
 def _check_pairs(pairs: list[str], texts: list[str], limits: Limits, v: _Violations) -> None:
@@ -124,12 +129,7 @@ def _check_pairs(pairs: list[str], texts: list[str], limits: Limits, v: _Violati
         v.add("pairs", f"{len(pairs)} pair texts for {len(texts)} texts: give one per text")
         return
     for i, text in enumerate(pairs):
-        if not text.strip():
-            v.add(f"pairs[{i}]", "the pair text is empty or only white space")
-        elif len(text) > limits.max_chars:
-            v.add(f"pairs[{i}]", f"{len(text)} characters; at most {limits.max_chars} per text")
-        elif (bad := _FORBIDDEN.search(text)) is not None:
-            v.add(f"pairs[{i}]", f"contains the control character U+{ord(bad.group()):04X}")
+        _check_text(f"pairs[{i}]", "pair text", text, limits, v)
 
 
 def _check_model_name(name: str, v: _Violations) -> None:

@@ -73,7 +73,7 @@ class Classifier:
     def forward(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> np.ndarray:
         """Logits (rows × labels, float32) of already-encoded rows, padded to the longest
         (`positions`: which token's logits each row gives, for token models)."""
-        return self.collect(self.launch(rows) if positions is None else self.launch(rows, positions))
+        return self.collect(self.launch(rows, positions))
 
     @torch.inference_mode()
     def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
@@ -81,7 +81,11 @@ class Classifier:
         queues the kernels and a copy into pinned host memory, so the caller can prepare
         the next batch while the device computes this one."""
         input_ids, attention_mask = self.pad(rows)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
+
+    def to_host(self, logits: torch.Tensor) -> torch.Tensor:
+        """Launched logits on their way to the host: on a GPU a queued copy into pinned
+        memory (`collect` waits for it), elsewhere the tensor itself."""
         if self.device.type != "cuda":
             return logits
         host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)

@@ -125,11 +125,7 @@ class PairClassifier(Classifier):
         logits = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=self.token_types(input_ids)
         ).logits.float()
-        if self.device.type != "cuda":
-            return logits
-        host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(logits, non_blocking=True)
-        return host
+        return self.to_host(logits)
 
 
 def pair_window(classifier: PairClassifier, text: str, pair: str) -> tuple[str, str, bool]:

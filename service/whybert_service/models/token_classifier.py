@@ -76,12 +76,7 @@ class TokenClassifier(Classifier):
         input_ids, attention_mask = self.pad(rows)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         where = torch.tensor([p or 0 for p in positions] if positions is not None else [0] * len(rows))
-        picked = logits[torch.arange(len(rows), device=logits.device), where.to(logits.device)].float()
-        if self.device.type != "cuda":
-            return picked
-        host = torch.empty(picked.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(picked, non_blocking=True)
-        return host
+        return self.to_host(logits[torch.arange(len(rows), device=logits.device), where.to(logits.device)].float())
 
     @torch.inference_mode()
     def token_logits(self, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
