@@ -21,14 +21,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-import torch
 from _wait import wait_for
 from whybert_service.batching.worker import ModelWorker, WorkerCrash
 from whybert_service.compose import ModelLoader, serve_classifier, worker_config
 from whybert_service.context import RequestContext
 from whybert_service.grpc.server import WhybertServer
 from whybert_service.metrics import Metrics
-from whybert_service.models.classifier import Classifier
+from whybert_service.models.classifier import Classifier, Launched
 from whybert_service.registry import ModelRegistry
 from whybert_service.settings import ServerSettings
 
@@ -125,7 +124,7 @@ class FaultyClassifier(Classifier):
         with self._lock:
             return ids in self.seen
 
-    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
+    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         """Every forward pass starts here, pipelined or not: the faults strike at launch."""
         self.entered.set()
         if not self._open.wait(timeout=30):

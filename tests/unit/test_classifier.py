@@ -42,6 +42,22 @@ def test_a_padded_batch_gives_each_row_its_own_logits(tiny_classifier: Classifie
     assert not np.allclose(batch[0], batch[1])  # the texts matter
 
 
+def test_rows_of_one_length_go_without_a_mask(tiny_classifier: Classifier) -> None:
+    # Without a mask the model never asks the device whether the batch holds padding (a
+    # wait on every batch in flight on a GPU); the logits are those of an all-ones mask.
+    rows = tiny_classifier.encode(["good food", "bad room"]).ids
+    assert len(rows[0]) == len(rows[1])
+    ids, mask = tiny_classifier.pad(rows)
+    assert mask is None and ids.tolist() == rows
+    with torch.no_grad():
+        masked = tiny_classifier.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+    launched = tiny_classifier.launch(rows)
+    assert launched.done is None  # on the CPU the logits are there at once
+    np.testing.assert_array_equal(tiny_classifier.collect(launched), masked)
+    _, ragged = tiny_classifier.pad([rows[0], rows[1][:-1]])
+    assert ragged is not None and ragged.tolist()[1][-1] == 0
+
+
 def test_readable_prefix_is_what_the_model_reads(tiny_classifier: Classifier) -> None:
     short = _short(tiny_classifier)
     prefix, truncated = short.readable_prefix(LONG)

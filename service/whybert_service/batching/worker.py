@@ -37,7 +37,7 @@ from ..errors import (
     Unavailable,
 )
 from ..metrics import Metrics
-from ..models.classifier import Classifier
+from ..models.classifier import Classifier, Launched
 from .queue import (
     Batch,
     DropReason,
@@ -96,7 +96,7 @@ class _Launched:
     batch: Batch
     pairs: list[tuple[Submission, int]]
     groups: list[list[int]]  # indices into pairs, one launched forward pass each
-    outputs: list[torch.Tensor]
+    outputs: list[Launched]
     started: float
 
 

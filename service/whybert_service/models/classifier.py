@@ -11,6 +11,15 @@ import torch
 
 
 @dataclass(frozen=True)
+class Launched:
+    """A forward pass on its way: its logits (rows × labels, float32, on the host; in
+    pinned memory on a GPU, filled once `done` has fired) and the event that says so."""
+
+    logits: torch.Tensor
+    done: torch.cuda.Event | None = None
+
+
+@dataclass(frozen=True)
 class Encoded:
     """Token ids of some texts, each cut to the model's maximum, and which were cut."""
 
@@ -76,36 +85,45 @@ class Classifier:
         return self.collect(self.launch(rows, positions))
 
     @torch.inference_mode()
-    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
+    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         """Start the forward pass of `rows`; `collect` gives its logits. On a GPU this only
         queues the kernels and a copy into pinned host memory, so the caller can prepare
         the next batch while the device computes this one."""
         input_ids, attention_mask = self.pad(rows)
         return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
 
-    def to_host(self, logits: torch.Tensor) -> torch.Tensor:
+    def to_host(self, logits: torch.Tensor) -> Launched:
         """Launched logits on their way to the host: on a GPU a queued copy into pinned
-        memory (`collect` waits for it), elsewhere the tensor itself."""
+        memory and an event recorded after it (`collect` waits for that event only, not
+        for a batch launched after this one), elsewhere the tensor itself."""
         if self.device.type != "cuda":
-            return logits
+            return Launched(logits)
         host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
         host.copy_(logits, non_blocking=True)
-        return host
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return Launched(host, done)
 
-    def collect(self, launched: torch.Tensor) -> np.ndarray:
+    def collect(self, launched: Launched) -> np.ndarray:
         """The logits of a launched forward pass, once the device has finished it."""
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-        out: np.ndarray = launched.numpy()
+        if launched.done is not None:
+            launched.done.synchronize()
+        out: np.ndarray = launched.logits.numpy()
         return out
 
-    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad rows into (ids, attention mask) tensors on the model's device."""
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Right-pad rows into (ids, attention mask) tensors on the model's device; no mask
+        when the rows are of one length (as a SHAP explanation's rows are): the model then
+        skips building one, and on a GPU it cannot ask the device whether the mask holds
+        any padding, a wait on every batch in flight that stalls the next launch."""
         ids, mask = pad_rows(rows, self.pad_id)
-        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-        if self.device.type == "cuda":  # pinned host memory: the copies overlap the GPU's work
-            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
-        return ids_t.to(self.device, non_blocking=True), mask_t.to(self.device, non_blocking=True)
+        ids_t = torch.from_numpy(ids)
+        mask_t = None if bool(mask.all()) else torch.from_numpy(mask)
+        if self.device.type != "cuda":
+            return ids_t, mask_t
+        # Pinned host memory: the copies overlap the GPU's work.
+        ids_d = ids_t.pin_memory().to(self.device, non_blocking=True)
+        return ids_d, None if mask_t is None else mask_t.pin_memory().to(self.device, non_blocking=True)
 
     def input_embeddings(self) -> torch.nn.Module:
         """The token-embedding layer, which integrated gradients attributes to."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import Classifier, Encoded
+from .classifier import Classifier, Encoded, Launched
 
 # Keys of config.json that mark a sentence-transformers CrossEncoder (v4+ writes the first,
 # older versions the second), and whybert's own marker for any other pair model.
@@ -118,7 +118,7 @@ class PairClassifier(Classifier):
         return ((torch.cumsum(is_sep, dim=1) - is_sep) > 0).long()
 
     @torch.inference_mode()
-    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
+    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         if not self.uses_token_types:
             return super().launch(rows, positions)
         input_ids, attention_mask = self.pad(rows)

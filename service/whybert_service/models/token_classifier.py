@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import Classifier, read_window
+from .classifier import Classifier, Launched, read_window
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class TokenClassifier(Classifier):
         )
 
     @torch.inference_mode()
-    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> torch.Tensor:
+    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         """Start the forward pass of `rows`; `collect` gives, per row, the logits at its
         position (None or no positions: the first, [CLS]), rows × labels."""
         input_ids, attention_mask = self.pad(rows)
