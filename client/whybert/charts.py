@@ -19,7 +19,7 @@ import numpy as np
 
 from ._types import Explanation
 from .aggregate import Aggregate, Measure
-from .render import BLUE, GREY, RED, _label_index, _matplotlib_figure, _number, draw_bars
+from .render import BLUE, GREY, RED, _label_index, _matplotlib_figure, _number, _plain, draw_bars, ranked_tokens
 
 WIDTH = 7.0  # inches; a panel's height grows with its bars
 BAR_INCHES = 0.38
@@ -32,9 +32,10 @@ def _panel_height(bars: int) -> float:
 
 def token_bars(e: Explanation, top: int = 10, labels: Sequence[str] | None = None) -> Any:
     """The `top` tokens by |value| for each explained label (or `labels`), one panel each,
-    the predicted label's first."""
+    the predicted label's first; a text pair's second-text tokens are named `word (pair)`,
+    and an entity's explanation names the entity in the title."""
     chosen = list(labels) if labels is not None else _predicted_first(e)
-    ranked = {label: e.top_tokens(label, top) for label in chosen}
+    ranked = {label: ranked_tokens(e, label, top) for label in chosen}
     heights = [_panel_height(len(r)) for r in ranked.values()]
     fig = _matplotlib_figure()(figsize=(WIDTH, sum(heights) + 0.4), layout="constrained")
     axes = fig.subplots(len(chosen), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
@@ -43,7 +44,11 @@ def token_bars(e: Explanation, top: int = 10, labels: Sequence[str] | None = Non
         ax.set_title(f"why {label}", loc="left", fontsize=10)
     axes[-1].set_xlabel(f"attribution ({e.output}, {e.explainer})")
     p = e.prediction
-    fig.suptitle(f"prediction: {p.label} ({p.scores.get(p.label, 0.0):.3f})", x=0.01, ha="left", fontsize=11)
+    title = f"prediction: {p.label} ({p.scores.get(p.label, 0.0):.3f})"
+    if e.entity is not None:
+        x = e.entity
+        title = _plain(f"entity {e.entity_index}: {x.text!r} {x.label} [{x.start}, {x.end}) ({x.score:.3f})")
+    fig.suptitle(title, x=0.01, ha="left", fontsize=11)
     return fig
 
 

@@ -16,7 +16,15 @@ from ._client import Client
 from ._core import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
 from ._exceptions import WhybertError
 from ._types import EXPLAINER_KINDS, OUTPUT_SPACES, Explanation, Prediction
-from .render import mark_entities, print_terminal, write_html, write_png
+from .render import (
+    _wants_colour,
+    prediction_terminal,
+    print_terminal,
+    write_html,
+    write_png,
+    write_prediction_png,
+    write_predictions_html,
+)
 
 if TYPE_CHECKING:
     from .corpus import CorpusResult
@@ -24,6 +32,10 @@ if TYPE_CHECKING:
 
 SERVER_COMMANDS = ("serve", "train", "export-model")
 STREAM_HELP = "one call for all the texts; print one JSON line per text (with its index) as each is ready"
+PAIR_COLUMN_HELP = (
+    "text-pair models: the column of each row's second text (default: pair); a single-text model's "
+    "file must have none"
+)
 SERVER_HINT = (
     "'whybert {cmd}' needs the server parts, which are not installed here.\n"
     "Install them with:  pip install \"whybert[server]\"   (training also needs \"whybert[train]\")"
@@ -70,13 +82,11 @@ def _prediction_json(text: str, p: Prediction) -> dict[str, Any]:
 
 
 def _print_entities(texts: Sequence[str], predictions: Sequence[Prediction]) -> None:
-    """A token model's predictions: each text, then one line per entity (span, type, score)."""
+    """A token model's predictions: each text with its entities marked, then one line per
+    entity (span, type, score)."""
+    colour = _wants_colour(sys.stdout)
     for text, p in zip(texts, predictions, strict=True):
-        print(mark_entities(text, p.entities, sys.stdout) + (" (truncated)" if p.truncated else ""))
-        if not p.entities:
-            print("  (no entities)")
-        for i, e in enumerate(p.entities):
-            print(f"  {i:>3}  [{e.start}, {e.end})  {e.label:<8} {e.score:.3f}  {e.text}")
+        print(prediction_terminal(text, p, colour=colour))
 
 
 def parse_entity(value: str | None) -> int | tuple[int, int] | str | None:
@@ -148,6 +158,8 @@ def _shown_texts(args: argparse.Namespace) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     pairs = getattr(args, "pair", None)
     if args.stream:
+        if args.html or args.png:
+            raise ValueError("--stream prints one JSON line per text; the pictures need the whole batch")
         with _make_client(args) as client:
             for index, p in client.predict_stream(args.texts, model=args.model, pairs=pairs):
                 item = _prediction_json(args.texts[index], p)
@@ -161,10 +173,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if pairs:
                 item["pair"] = pairs[i]
         print(json.dumps(items, indent=2))
-        return 0
-    if any(p.entities for p in predictions) or all(not p.scores for p in predictions):  # a token model
+    elif any(p.entities for p in predictions) or all(not p.scores for p in predictions):  # a token model
         _print_entities(args.texts, predictions)
-        return 0
+    else:
+        _print_table(args, predictions)
+    if args.html:  # entities marked and typed, a pair's two texts in two rows
+        write_predictions_html(args.texts, predictions, args.html, pairs=pairs)
+    if args.png:  # matplotlib is imported only here, by render
+        write_prediction_png(args.texts, predictions, args.png, pairs=pairs)
+    return 0
+
+
+def _print_table(args: argparse.Namespace, predictions: Sequence[Prediction]) -> None:
+    """A sequence or pair model's predictions: one row per text, a column per label."""
     labels = list(predictions[0].scores) if predictions else []
     shown_texts = _shown_texts(args)
     width = min(max((len(t) for t in shown_texts), default=4), 60)
@@ -173,7 +194,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         shown = text if len(text) <= width else text[: width - 1] + "…"
         mark = " (truncated)" if p.truncated else ""
         print(f"{shown:<{width}}  {p.label:<12}" + "".join(f"{p.scores[k]:>10.3f}" for k in labels) + mark)
-    return 0
 
 
 def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,6 +238,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _write_pictures(args: argparse.Namespace, explanations: list[Explanation]) -> None:
+    pictures = (args.png, args.bar_png, args.hist_png, getattr(args, "attention_png", None))
+    if not explanations and any(pictures):
+        raise ValueError("no explanation to draw: the texts have no entity to explain")
     if getattr(args, "attention_png", None):
         from . import charts
 
@@ -253,9 +276,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _make_client(args) as client:
         info = model_info(client, args.model)
         if info.kind == "token":  # an entity model: --data is a CoNLL-style file
+            if args.pair_column:
+                raise ValueError(f"--pair-column: model {info.name!r} tags entities in single texts, not text pairs")
             return _evaluate_entities(args, client, info.name)
-        data = EvalCSV.check(args.data, args.text_column, args.label_column, info)
-        files = OutputFiles(args.out, info.labels) if args.out else None
+        data = EvalCSV.check(args.data, args.text_column, args.label_column, info, args.pair_column)
+        files = OutputFiles(args.out, info.labels, pairs=data.pair_column is not None) if args.out else None
         try:
             result = evaluate_rows(
                 client, info, data, batch_size=args.batch_size, concurrency=args.concurrency,
@@ -308,14 +333,15 @@ def cmd_explain_corpus(args: argparse.Namespace) -> int:
     charts = _can_draw("every chart of the report")
     with _make_client(args) as client:
         info = model_info(client, args.model)
-        data = CorpusCSV.check(args.data, args.text_column, args.label_column, info)
-        source = {"data": args.data, "text_column": args.text_column, "label_column": args.label_column}
+        data = CorpusCSV.check(args.data, args.text_column, args.label_column, info, args.pair_column)
+        source = {"data": args.data, "text_column": args.text_column, "label_column": args.label_column,
+                  "pair_column": data.pair_column}
         try:
             result = explain_corpus_rows(
                 client, info, data, out_dir=args.out, explainer=args.explainer, compare_explainers=compare,
                 restart=args.restart, chunk_size=args.chunk_size, report_rows=args.report_rows, charts=charts,
                 progress=not args.json and sys.stderr.isatty(), total=data.rows, source=source,
-                **_explain_options(args),
+                pair_column=data.pair_column, **_explain_options(args),
             )
         except WhybertError:
             print(f"the explanations received so far are kept in {args.out}: the same command again resumes",
@@ -457,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help=STREAM_HELP)
     p.add_argument("--pair", action="append", default=None, metavar="TEXT",
                    help="text-pair models: the second text of each TEXT, in order (give it once per TEXT)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write an HTML rendering (a token model's entities marked with their types)")
+    p.add_argument("--png", default=None, metavar="FILE",
+                   help="also write a PNG of the texts (a token model's entities boxed with their types)")
     _client_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -484,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE.csv", help="CSV with a header row")
     p.add_argument("--text-column", default="text", help="the texts' column (default: text)")
     p.add_argument("--label-column", default="label", help="the true labels' column (default: label)")
+    p.add_argument("--pair-column", default=None, help=PAIR_COLUMN_HELP)
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--out", default=None, metavar="DIR", help="write metrics.json, confusion_matrix.png, "
                    "predictions.csv and misclassified.csv here")
@@ -505,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="the texts' column (default: text)")
     p.add_argument("--label-column", default=None,
                    help="the true labels' column, if any: the report says which predictions are right")
+    p.add_argument("--pair-column", default=None, help=PAIR_COLUMN_HELP)
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     _add_explain_options(p)
     p.add_argument("--compare-explainers", default=None, metavar="A,B[,C]",

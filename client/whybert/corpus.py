@@ -7,11 +7,14 @@ written by `explanation_to_dict`, which `explanation_from_dict` reads back exact
 is held beyond the chunk in flight, so memory does not grow with the corpus, and a run that
 stops (a crash, Ctrl-C, a deadline) loses at most the rows in flight.
 
+A text-pair model's rows carry their second text (`pairs=`, the CSV's pair column): each
+record's explanation holds it (`pair`) and says which text each token is of (`segments`).
+
 Running it again on the same DIR resumes: every (row, explainer) already in the file is
 skipped. Before that, the run's settings recorded in DIR/run.json (the model, its weights'
-digest, the explainers, the explain options) must equal the new call's, and each row must
-have the text and true label it was explained with (a digest per row), else the call is
-refused: mixing two runs in one report would be silently wrong. A line half-written when a
+digest, the explainers, the explain options, the pair column) must equal the new call's,
+and each row must have the text, pair text and true label it was explained with (a digest
+per row), else the call is refused: mixing two runs in one report would be silently wrong. A line half-written when a
 process died (the last one, without its newline) is cut off and its row redone.
 
 At the end `corpus_report.write_report` reads the file back, a record at a time, to write
@@ -51,7 +54,7 @@ from ._types import (
     Prediction,
 )
 from .aggregate import Aggregate
-from .evaluation import EvalCSV, _read, labelled_pairs, model_info
+from .evaluation import EvalCSV, _read, csv_pair_column, labelled_pairs, model_info, split_row, takes_pairs
 
 try:  # advisory lock: two runs appending to one file would interleave their rows
     import fcntl
@@ -63,9 +66,13 @@ RECORDS = "explanations.jsonl"
 RUN = "run.json"
 DEFAULT_CHUNK = 64  # texts per stream: a few seconds to minutes of work, the server's default per-request limit
 DEFAULT_REPORT_ROWS = 2000
-SETTINGS_KEYS = ("format", "model", "weights_sha256", "explainers", "options")
+SETTINGS_KEYS = ("format", "model", "weights_sha256", "explainers", "options", "pairs")
 _STREAM_LIMIT = re.compile(r"at most (\d+) per stream")
-_ROW_FIELD = re.compile(r"texts\[(\d+)\]")
+_ROW_FIELD = re.compile(r"(?:texts|pairs)\[(\d+)\]")
+# A corpus row: (text, true label or None), or (text, true label or None, pair text) for a
+# text-pair model; and as checked, (text, true label or None, pair text or None).
+CorpusRow = tuple[str, str | None] | tuple[str, str | None, str]
+_Row = tuple[str, str | None, str | None]
 
 
 # ---- one explanation as JSON, and back ------------------------------------------------------
@@ -249,9 +256,11 @@ def _record(item: Mapping[str, Any]) -> Record:
     return Record(item["row"], item["explainer"], item["label"], explanation_from_dict(item["explanation"]))
 
 
-def row_digest(text: str, label: str | None) -> str:
-    """What a resumed run checks a row against: its text and true label, as explained."""
-    return hashlib.blake2b(json.dumps([text, label]).encode(), digest_size=8).hexdigest()
+def row_digest(text: str, label: str | None, pair: str | None = None) -> str:
+    """What a resumed run checks a row against: its text, true label and pair text (a
+    text-pair model's), as explained."""
+    fields = [text, label] if pair is None else [text, label, pair]
+    return hashlib.blake2b(json.dumps(fields).encode(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -287,9 +296,11 @@ def scan(path: str | os.PathLike[str], explainers: Sequence[str] | None = None) 
             try:
                 item = json.loads(line)
                 row, explainer, label = item["row"], item["explainer"], item["label"]
-                text = item["explanation"]["text"]
+                text, pair = item["explanation"]["text"], item["explanation"].get("pair")
                 if not (isinstance(row, int) and row >= 1 and isinstance(explainer, str) and isinstance(text, str)):
                     raise ValueError("row, explainer or text of the wrong type")
+                if pair is not None and not isinstance(pair, str):
+                    raise ValueError("a pair text of the wrong type")
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(
                     f"{path}: line {number} is not an explanation record ({exc}); "
@@ -300,7 +311,7 @@ def scan(path: str | os.PathLike[str], explainers: Sequence[str] | None = None) 
             rows = done.rows.setdefault(explainer, set())
             if row in rows:
                 raise ValueError(f"{path}: row {row} of {explainer} is there twice (line {number})")
-            digest = row_digest(text, label)
+            digest = row_digest(text, label, pair)
             if done.digests.setdefault(row, digest) != digest:
                 raise ValueError(f"{path}: row {row} holds two different texts or labels (line {number})")
             rows.add(row)
@@ -553,6 +564,7 @@ def explain_corpus(
     texts: Iterable[str],
     labels: Iterable[str] | None = None,
     *,
+    pairs: Iterable[str] | None = None,
     out_dir: str | os.PathLike[str],
     model: str | None = None,
     explainer: str = "shap-partition",
@@ -575,7 +587,10 @@ def explain_corpus(
     which needs matplotlib), rows.csv and report.html.
 
     `labels` (the true labels, names of the model's labels) add correctness to the table and
-    the scatter. `compare_explainers` (two or more names) explains each text with each, with
+    the scatter. A text-pair model needs `pairs`, one second text per text (a single-text
+    model takes none); the words then pool both texts' tokens, and the per-token outputs
+    (the records' `segments`, the top words `word (pair)`) say which text.
+    `compare_explainers` (two or more names) explains each text with each, with
     `faithfulness=True`, and ranks them (explainers.json). `options` are those of
     `Client.explain`. Texts are read lazily, `chunk_size` per stream; `timeout` is per text
     (a stream of k texts gets k times it). `progress` shows a tqdm bar with an ETA (the
@@ -584,9 +599,9 @@ def explain_corpus(
     if total is None and isinstance(texts, Sized):
         total = len(texts)
     info = model_info(client, model, timeout)
-    rows: Iterable[tuple[str, str | None]] = (
-        ((t, None) for t in texts) if labels is None else labelled_pairs(texts, labels)
-    )
+    rows: Iterable[CorpusRow] = ((t, None) for t in texts) if labels is None else labelled_pairs(texts, labels)
+    if pairs is not None:
+        rows = _with_pairs(rows, pairs)
     return explain_corpus_rows(
         client, info, rows, out_dir=out_dir, explainer=explainer, compare_explainers=compare_explainers,
         restart=restart, chunk_size=chunk_size, report_rows=report_rows, agreement_k=agreement_k, charts=charts,
@@ -594,10 +609,22 @@ def explain_corpus(
     )
 
 
+def _with_pairs(rows: Iterable[CorpusRow], pairs: Iterable[str]) -> Iterator[CorpusRow]:
+    """Each row with its pair text (zip, strict)."""
+    seconds = iter(pairs)
+    for n, (text, label, *_) in enumerate(rows, start=1):
+        pair = next(seconds, None)
+        if pair is None:
+            raise ValueError(f"fewer pairs than texts: none for row {n}")
+        yield text, label, pair
+    if next(seconds, None) is not None:
+        raise ValueError("more pairs than texts")
+
+
 def explain_corpus_rows(
     client: Client,
     info: ModelInfo,
-    rows: Iterable[tuple[str, str | None]],
+    rows: Iterable[CorpusRow],
     *,
     out_dir: str | os.PathLike[str],
     explainer: str = "shap-partition",
@@ -611,9 +638,13 @@ def explain_corpus_rows(
     total: int | None = None,
     timeout: Any = USE_CLIENT_DEFAULT,
     source: Mapping[str, Any] | None = None,
+    pair_column: str | None = None,
     **options: Any,
 ) -> CorpusResult:
-    """`explain_corpus` on (text, true label or None) pairs, for a model already looked up."""
+    """`explain_corpus` on (text, true label or None) rows, (text, true label or None, pair
+    text) for a text-pair model, for a model already looked up. `pair_column` names where
+    the pair texts come from (a CSV's column): run.json records it, and a resumed run must
+    name the same."""
     from .corpus_report import write_report
 
     if chunk_size < 1:
@@ -623,6 +654,9 @@ def explain_corpus_rows(
     if charts and importlib.util.find_spec("matplotlib") is None:  # say so now, not after hours of work
         raise ImportError('the charts need matplotlib, which is not installed: pip install "whybert[evaluate]", '
                           "or charts=False")
+    if options.get("pairs") is not None:
+        raise TypeError("a corpus's pair texts go with its rows (pairs=, or (text, label, pair) rows), not in options")
+    options = {k: v for k, v in options.items() if k != "pairs"}
     if compare_explainers is not None:
         explainers = list(dict.fromkeys(_explainer_name(x) for x in compare_explainers))
         if len(explainers) < 2:
@@ -631,13 +665,15 @@ def explain_corpus_rows(
     else:
         explainers = [_explainer_name(explainer)]
     normal = _normal_options(options)
-    settings = {
+    settings: dict[str, Any] = {
         "format": FORMAT,
         "model": info.name,
         "weights_sha256": info.weights_sha256,
         "explainers": explainers,
         "options": normal,
     }
+    if takes_pairs(info) or pair_column is not None:  # rows with pair texts: from which column
+        settings["pairs"] = pair_column or True
     store = CorpusStore(out_dir)
     done = store.open(settings, restart=restart, extra={"source": dict(source or {})})
     began = time.perf_counter()
@@ -686,17 +722,24 @@ def _shrunk(out: Path, last: int, rows: int) -> ValueError:
     )
 
 
-def _checked_rows(rows: Iterable[tuple[str, str | None]], info: ModelInfo) -> Iterator[tuple[str, str | None]]:
-    """The rows, checked as they are read: an empty text (the server refuses it) or a label
-    the model does not have (nothing could be right) stops the run naming its row."""
-    for n, (text, label) in enumerate(rows, start=1):
+def _checked_rows(rows: Iterable[CorpusRow], info: ModelInfo) -> Iterator[_Row]:
+    """The rows, checked as they are read: an empty text (the server refuses it), a label
+    the model does not have (nothing could be right), or a pair text missing (a text-pair
+    model) or there (a single-text model) stops the run naming its row."""
+    paired: bool | None = None
+    for n, row in enumerate(rows, start=1):
+        text, label, pair = split_row(row, n, info)
+        if paired is None:
+            paired = pair is not None
+        elif paired != (pair is not None):
+            raise ValueError(f"row {n} {'has no' if paired else 'has a'} pair text, unlike row 1")
         if not text.strip():
             raise ValueError(f"row {n}: the text is empty")
         if label is not None and label not in info.labels:
             raise ValueError(
                 f"row {n}: label {label!r} is not a label of model {info.name!r} ({', '.join(info.labels)})"
             )
-        yield text, label
+        yield text, label, pair
 
 
 @dataclass
@@ -705,6 +748,7 @@ class _Todo:
     text: str
     label: str | None
     explainers: list[str]  # those still to explain it
+    pair: str | None = None  # a text-pair model's second text
 
 
 class _Run:
@@ -725,20 +769,21 @@ class _Run:
         self.explained = 0
         self.bar: Any = None
 
-    def all(self, rows: Iterable[tuple[str, str | None]], done: Done) -> int:
+    def all(self, rows: Iterable[_Row], done: Done) -> int:
         """Explain what `done` lacks; the number of rows read."""
         chunk: list[_Todo] = []
         n = 0
-        for n, (text, label) in enumerate(rows, start=1):
+        for n, (text, label, pair) in enumerate(rows, start=1):
             recorded = done.digests.get(n)
-            if recorded is not None and recorded != row_digest(text, label):
+            if recorded is not None and recorded != row_digest(text, label, pair):
+                what = "text, pair text" if pair is not None else "text"
                 raise ValueError(
-                    f"row {n}'s text or true label is not the one explained in {self.store.dir}: the data "
+                    f"row {n}'s {what} or true label is not the one explained in {self.store.dir}: the data "
                     "changed; restart=True (--restart) starts over, or choose another directory"
                 )
             missing = [x for x in self.explainers if not done.has(n, x)]
             if missing:
-                chunk.append(_Todo(n, text, label, missing))
+                chunk.append(_Todo(n, text, label, missing, pair))
             if len(chunk) >= self.chunk_size:
                 self.chunk(chunk)
                 chunk = []
@@ -764,9 +809,11 @@ class _Run:
     def stream(self, explainer: str, part: list[_Todo]) -> None:
         timeout = self.timeout
         per_text = self.client.timeout if timeout is USE_CLIENT_DEFAULT else timeout
+        pairs = [t.pair for t in part if t.pair is not None]  # all or none (_checked_rows)
+        extra = {"pairs": pairs} if pairs else {}
         stream = self.client.explain_stream(
             [t.text for t in part], model=self.info.name, explainer=explainer,
-            timeout=None if per_text is None else per_text * len(part), **self.options,
+            timeout=None if per_text is None else per_text * len(part), **extra, **self.options,
         )
         try:
             for i, e in stream:
@@ -822,35 +869,45 @@ def _progress_bar(progress: bool | TextIO, total: int | None, initial: int) -> A
 class CorpusCSV:
     """A CSV of texts, with or without true labels, checked in one streaming pass before
     anything is sent (as `whybert evaluate` checks its file: the columns, the labels, empty
-    texts); the pass counts the rows for the progress bar's ETA."""
+    texts, a text-pair model's pair column: see `evaluation.csv_pair_column`); the pass
+    counts the rows for the progress bar's ETA. Iterating gives (text, label or None), or
+    (text, label or None, pair) with a pair column."""
 
     path: Path
     text_column: str
     label_column: str | None
     rows: int
+    pair_column: str | None = None
 
     @classmethod
     def check(
-        cls, path: str | os.PathLike[str], text_column: str, label_column: str | None, model: ModelInfo
+        cls,
+        path: str | os.PathLike[str],
+        text_column: str,
+        label_column: str | None,
+        model: ModelInfo,
+        pair_column: str | None = None,
     ) -> CorpusCSV:
         path = Path(path)
         if label_column:
-            checked = EvalCSV.check(path, text_column, label_column, model)
-            return cls(path, text_column, label_column, checked.rows)
+            checked = EvalCSV.check(path, text_column, label_column, model, pair_column)
+            return cls(path, text_column, label_column, checked.rows, checked.pair_column)
+        pairs = csv_pair_column(path, model, pair_column)
         empty: list[int] = []
         n = 0
-        for n, (text, _) in enumerate(_read(path, text_column, text_column), start=1):
-            if not text.strip():
+        # evaluate's reader wants a label column; the text column stands in for it, unused.
+        for n, (text, _, *pair) in enumerate(_read(path, text_column, text_column, pairs), start=1):
+            if not text.strip() or (pair and not pair[0].strip()):
                 empty.append(n)
         if n == 0:
             raise ValueError(f"{path}: no rows under the header")
         if empty:
             shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
-            raise ValueError(f"{path}: empty text in row(s) {shown}")
-        return cls(path, text_column, None, n)
+            what = "empty text or pair text" if pairs else "empty text"
+            raise ValueError(f"{path}: {what} in row(s) {shown}")
+        return cls(path, text_column, None, n, pairs)
 
-    def __iter__(self) -> Iterator[tuple[str, str | None]]:
-        if self.label_column:
-            return iter(_read(self.path, self.text_column, self.label_column))
-        # evaluate's reader wants a label column; the text column stands in for it, unused.
-        return ((text, None) for text, _ in _read(self.path, self.text_column, self.text_column))
+    def __iter__(self) -> Iterator[CorpusRow]:
+        label_column = self.label_column or self.text_column
+        for text, label, *pair in _read(self.path, self.text_column, label_column, self.pair_column):
+            yield (text, label if self.label_column else None, *pair)  # type: ignore[misc]

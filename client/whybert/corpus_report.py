@@ -7,7 +7,8 @@ at a time, so that it costs a summary per row, not an explanation per row:
   measure; confidence.png: each row's predicted probability against its largest
   attribution to the predicted label, coloured by whether the prediction is right;
 - rows.csv: per row, the prediction, its confidence, the true label, whether it is right,
-  the largest attribution, the top words, and each explainer's faithfulness when computed;
+  the largest attribution, the top words (a text pair's second-text words as
+  `word (pair)`), and each explainer's faithfulness when computed;
 - explainers.json (several explainers): each explainer's mean AOPC comprehensiveness
   (higher is better) and sufficiency (lower is better) over the rows, and each pair's mean
   Spearman correlation and top-k overlap on the rows' words (`whybert.agreement`, for the
@@ -36,7 +37,7 @@ import numpy as np
 from ._types import Explanation
 from .aggregate import MEASURES, Aggregate, aggregate
 from .agreement import agreement
-from .render import STYLE, html_fragment
+from .render import STYLE, html_fragment, ranked_tokens
 
 if TYPE_CHECKING:
     from .corpus import CorpusStore, Record
@@ -72,6 +73,7 @@ class RowSummary:
     top: str = ""
     faithfulness: dict[str, tuple[float, float]] = field(default_factory=dict)
     text: str | None = None  # kept only for the rows report.html shows
+    pair: str | None = None  # a text pair's second text, likewise
 
     @property
     def correct(self) -> bool | None:
@@ -90,7 +92,7 @@ def largest_attribution(e: Explanation, label: str) -> float:
 
 
 def _top_words(e: Explanation, label: str) -> str:
-    return ", ".join(f"{word} {value:+.3f}" for word, value in e.top_tokens(label, TOP_WORDS))
+    return ", ".join(f"{word} {value:+.3f}" for word, value in ranked_tokens(e, label, TOP_WORDS))
 
 
 class _Comparison:
@@ -226,7 +228,7 @@ def write_report(
                 summary.largest = largest_attribution(e, label)
                 summary.top = _top_words(e, label)
             if record.row <= report_rows:
-                summary.text = e.text
+                summary.text, summary.pair = e.text, e.pair
                 fragments.setdefault(record.row, {})[x] = html_fragment([e])
         if comparison is not None:
             comparison.add(have)
@@ -431,6 +433,17 @@ def _excerpt(text: str | None) -> str:
     return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
 
 
+def _text_cell(s: RowSummary) -> str:
+    """The row's text in the table; a text pair's second text below it, named."""
+    if s.pair is None:
+        return _esc(_excerpt(s.text))
+    return (
+        f'<span class="wb-segment" data-segment="0">{_esc(_excerpt(s.text))}</span>'
+        f'<span class="wb-segment" data-segment="1"><span class="wb-pair-part">pair</span>'
+        f"{_esc(_excerpt(s.pair))}</span>"
+    )
+
+
 def _rows_html(shown: Sequence[RowSummary], rows: int, faithful: Sequence[str], primary: str) -> str:
     note = (
         f"the first {len(shown)} of {rows} rows (all of them are in rows.csv and explanations.jsonl)"
@@ -452,7 +465,7 @@ def _rows_html(shown: Sequence[RowSummary], rows: int, faithful: Sequence[str], 
             f"<td class=num>{_number(v)}</td>" for x in faithful for v in s.faithfulness.get(x, (math.nan, math.nan))
         )
         lines.append(
-            f'<tr><td class=num><a href="#row-{s.row}">{s.row}</a></td><td>{_esc(_excerpt(s.text))}</td>'
+            f'<tr><td class=num><a href="#row-{s.row}">{s.row}</a></td><td>{_text_cell(s)}</td>'
             f"<td>{_esc(s.predicted)}</td><td class=num>{_number(s.confidence, 3)}</td>"
             f"<td>{_esc(s.label or '')}</td><td>{correct}</td><td>{_esc(s.top)}</td>{scores}</tr>"
         )

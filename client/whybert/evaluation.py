@@ -6,13 +6,14 @@ The figures are computed here in numpy and equal scikit-learn's
 `confusion_matrix(y_true, y_pred, labels=...)` on the same predictions (the tests check
 both), without making scikit-learn a dependency. As there, the report covers the labels that
 occur as true or predicted labels; a model label that does neither is left out, so it cannot
-pull the macro average down. Entity (token-classification) models do not exist in whybert
-yet; their seqeval span figures will come with them.
+pull the macro average down. Entity (token-classification) models are scored by
+`entity_evaluation` instead (seqeval's span figures).
 
 `evaluate` sends Predict requests of at most the server's texts-per-request limit, several
 in flight at once (bounded), and consumes its input lazily, so a large file is read as it
 is evaluated; `EvalCSV` reads and checks such a file (stdlib csv) for the `whybert evaluate`
-command.
+command. A text-pair model's rows carry their second text (`pairs=`, the CSV's pair column,
+`pair` by default); a row of a single-text model never does.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ from ._exceptions import InvalidArgumentError
 from ._types import ModelInfo, Prediction
 
 DEFAULT_BATCH = 64  # the server's default --max-texts-per-request
+PAIR_COLUMN = "pair"  # the CSV column of a text pair's second texts, unless named otherwise
 DEFAULT_CONCURRENCY = 4
 _LIMIT = re.compile(r"at most (\d+) per request")
 _ROW_FIELD = re.compile(r"texts\[(\d+)\]")
+_PAIR_FIELD = re.compile(r"pairs\[(\d+)\]")
 
 Report = dict[str, Any]
+# A labelled row: (text, true label), or (text, true label, pair text) for a text-pair model.
+Row = tuple[str, str] | tuple[str, str, str]
 
 
 # ---- the figures ---------------------------------------------------------------------------
@@ -121,6 +126,7 @@ class Batch:
     texts: list[str]
     labels: list[str]
     predictions: list[Prediction]
+    pairs: list[str] | None = None  # a text-pair model's second texts
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,7 @@ def evaluate(
     texts: Iterable[str],
     labels: Iterable[str],
     *,
+    pairs: Iterable[str] | None = None,
     model: str | None = None,
     batch_size: int | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -221,7 +228,8 @@ def evaluate(
     timeout: Any = USE_CLIENT_DEFAULT,
 ) -> Evaluation:
     """Predict every text through the server and score the predictions against `labels`
-    (names of the model's labels; `model` None: the server's default model).
+    (names of the model's labels; `model` None: the server's default model). A text-pair
+    model needs `pairs`, one second text per text; a single-text model takes none.
 
     Requests carry at most `batch_size` texts (default 64, the server's default limit; a
     server with a lower limit says so in its first answer and the batches shrink to it), and
@@ -235,7 +243,7 @@ def evaluate(
         total = len(texts)
     info = model_info(client, model, timeout)
     return evaluate_rows(
-        client, info, labelled_pairs(texts, labels), batch_size=batch_size, concurrency=concurrency,
+        client, info, labelled_rows(texts, labels, pairs), batch_size=batch_size, concurrency=concurrency,
         progress=progress, total=total, on_batch=on_batch, timeout=timeout,
     )
 
@@ -252,10 +260,52 @@ def labelled_pairs(texts: Iterable[str], labels: Iterable[str]) -> Iterator[tupl
         raise ValueError("more labels than texts")
 
 
+def labelled_rows(texts: Iterable[str], labels: Iterable[str], pairs: Iterable[str] | None = None) -> Iterator[Row]:
+    """`labelled_pairs`, each with its pair text when `pairs` are given (zip, strict)."""
+    if pairs is None:
+        yield from labelled_pairs(texts, labels)
+        return
+    seconds = iter(pairs)
+    for n, (text, label) in enumerate(labelled_pairs(texts, labels), start=1):
+        pair = next(seconds, None)
+        if pair is None:
+            raise ValueError(f"fewer pairs than texts: none for row {n}")
+        yield text, label, pair
+    if next(seconds, None) is not None:
+        raise ValueError("more pairs than texts")
+
+
+def takes_pairs(model: ModelInfo) -> bool | None:
+    """Whether the model classifies text pairs (True) or single texts (False); None for a
+    server too old to say."""
+    return None if model.kind == "unknown" else model.kind == "text-pair"
+
+
+def split_row(row: Sequence[Any], n: int, model: ModelInfo) -> tuple[Any, Any, str | None]:
+    """(text, label, pair or None) of row `n` (from 1), checked against the model: a
+    text-pair model's row must hold a pair text, a single-text model's must not."""
+    text, label, *rest = row
+    pair = rest[0] if rest else None
+    wants = takes_pairs(model)
+    if wants and pair is None:
+        raise ValueError(
+            f"model {model.name!r} classifies text pairs: row {n} has no pair text (give pairs=, or the CSV's "
+            f"pair column: --pair-column, default {PAIR_COLUMN!r})"
+        )
+    if wants is False and pair is not None:
+        raise ValueError(
+            f"model {model.name!r} classifies single texts: row {n} has a pair text; leave the pairs out, "
+            "or choose a text-pair model"
+        )
+    if pair is not None and not pair.strip():
+        raise ValueError(f"row {n}: the pair text is empty")
+    return text, label, pair
+
+
 def evaluate_rows(
     client: Client,
     info: ModelInfo,
-    rows: Iterable[tuple[str, str]],
+    rows: Iterable[Row],
     *,
     batch_size: int | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -264,7 +314,8 @@ def evaluate_rows(
     on_batch: Callable[[Batch], None] | None = None,
     timeout: Any = USE_CLIENT_DEFAULT,
 ) -> Evaluation:
-    """`evaluate` on (text, label) pairs, for a model already looked up (`model_info`)."""
+    """`evaluate` on (text, label) rows, (text, label, pair) for a text-pair model, for a
+    model already looked up (`model_info`)."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if batch_size is not None and batch_size < 1:
@@ -279,26 +330,29 @@ def evaluate_rows(
     bar = _progress_bar(progress, total)
     began = time.perf_counter()
 
-    def take(buffer: deque[tuple[str, str]], n: int) -> list[tuple[str, str]]:
+    def take(buffer: deque[_Checked], n: int) -> list[_Checked]:
         chunk = [buffer.popleft() for _ in range(min(n, len(buffer)))]
         chunk.extend(_islice(checked, n - len(chunk)))
         return chunk
 
-    def send(chunk: list[tuple[str, str]]) -> list[Prediction]:
-        return client.predict([t for t, _ in chunk], model=info.name, timeout=timeout)
+    def send(chunk: list[_Checked]) -> list[Prediction]:
+        pairs = _pairs_of(chunk)
+        extra = {} if pairs is None else {"pairs": pairs}  # single texts: the call as it always was
+        return client.predict([t for t, _, _ in chunk], model=info.name, timeout=timeout, **extra)
 
-    def accept(start: int, chunk: list[tuple[str, str]], predictions: list[Prediction]) -> None:
-        for (_, label), p in zip(chunk, predictions, strict=True):
+    def accept(start: int, chunk: list[_Checked], predictions: list[Prediction]) -> None:
+        for (_, label, _), p in zip(chunk, predictions, strict=True):
             true.append(index[label])
             predicted.append(index[p.label])
             scores.append([p.scores.get(name, math.nan) for name in info.labels])
             truncated.append(p.truncated)
         if on_batch is not None:
-            on_batch(Batch(start, [t for t, _ in chunk], [lb for _, lb in chunk], predictions))
+            texts, labels = [t for t, _, _ in chunk], [lb for _, lb, _ in chunk]
+            on_batch(Batch(start, texts, labels, predictions, _pairs_of(chunk)))
         if bar is not None:
             bar.update(len(chunk))
 
-    pending: deque[tuple[str, str]] = deque()
+    pending: deque[_Checked] = deque()
     try:
         # The first request goes alone: if the server's limit is lower, its answer says so
         # before anything else is sent.
@@ -317,7 +371,7 @@ def evaluate_rows(
                 first = first[:size]
         accept(0, first, predictions)
         start = len(first)
-        window: deque[tuple[int, list[tuple[str, str]], Future[list[Prediction]]]] = deque()
+        window: deque[tuple[int, list[_Checked], Future[list[Prediction]]]] = deque()
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whybert-evaluate") as pool:
             try:
                 while True:
@@ -352,8 +406,18 @@ class _LimitError(ValueError):
         self.limit = limit
 
 
+# A row as evaluate_rows sends it: (text, label, pair text or None).
+_Checked = tuple[str, str, str | None]
+
+
+def _pairs_of(chunk: Sequence[_Checked]) -> list[str] | None:
+    """The chunk's pair texts, or None for single texts (`split_row` makes rows all one or the other)."""
+    pairs = [q for _, _, q in chunk if q is not None]
+    return pairs if pairs else None
+
+
 def _rows_named(
-    send: Callable[[list[tuple[str, str]]], list[Prediction]], chunk: list[tuple[str, str]], start: int
+    send: Callable[[list[_Checked]], list[Prediction]], chunk: list[_Checked], start: int
 ) -> list[Prediction]:
     """Send a chunk; the server's complaints about `texts[i]` come back naming the row
     (`start + i + 1`, counting from 1), which is what a person can find in the file."""
@@ -364,13 +428,13 @@ def _rows_named(
         for field, description in exc.field_violations:
             if field == "texts" and (limit := _LIMIT.search(description)):
                 raise _LimitError(int(limit.group(1)), description) from exc
-            at = _ROW_FIELD.fullmatch(field)
+            at = _ROW_FIELD.fullmatch(field) or _PAIR_FIELD.fullmatch(field)
             problems.append(f"row {start + int(at.group(1)) + 1}: {description}" if at else f"{field}: {description}")
         raise ValueError("the server refused the texts: " + "; ".join(problems or [exc.message])) from exc
 
 
-def _islice(rows: Iterator[tuple[str, str]], n: int) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+def _islice(rows: Iterator[_Checked], n: int) -> list[_Checked]:
+    out: list[_Checked] = []
     for row in rows:
         out.append(row)
         if len(out) >= n:
@@ -378,18 +442,23 @@ def _islice(rows: Iterator[tuple[str, str]], n: int) -> list[tuple[str, str]]:
     return out
 
 
-def _checked_rows(
-    rows: Iterable[tuple[str, str]], index: dict[str, int], info: ModelInfo
-) -> Iterator[tuple[str, str]]:
-    """The pairs, checked as they are read: a label the model does not have, or a text the
-    server would refuse as empty, stops the run naming its row."""
-    for n, (text, label) in enumerate(rows, start=1):
+def _checked_rows(rows: Iterable[Row], index: dict[str, int], info: ModelInfo) -> Iterator[_Checked]:
+    """The rows, checked as they are read: a label the model does not have, a text the
+    server would refuse as empty, or a pair text missing (a text-pair model) or there (a
+    single-text model) stops the run naming its row, before any request."""
+    paired: bool | None = None
+    for n, row in enumerate(rows, start=1):
+        text, label, pair = split_row(row, n, info)
+        if paired is None:
+            paired = pair is not None
+        elif paired != (pair is not None):
+            raise ValueError(f"row {n} {'has no' if paired else 'has a'} pair text, unlike row 1")
         if label not in index:
             known = ", ".join(info.labels)
             raise ValueError(f"row {n}: label {label!r} is not a label of model {info.name!r} ({known})")
         if not text.strip():
             raise ValueError(f"row {n}: the text is empty")
-        yield text, label
+        yield text, label, pair
 
 
 def _progress_bar(progress: bool | TextIO, total: int | None) -> Any:
@@ -412,24 +481,38 @@ class EvalCSV:
     """A CSV of labelled texts, checked in one streaming pass before anything is sent: its
     columns, that it has rows, and that every label is one the model has (all unknown
     labels are named at once, with where they first occur). The pass also counts the rows,
-    which gives the progress bar its ETA."""
+    which gives the progress bar its ETA.
+
+    A text-pair model's file holds each row's second text in `pair_column` (`pair` unless
+    named), and iterating gives (text, label, pair); a single-text model's file has no such
+    column (see `csv_pair_column`)."""
 
     path: Path
     text_column: str
     label_column: str
     rows: int
+    pair_column: str | None = None
 
     @classmethod
-    def check(cls, path: str | os.PathLike[str], text_column: str, label_column: str, model: ModelInfo) -> EvalCSV:
+    def check(
+        cls,
+        path: str | os.PathLike[str],
+        text_column: str,
+        label_column: str,
+        model: ModelInfo,
+        pair_column: str | None = None,
+    ) -> EvalCSV:
         path = Path(path)
+        pairs = csv_pair_column(path, model, pair_column)
         unknown: dict[str, list[int]] = {}  # label -> [rows, first row]
         empty: list[int] = []
         n = 0
-        for n, (text, label) in enumerate(_read(path, text_column, label_column), start=1):
+        for n, row in enumerate(_read(path, text_column, label_column, pairs), start=1):
+            text, label, *pair = row
             if label not in model.labels:
                 seen = unknown.setdefault(label, [0, n])
                 seen[0] += 1
-            if not text.strip():
+            if not text.strip() or (pair and not pair[0].strip()):
                 empty.append(n)
         if n == 0:
             raise ValueError(f"{path}: no rows under the header")
@@ -443,30 +526,72 @@ class EvalCSV:
             )
         if empty:
             shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
-            raise ValueError(f"{path}: empty text in row(s) {shown}")
-        return cls(path, text_column, label_column, n)
+            what = "empty text or pair text" if pairs else "empty text"
+            raise ValueError(f"{path}: {what} in row(s) {shown}")
+        return cls(path, text_column, label_column, n, pairs)
 
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return _read(self.path, self.text_column, self.label_column)
+    def __iter__(self) -> Iterator[Row]:
+        return _read(self.path, self.text_column, self.label_column, self.pair_column)  # type: ignore[return-value]
 
 
-def _read(path: Path, text_column: str, label_column: str) -> Iterator[tuple[str, str]]:
-    """(text, label) per data row, read as the file is read."""
+def csv_header(path: Path) -> list[str]:
+    """A CSV's column names (its first row)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        header = csv.DictReader(f).fieldnames
+    if not header:
+        raise ValueError(f"{path}: the file is empty (no header row)")
+    return list(header)
+
+
+def csv_pair_column(path: str | os.PathLike[str], model: ModelInfo, pair_column: str | None = None) -> str | None:
+    """The column of a CSV that holds the second texts of a text-pair model's rows:
+    `pair_column`, or `pair` when not named, which the file must have; None for a
+    single-text model, whose file must have no pair column (the one named, or `pair`):
+    a pair text that would be dropped is refused, naming the column and the model."""
+    path = Path(path)
+    header = csv_header(path)
+    wanted = pair_column or PAIR_COLUMN
+    wants = takes_pairs(model)
+    columns = ", ".join(map(repr, header))
+    if wants:
+        if wanted not in header:
+            raise ValueError(
+                f"{path}: model {model.name!r} classifies text pairs, but the file has no pair column {wanted!r} "
+                f"(--pair-column names the column of the second texts); its columns: {columns}"
+            )
+        return wanted
+    if wants is None:  # a server too old to say: only a named column is read
+        if pair_column is not None and pair_column not in header:
+            raise ValueError(f"{path}: no pair column {pair_column!r}; its columns: {columns}")
+        return pair_column
+    if pair_column is not None or wanted in header:
+        raise ValueError(
+            f"{path}: a pair column ({wanted!r}) holds the second texts of text pairs, but model {model.name!r} "
+            "classifies single texts: choose a text-pair model, or leave the pair column out"
+        )
+    return None
+
+
+def _read(path: Path, text_column: str, label_column: str, pair_column: str | None = None) -> Iterator[tuple[str, ...]]:
+    """(text, label) per data row, (text, label, pair) with a pair column, read as the file is read."""
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames
         if not header:
             raise ValueError(f"{path}: the file is empty (no header row)")
-        missing = [c for c in (text_column, label_column) if c not in header]
+        columns = (text_column, label_column) if pair_column is None else (text_column, label_column, pair_column)
+        missing = [c for c in dict.fromkeys(columns) if c not in header]
         if missing:
             raise ValueError(
                 f"{path}: no column {' or '.join(map(repr, missing))}; its columns: {', '.join(map(repr, header))}"
             )
         for n, row in enumerate(reader, start=1):
-            text, label = row[text_column], row[label_column]
-            if text is None or label is None:
+            values = [row[c] for c in columns]
+            if any(v is None for v in values):
                 raise ValueError(f"{path}: row {n} (line {reader.line_num}) has fewer fields than the header")
-            yield text, label.strip()
+            text, label, *pair = values
+            assert text is not None and label is not None  # checked above
+            yield (text, label.strip(), *(p for p in pair if p is not None))
 
 
 PREDICTION_COLUMNS = ("row", "text", "true_label", "predicted_label", "confidence")
@@ -475,23 +600,33 @@ PREDICTION_COLUMNS = ("row", "text", "true_label", "predicted_label", "confidenc
 class OutputFiles:
     """The files `whybert evaluate --out DIR` writes: `predictions.csv` and
     `misclassified.csv` row by row as batches are answered, then `metrics.json` and
-    `confusion_matrix.png`. `row` counts data rows from 1 (the header is not a row)."""
+    `confusion_matrix.png`. `row` counts data rows from 1 (the header is not a row); with
+    `pairs` (a text-pair model), a `pair` column after `text` holds each row's second text."""
 
-    def __init__(self, out: str | os.PathLike[str], model_labels: Sequence[str]) -> None:
+    def __init__(self, out: str | os.PathLike[str], model_labels: Sequence[str], pairs: bool = False) -> None:
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.model_labels = list(model_labels)
+        self.pairs = pairs
         self._files = [
             (self.dir / name).open("w", newline="", encoding="utf-8")
             for name in ("predictions.csv", "misclassified.csv")
         ]
         self._all, self._wrong = (csv.writer(f) for f in self._files)
-        self._all.writerow([*PREDICTION_COLUMNS, "truncated", *(f"p_{label}" for label in self.model_labels)])
-        self._wrong.writerow(PREDICTION_COLUMNS)
+        columns = list(PREDICTION_COLUMNS)
+        if pairs:
+            columns.insert(2, "pair")
+        self._all.writerow([*columns, "truncated", *(f"p_{label}" for label in self.model_labels)])
+        self._wrong.writerow(columns)
 
     def batch(self, batch: Batch) -> None:
+        if self.pairs and batch.pairs is None:
+            raise ValueError("the files have a pair column, but the batch has no pair texts")
+        seconds: list[str | None] = list(batch.pairs) if batch.pairs is not None else [None] * len(batch.texts)
         for i, (text, label, p) in enumerate(zip(batch.texts, batch.labels, batch.predictions, strict=True)):
             row = [batch.start + i + 1, text, label, p.label, _float(p.scores.get(p.label, math.nan))]
+            if self.pairs:
+                row.insert(2, seconds[i])
             probabilities = (_float(p.scores.get(k, math.nan)) for k in self.model_labels)
             self._all.writerow([*row, int(p.truncated), *probabilities])
             if p.label != label:

@@ -3,12 +3,14 @@ HTML renderings of an entity's explanation, against a server of the tiny NER mod
 
 from __future__ import annotations
 
+import html
 import json
 import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import whybert
 from _entities import make_tiny_ner
@@ -112,3 +114,56 @@ def test_evaluate_reports_seqevals_entity_figures(
         assert result["report"][name]["support"] == row["support"]
     code, out = _run(["evaluate", "--data", str(path), "--model", "ner", "--target", server.target], capsys)
     assert code == 0 and "micro avg" in out and out.strip().endswith(f"{len(sentences)} sentences")
+
+
+def test_predict_and_explain_pictures_mark_the_entities(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+    from whybert.render import entity_colour
+
+    hostile = TEXT + ' <script>alert("x")</script>'
+    with whybert.Client(server.target) as client:
+        (p,) = client.predict(hostile, model="ner")
+    assert p.entities
+    html_out, png_out = tmp_path / "entities.html", tmp_path / "entities.png"
+    target = ["--model", "ner", "--target", server.target]
+    code, out = _run(["predict", hostile, "--html", str(html_out), "--png", str(png_out), *target], capsys)
+    assert code == 0 and out.splitlines()[0] == mark_entities(hostile, p.entities)
+    page = html_out.read_text(encoding="utf-8")
+    assert "<script" not in page
+    shown = re.search(r'<p class="wb-text">(.*?)</p>', page)
+    assert shown is not None  # the text, escaped, once the type labels are taken out
+    untyped = re.sub(r'<span class="wb-entity-type"[^>]*>[^<]*</span>', "", shown.group(1))
+    assert html.unescape(re.sub(r"<[^>]+>", "", untyped)) == hostile
+    marks = re.findall(r'<mark class="wb-ent" [^>]*data-label="([^"]+)" data-start="(\d+)" data-end="(\d+)"', page)
+    assert marks == [(x.label, str(x.start), str(x.end)) for x in p.entities]
+    typed = re.findall(r'<span class="wb-entity-type" style="[^"]*">([^<]+)</span></mark>', page)
+    assert typed == [x.label for x in p.entities]
+    with Image.open(png_out) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    for label in {x.label for x in p.entities}:  # each type's box colour is drawn
+        assert np.any(np.all(np.abs(pixels - np.array(entity_colour(label))) <= 2, axis=-1)), label
+
+    e = p.entities[1]
+    pictures = ["--html", str(html_out), "--png", str(png_out)]
+    code, out = _run(["explain", TEXT, "--entity", "1", "--max-evals", "40", *pictures, *target], capsys)
+    assert code == 0 and out.startswith(f"entity 1: {e.text!r} {e.label} [{e.start}, {e.end})")
+    page = html_out.read_text(encoding="utf-8")
+    assert f"why <b>{e.label}</b> for <b>{e.text}</b> [{e.start}, {e.end})" in page
+    assert re.findall(r'<span class="wb-entity" data-entity="([A-Z]+)">', page)
+    with Image.open(png_out) as image:
+        assert image.format == "PNG" and image.size[1] > 300
+
+
+def test_pictures_of_no_entity_say_so(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--entity all on a text without entities (the tiny model finds some everywhere: the
+    answer is made empty) gives nothing to draw, and says so."""
+    monkeypatch.setattr(whybert.Client, "explain", lambda *args, **kwargs: [])
+    target = ["--model", "ner", "--target", server.target]
+    code = cli.main(["explain", "nothing", "--entity", "all", "--png", str(tmp_path / "x.png"), *target])
+    assert code == 2 and "no explanation to draw: the texts have no entity to explain" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    assert cli.main(["explain", "nothing", "--entity", "all", *target]) == 0  # no picture asked: nothing to say

@@ -57,3 +57,40 @@ def test_html_in_headless_chromium(page: Page, target: str, tmp_path: Path) -> N
     # The strongest token's full colour is on screen, and the page is not blank.
     assert np.any(np.all(np.abs(pixels - np.array(top_colour)) <= 2, axis=-1))
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+ENTITY_TEXT = 'Angela Merkel met <script>alert("x")</script> in Paris'
+
+
+def test_entities_and_pairs_in_headless_chromium(page: Page, tmp_path: Path) -> None:
+    """A token model's entities boxed in their type's colour with the type after them, and a
+    text pair's two texts on two rows, as a browser draws them; no script in the data runs."""
+    entities = [
+        whybert.Entity("Angela Merkel", "PER", 0, 13, 0.93),
+        whybert.Entity('<script>alert("x")</script>', "MISC", 18, 45, 0.55),
+        whybert.Entity("Paris", "LOC", 49, 54, 0.81),
+    ]
+    path = tmp_path / "entities.html"
+    render.write_predictions_html([ENTITY_TEXT], [whybert.Prediction("", {}, entities=entities)], path)
+    page.add_init_script("window.alerted = false; window.alert = () => { window.alerted = true; };")
+    page.goto(path.as_uri())
+    marks = page.locator("mark.wb-ent")
+    expect(marks).to_have_count(3)
+    for i, x in enumerate(entities):
+        mark = marks.nth(i)
+        expect(mark.locator(".wb-entity-type")).to_have_text(x.label)
+        expect(mark).to_have_css("border-top-color", "rgb({}, {}, {})".format(*render.entity_colour(x.label)))
+        assert mark.evaluate("m => m.firstChild.textContent") == x.text
+    assert page.evaluate("window.alerted") is False and page.locator("script").count() == 0
+    shot = png_pixels(marks.first.screenshot())
+    assert np.any(np.all(np.abs(shot - np.array(render.entity_colour("PER"))) <= 2, axis=-1))
+
+    pair = whybert.Prediction("neutral", {"entailment": 0.2, "neutral": 0.5, "contradiction": 0.3})
+    path = tmp_path / "pair.html"
+    render.write_predictions_html(["where is Paris?"], [pair], path, pairs=["Paris is in France"])
+    page.goto(path.as_uri())
+    rows = page.locator(".wb-segment")
+    expect(rows).to_have_text(["textwhere is Paris?", "pairParis is in France"])
+    first, second = (rows.nth(k).bounding_box() for k in (0, 1))
+    assert first is not None and second is not None
+    assert second["y"] >= first["y"] + first["height"]  # one row below the other

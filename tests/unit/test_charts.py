@@ -3,6 +3,7 @@ explanations, including values that are NaN or ±inf."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -131,3 +132,20 @@ def test_charts_without_matplotlib_say_which_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"whybert\[plot\]"):
         charts.token_bars(CORPUS[0])
+
+
+def test_token_bars_name_a_pairs_second_text_and_the_explained_entity(tmp_path: Path) -> None:
+    tokens = ["[CLS]", "is ", "it", "[SEP]", "yes ", "it ", "is", "[SEP]"]
+    base = explanation(tokens, [[0], [0.3], [-0.1], [0], [0.5], [0.2], [-0.4], [0]], ["neutral"])
+    pair = dataclasses.replace(base, pair="yes it is", segments=[0, 0, 0, 0, 1, 1, 1, 1])
+    ax = charts.token_bars(pair, top=4).axes[0]
+    ticks = [t.get_text() for _, t in sorted(zip(ax.get_yticks(), ax.get_yticklabels(), strict=True),
+                                             key=lambda x: -x[0])]
+    assert ticks == ["yes (pair)", "is (pair)", "is", "it (pair)"]  # the two "is" apart by their text
+    assert bar_values(ax) == pytest.approx([0.5, -0.4, 0.3, 0.2])
+
+    entity = whybert.Entity("$5 or $6", "MONEY", 0, 8, 0.875)
+    figure = charts.token_bars(dataclasses.replace(CORPUS[0], entity=entity, entity_index=2), top=2)
+    assert figure.texts[0].get_text() == r"entity 2: '\$5 or \$6' MONEY [0, 8) (0.875)"  # `$` is no mathtext
+    charts.save_png(figure, tmp_path / "entity.png", dpi=50)
+    assert png_size(tmp_path / "entity.png")[0] == round(charts.WIDTH * 50)

@@ -17,6 +17,7 @@ import whybert
 from _explanations import CORPUS, explanation
 from whybert.corpus import (
     RECORDS,
+    CorpusCSV,
     CorpusStore,
     Record,
     explain_corpus_rows,
@@ -328,3 +329,112 @@ def test_the_scatter_colours_right_wrong_and_unknown_and_counts_what_it_cannot_d
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="2 confidences, 1 attributions"):
         charts.confidence_scatter([0.5, 0.6], [0.1], [True, False])
+
+
+# ---- text pairs ------------------------------------------------------------------------------
+
+PAIR_INFO = whybert.ModelInfo("nli", ["entailment", "neutral", "contradiction"], 64, True, ["shap-partition"],
+                              weights_sha256="cd" * 32, kind="text-pair")
+
+
+def pair_explanation(text: str, pair: str, explainer: str = "shap-partition") -> whybert.Explanation:
+    """`row_explanation` of a text pair: the text's words (segment 0), [SEP], the pair's words
+    (segment 1, offsets into the pair), the pair's largest in |value|."""
+    first, second = row_explanation(text, explainer), row_explanation(pair, explainer)
+    n1, n2 = len(first.tokens) - 1, len(second.tokens) - 1
+    values = np.concatenate([first.values[:-1] * 0.1, np.zeros((1, 1)), second.values[1:]])
+    return dataclasses.replace(
+        first, tokens=[*first.tokens[:-1], "[SEP]", *second.tokens[1:]],
+        offsets=[*first.offsets[:-1], (len(text), len(text)), *second.offsets[1:]],
+        special=[*first.special[:-1], True, *second.special[1:]], values=values,
+        labels=["neutral"], prediction=whybert.Prediction("neutral", {"neutral": 0.6, "entailment": 0.4}),
+        pair=pair, segments=[0] * n1 + [0] + [1] * n2,
+    )
+
+
+class PairFakeClient(FakeClient):
+    """Explains each (text, pair) as `pair_explanation`, recording the pairs of each stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: list[list[str] | None] = []
+
+    def explain_stream(self, texts: list[str], model: str | None = None, explainer: str = "shap-partition",
+                       *, timeout: float | None = None, **options: Any) -> Iterator[tuple[int, whybert.Explanation]]:
+        pairs = options.get("pairs")
+        self.pairs.append(pairs)
+        for i in reversed(range(len(texts))):
+            self.asked.append(texts[i])
+            yield i, pair_explanation(texts[i], pairs[i] if pairs else "", explainer)
+
+
+def pair_rows(n: int, changed: int | None = None) -> list[tuple[str, str | None, str]]:
+    return [(text_of(r), "neutral", f"second text {r}" + (" changed" if r == changed else "")) for r in range(1, n + 1)]
+
+
+def test_a_pair_run_sends_each_rows_pair_and_resumes_only_the_same_pairs(tmp_path: Path) -> None:
+    client = PairFakeClient()
+    result = explain_corpus_rows(client, PAIR_INFO, pair_rows(6), out_dir=tmp_path, chunk_size=4,  # type: ignore[arg-type]
+                                 charts=False, pair_column="hypothesis")
+    assert result.explained == 6
+    assert client.pairs == [[f"second text {r}" for r in range(1, 5)], ["second text 5", "second text 6"]]
+    back = {r.row: r.explanation for r in CorpusStore(tmp_path).records()}
+    assert {n: (e.text, e.pair) for n, e in back.items()} == {r: (text_of(r), f"second text {r}") for r in range(1, 7)}
+    assert json.loads((tmp_path / "run.json").read_text())["pairs"] == "hypothesis"
+
+    # Per-token outputs say which text a word is of; the words pool both texts.
+    rows = {int(r["row"]): r for r in read_csv(tmp_path / "rows.csv")}
+    assert "(pair)" in rows[1]["top_words"].split(",")[0]  # the pair's words are the strongest here
+    words = {w["word"] for w in json.loads((tmp_path / "words.json").read_text())["words"]}
+    assert {"text", "second", "number"} <= words
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<span class="wb-pair-part">pair</span>second text 3</span>' in page
+    assert page.count('class="wb-pair-sep"') == 6  # each row's explanation: both texts, apart
+
+    again = PairFakeClient()
+    explain_corpus_rows(again, PAIR_INFO, pair_rows(6), out_dir=tmp_path, charts=False,  # type: ignore[arg-type]
+                        pair_column="hypothesis")
+    assert again.asked == []
+    with pytest.raises(ValueError, match='pairs: "hypothesis" there, "premise2" now'):
+        explain_corpus_rows(again, PAIR_INFO, pair_rows(6), out_dir=tmp_path, charts=False,  # type: ignore[arg-type]
+                            pair_column="premise2")
+    with pytest.raises(ValueError, match="row 3's text, pair text or true label is not the one explained"):
+        explain_corpus_rows(again, PAIR_INFO, pair_rows(6, changed=3), out_dir=tmp_path,  # type: ignore[arg-type]
+                            charts=False, pair_column="hypothesis")
+    assert again.asked == []
+
+
+def test_pairs_that_do_not_fit_the_model_are_refused_before_any_stream(tmp_path: Path) -> None:
+    client = PairFakeClient()
+    with pytest.raises(ValueError, match="model 'nli' classifies text pairs: row 1 has no pair text"):
+        explain_corpus_rows(client, PAIR_INFO, [("a b", None)], out_dir=tmp_path / "a", charts=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model 'fake' classifies single texts: row 1 has a pair text"):
+        explain_corpus_rows(client, INFO, [("a b", None, "c")], out_dir=tmp_path / "b", charts=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="row 2: the pair text is empty"):
+        rows = [("a b", None, "c"), ("d", None, " ")]
+        explain_corpus_rows(client, PAIR_INFO, rows, out_dir=tmp_path / "c", charts=False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="go with its rows"):
+        explain_corpus_rows(client, PAIR_INFO, pair_rows(2), out_dir=tmp_path / "d", charts=False,  # type: ignore[arg-type]
+                            pairs=["x", "y"])
+    assert client.asked == []
+
+
+def test_a_corpus_csv_reads_the_pair_column_with_or_without_labels(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text("text,hypothesis,label\nA cat,an animal,entailment\nrain,sun,contradiction\n", encoding="utf-8")
+    labelled = CorpusCSV.check(path, "text", "label", PAIR_INFO, "hypothesis")
+    assert list(labelled) == [("A cat", "entailment", "an animal"), ("rain", "contradiction", "sun")]
+    bare = CorpusCSV.check(path, "text", None, PAIR_INFO, "hypothesis")
+    assert (bare.rows, bare.pair_column, list(bare)) == (2, "hypothesis", [("A cat", None, "an animal"),
+                                                                           ("rain", None, "sun")])
+    with pytest.raises(ValueError, match="model 'nli' classifies text pairs, but the file has no pair column 'pair'"):
+        CorpusCSV.check(path, "text", None, PAIR_INFO)
+    with pytest.raises(ValueError, match=r"a pair column \('hypothesis'\) .* model 'fake' classifies single texts"):
+        CorpusCSV.check(path, "text", None, INFO, "hypothesis")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -4,6 +4,7 @@ order, the server's limit, errors by row) against a stand-in client."""
 
 from __future__ import annotations
 
+import csv
 import io
 import threading
 import time
@@ -19,6 +20,7 @@ from whybert.evaluation import (
     Batch,
     EvalCSV,
     Evaluation,
+    OutputFiles,
     classification_report,
     confusion_matrix,
     evaluate,
@@ -243,3 +245,117 @@ def test_progress_bar_counts_rows_and_is_optional(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(__import__("sys").modules, "tqdm", None)  # tqdm not installed
     result = evaluate(StandInClient(), texts, labels, batch_size=4, progress=True)
     assert len(result.true) == 12
+
+
+# ---- text pairs: the CSV's pair column and the pairs sent ------------------------------------
+
+PAIR_MODEL = ModelInfo(name="nli", labels=["entailment", "neutral", "contradiction"], max_tokens=64,
+                       is_default=True, explainers=[], kind="text-pair")
+
+
+def test_a_pair_models_csv_gives_each_row_its_pair_text(tmp_path: Path) -> None:
+    content = 'premise,gold,hypothesis\n"A cat, here",entailment,"an animal\nsits"\nrain,contradiction,sun\n'
+    path = _csv(tmp_path, content)
+    data = EvalCSV.check(path, "premise", "gold", PAIR_MODEL, "hypothesis")
+    assert (data.rows, data.pair_column) == (2, "hypothesis")
+    assert list(data) == [("A cat, here", "entailment", "an animal\nsits"), ("rain", "contradiction", "sun")]
+    (tmp_path / "default").mkdir()
+    default = _csv(tmp_path / "default", "text,pair,label\nA,B,neutral\n")
+    assert list(EvalCSV.check(default, "text", "label", PAIR_MODEL)) == [("A", "neutral", "B")]
+    assert EvalCSV.check(default, "text", "label", PAIR_MODEL).pair_column == "pair"
+
+
+@pytest.mark.parametrize(
+    ("content", "model", "column", "message"),
+    [
+        ("text,label\nA,neutral\n", PAIR_MODEL, None,
+         "model 'nli' classifies text pairs, but the file has no pair column 'pair' "
+         r"\(--pair-column names .*\); its columns: 'text', 'label'"),
+        ("text,pair,label\nA,B,neutral\n", PAIR_MODEL, "hypothesis", "no pair column 'hypothesis'"),
+        ("text,pair,label\nA,B,positive\n", MODEL, None,
+         r"a pair column \('pair'\) holds the second texts of text pairs, but model 'tiny' classifies single texts"),
+        ("text,label\nA,positive\n", MODEL, "hypothesis", r"a pair column \('hypothesis'\) .* model 'tiny'"),
+        ("text,pair,label\nA,B,neutral\nC,  ,neutral\n", PAIR_MODEL, None, r"empty text or pair text in row\(s\) 2"),
+        ("text,pair,label\nA,B\n", PAIR_MODEL, None, "row 1 .*fewer fields"),
+    ],
+)
+def test_pair_column_problems_name_the_column_and_the_model(
+    tmp_path: Path, content: str, model: ModelInfo, column: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvalCSV.check(_csv(tmp_path, content), "text", "label", model, column)
+
+
+class PairStandIn(StandInClient):
+    """A server of PAIR_MODEL: each pair's label is its pair text's first word."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pairs: list[list[str] | None] = []
+
+    def list_models(self, timeout: Any = None) -> list[ModelInfo]:
+        return [PAIR_MODEL]
+
+    def predict(
+        self, texts: list[str], model: str | None = None, pairs: list[str] | None = None, timeout: Any = None
+    ) -> list[Prediction]:
+        with self.lock:
+            self.requests.append(list(texts))
+            self.pairs.append(None if pairs is None else list(pairs))
+        assert pairs is not None and len(pairs) == len(texts)
+        return [
+            Prediction(q.split()[0], {k: (0.9 if k == q.split()[0] else 0.05) for k in PAIR_MODEL.labels})
+            for q in pairs
+        ]
+
+
+def _pair_corpus(n: int) -> tuple[list[str], list[str], list[str]]:
+    rng = np.random.default_rng(5)
+    guessed = [str(x) for x in rng.choice(PAIR_MODEL.labels, size=n)]
+    texts = [f"premise {i}" for i in range(n)]
+    pairs = [f"{g} hypothesis {i}" for i, g in enumerate(guessed)]
+    labels = [g if rng.random() < 0.5 else str(rng.choice(PAIR_MODEL.labels)) for g in guessed]
+    return texts, pairs, labels
+
+
+def test_a_pair_model_is_sent_each_texts_own_pair(tmp_path: Path) -> None:
+    texts, pairs, labels = _pair_corpus(23)
+    client = PairStandIn()
+    files = OutputFiles(tmp_path, PAIR_MODEL.labels, pairs=True)
+    seen: list[Batch] = []
+
+    def keep(batch: Batch) -> None:
+        seen.append(batch)
+        files.batch(batch)
+
+    result = evaluate(client, texts, labels, pairs=iter(pairs), batch_size=5, concurrency=2, on_batch=keep)
+    files.finish(result, chart=False)
+    for sent, second in zip(client.requests, client.pairs, strict=True):
+        assert second is not None and [q.split()[-1] for q in second] == [t.split()[-1] for t in sent]
+    assert [q for b in seen for q in (b.pairs or [])] == pairs
+    y_pred = [q.split()[0] for q in pairs]
+    assert result.y_pred == y_pred and result.report == _sklearn_report(labels, y_pred)
+    with (tmp_path / "predictions.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["text"], r["pair"], r["true_label"], r["predicted_label"]) for r in rows] == list(
+        zip(texts, pairs, labels, y_pred, strict=True)
+    )
+    with (tmp_path / "misclassified.csv").open(newline="", encoding="utf-8") as f:
+        wrong = list(csv.DictReader(f))
+    assert [r["pair"] for r in wrong] == [q for q, t, p in zip(pairs, labels, y_pred, strict=True) if t != p]
+    assert list(wrong[0])[:4] == ["row", "text", "pair", "true_label"]
+
+
+def test_pairs_that_do_not_fit_the_model_are_refused_before_any_request() -> None:
+    texts, pairs, labels = _pair_corpus(6)
+    pair_client = PairStandIn()
+    with pytest.raises(ValueError, match="model 'nli' classifies text pairs: row 1 has no pair text"):
+        evaluate(pair_client, texts, labels)
+    single = StandInClient()
+    with pytest.raises(ValueError, match="model 'tiny' classifies single texts: row 1 has a pair text"):
+        evaluate(single, ["positive a"], ["positive"], pairs=["b"])
+    with pytest.raises(ValueError, match="fewer pairs than texts: none for row 6"):
+        evaluate(pair_client, texts, labels, pairs=pairs[:5])
+    with pytest.raises(ValueError, match="row 1: the pair text is empty"):
+        evaluate(pair_client, texts, labels, pairs=[" ", *pairs[1:]])
+    assert pair_client.requests == [] and single.requests == []
