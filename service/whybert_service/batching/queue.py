@@ -41,10 +41,13 @@ def drop_reason(future: Future[Any], context: RequestContext, now: float) -> Dro
 
 @dataclass(frozen=True)
 class RowsResult:
-    """Logits of one submission's rows and how long its rows waited in the queue."""
+    """Logits of one submission's rows and how long its rows waited in the queue; for rows
+    that asked for every position (a token model's Predict), each row's own logits
+    (its length × labels) in `tokens`, and `logits` holds no columns."""
 
     logits: np.ndarray
     queue_seconds: float
+    tokens: list[np.ndarray] | None = None
 
 
 @dataclass(eq=False)
@@ -61,8 +64,11 @@ class Submission:
     taken_at: float | None = None
     logits: np.ndarray | None = None
     longest: int = 0
-    # Token models: the token position whose logits every row gives (None: the first).
+    # Token models: the token position whose logits every row gives (None: the first)...
     position: int | None = None
+    # ... or the logits of every position of each row (a token model's Predict).
+    every_position: bool = False
+    tokens: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.longest = max((len(r) for r in self.rows), default=0)
@@ -300,12 +306,23 @@ def settle(future: Future[Any], *, result: Any = None, exception: BaseException 
             future.set_result(result)
 
 
-def deliver(sub: Submission, start: int, logits: np.ndarray, now: float) -> None:
-    """Store logits of rows [start, start+len) and complete the future when all are in."""
-    if sub.logits is None:
-        sub.logits = np.empty((len(sub.rows), logits.shape[1]), dtype=np.float32)
-    sub.logits[start : start + len(logits)] = logits
+def deliver(sub: Submission, start: int, logits: np.ndarray | list[np.ndarray], now: float) -> None:
+    """Store logits of rows [start, start+len) (one array of rows × labels; for a
+    submission of every position, one array per row) and complete the future when all
+    are in."""
+    if sub.every_position:
+        if sub.tokens is None:
+            sub.tokens = [np.empty((0, 0), np.float32)] * len(sub.rows)
+        sub.tokens[start : start + len(logits)] = list(logits)
+    else:
+        if sub.logits is None:
+            sub.logits = np.empty((len(sub.rows), logits[0].shape[-1]), dtype=np.float32)
+        sub.logits[start : start + len(logits)] = logits
     sub.done_rows += len(logits)
     if sub.done_rows == len(sub.rows):
         waited = (sub.taken_at or now) - sub.enqueued_at
-        settle(sub.future, result=RowsResult(logits=sub.logits, queue_seconds=waited))
+        if sub.tokens is not None:
+            result = RowsResult(np.empty((len(sub.rows), 0), np.float32), waited, tokens=sub.tokens)
+        else:
+            result = RowsResult(logits=sub.logits, queue_seconds=waited)  # type: ignore[arg-type]
+        settle(sub.future, result=result)

@@ -89,6 +89,23 @@ class WorkerConfig:
     pipeline: bool | None = None
 
 
+class _Outputs:
+    """A batch's logits in its rows' order: rows × labels, and for rows that asked for
+    every position, each row's own (its length × labels) by index."""
+
+    def __init__(self, rows: int, labels: int) -> None:
+        self.logits = np.empty((rows, labels), dtype=np.float32)
+        self.tokens: dict[int, np.ndarray] = {}
+
+    def put(self, pairs: list[tuple[Submission, int]], group: list[int], collected: np.ndarray) -> None:
+        """Store one group's collected logits (rows × labels, or rows × width × labels)."""
+        if collected.ndim == 2:
+            self.logits[group] = collected
+            return
+        for j, k in enumerate(group):
+            self.tokens[k] = collected[j, : len(pairs[k][0].rows[pairs[k][1]])].copy()
+
+
 @dataclass(eq=False)
 class _Launched:
     """A batch whose forward passes were launched and whose logits are not collected yet."""
@@ -183,10 +200,16 @@ class ModelWorker:
         return self._healthy and not self._stopping
 
     def submit(
-        self, rows: Sequence[Sequence[int]], context: RequestContext, position: int | None = None
+        self,
+        rows: Sequence[Sequence[int]],
+        context: RequestContext,
+        position: int | None = None,
+        *,
+        every_position: bool = False,
     ) -> Future[RowsResult]:
         """Queue encoded rows; the future receives their logits (on a token model, those of
-        token `position` of each row). Never blocks on the model.
+        token `position` of each row, or with `every_position` those of all its tokens, in
+        `RowsResult.tokens`). Never blocks on the model.
 
         A request whose caller left or whose deadline passed is refused here, and one
         that would go over its row budget (`RequestContext.max_rows`) too.
@@ -205,6 +228,7 @@ class ModelWorker:
             enqueued_at=time.monotonic(),
             seq=next(self._seq),
             position=position,
+            every_position=every_position,
         )
         with self._cond:
             self._admit(len(sub.rows))
@@ -228,7 +252,11 @@ class ModelWorker:
 
     async def run(self, rows: Sequence[Sequence[int]], context: RequestContext) -> RowsResult:
         """Submit and await, from the event loop; cancelling the await drops the rows."""
-        future = self.submit(rows, context)
+        return await self.run_rows(self.submit(rows, context), context)
+
+    @staticmethod
+    async def run_rows(future: Future[RowsResult], context: RequestContext) -> RowsResult:
+        """Await submitted rows from the event loop; cancelling the await drops them."""
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -237,32 +265,14 @@ class ModelWorker:
             raise
 
     async def run_tokens(self, rows: Sequence[Sequence[int]], context: RequestContext) -> list[np.ndarray]:
-        """Every position's logits of each row (a token model's Predict), as jobs on the
-        worker thread, each cut under the token budget (longest row × rows) and charged to
-        the request's row budget like submitted rows."""
+        """Every position's logits of each row (a token model's Predict): queued like any
+        rows, so they share batches with other callers' Predict rows and go before
+        explanation rows."""
         if not rows:
             return []
-        context.ensure_alive("before the model could run")
-        if not context.charge(len(rows)):
-            raise InvalidArgument([("texts", _over_budget(context, len(rows)))])
-        budget = self.token_budget()
-        out: list[np.ndarray] = []
-        start = 0
-        while start < len(rows):
-            stop, longest = start, 0
-            while stop < len(rows) and (stop == start or max(longest, len(rows[stop])) * (stop + 1 - start) <= budget):
-                longest = max(longest, len(rows[stop]))
-                stop += 1
-            chunk = [list(r) for r in rows[start:stop]]
-            future = self.call(lambda c, chunk=chunk: c.token_logits(chunk), context)  # type: ignore[misc]
-            try:
-                out.extend(await asyncio.wrap_future(future))
-            except asyncio.CancelledError:
-                context.cancel()
-                future.cancel()
-                raise
-            start = stop
-        return out
+        result = await self.run_rows(self.submit(rows, context, every_position=True), context)
+        assert result.tokens is not None
+        return result.tokens
 
     def call(self, fn: Callable[[Classifier], T], context: RequestContext) -> Future[T]:
         """Run `fn(classifier)` on the worker thread between batches (gradient work)."""
@@ -317,9 +327,7 @@ class ModelWorker:
         """Warm the model up, then start the worker thread."""
         self._warm_up()
         self._stopping = False
-        self._thread = threading.Thread(
-            target=self._main, name=f"whybert-worker-{self.classifier.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._main, name=f"whybert-worker-{self.classifier.name}", daemon=True)
         self._thread.start()
         self._set_health(True)
 
@@ -368,9 +376,7 @@ class ModelWorker:
                     break
                 log.error("worker for model %s died: %r; restarting", self.classifier.name, exc)
                 self._set_health(False)
-                self._fail_everything(
-                    Unavailable(f"the worker of model {self.classifier.name!r} restarted; retry")
-                )
+                self._fail_everything(Unavailable(f"the worker of model {self.classifier.name!r} restarted; retry"))
                 self.metrics.worker_restarts.labels(self.classifier.name).inc()
                 self.restarts += 1
                 self._recover()
@@ -553,14 +559,9 @@ class ModelWorker:
             pairs = [(s, i) for s, i in pairs if not s.future.done()]
             if not pairs:
                 return None
-            groups = self._groups([s.rows[i] for s, i in pairs])
+            groups = self._groups(pairs)
             try:
-                outputs = [
-                    self.classifier.launch(
-                        [pairs[i][0].rows[pairs[i][1]] for i in g], [pairs[i][0].position for i in g]
-                    )
-                    for g in groups
-                ]
+                outputs = [self._launch_group(pairs, g) for g in groups]
             except WorkerCrash:
                 raise
             except Exception:
@@ -578,15 +579,15 @@ class ModelWorker:
         pairs = launched.pairs
         with self._failing_on_restart(launched.batch):
             try:
-                logits = np.empty((len(pairs), self.classifier.num_labels), dtype=np.float32)
+                out = _Outputs(len(pairs), self.classifier.num_labels)
                 for group, output in zip(launched.groups, launched.outputs, strict=True):
-                    logits[group] = self.classifier.collect(output)
+                    out.put(pairs, group, self.classifier.collect(output))
             except WorkerCrash:
                 raise
             except Exception:
                 self._run_pairs(pairs)
             else:
-                self._deliver(pairs, logits)
+                self._deliver(pairs, out)
         self._batch_done(launched.batch, len(pairs), launched.started)
 
     def _publish_memory(self) -> None:
@@ -613,7 +614,7 @@ class ModelWorker:
         if not pairs:
             return
         try:
-            logits = self._forward_grouped([s.rows[i] for s, i in pairs], [s.position for s, _ in pairs])
+            out = self._forward_grouped(pairs)
         except WorkerCrash:
             raise
         except Exception as exc:
@@ -630,32 +631,47 @@ class ModelWorker:
             self._run_pairs(pairs[:half])
             self._run_pairs(pairs[half:])
             return
-        self._deliver(pairs, logits)
+        self._deliver(pairs, out)
 
-    def _deliver(self, pairs: list[tuple[Submission, int]], logits: np.ndarray) -> None:
+    def _deliver(self, pairs: list[tuple[Submission, int]], out: _Outputs) -> None:
         now = time.monotonic()
         start = 0
         for end in range(1, len(pairs) + 1):  # each run of one submission's rows at once
             sub, first = pairs[start]
             if end == len(pairs) or pairs[end][0] is not sub or pairs[end][1] != first + end - start:
-                deliver(sub, first, logits[start:end], now)
+                if sub.every_position:
+                    deliver(sub, first, [out.tokens[k] for k in range(start, end)], now)
+                else:
+                    deliver(sub, first, out.logits[start:end], now)
                 start = end
 
-    def _groups(self, rows: list[list[int]]) -> list[list[int]]:
-        """Row indices grouped by similar length (one forward each), padding observed."""
+    def _groups(self, pairs: list[tuple[Submission, int]]) -> list[list[int]]:
+        """Indices into `pairs` grouped by similar length (one forward each), rows that
+        want every position apart from the others; padding observed."""
         min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
-        groups = split_by_length([len(r) for r in rows], min_rows)
+        rows = [s.rows[i] for s, i in pairs]
+        groups: list[list[int]] = []
+        for every in (False, True):
+            kind = [k for k, (s, _) in enumerate(pairs) if s.every_position is every]
+            if kind:
+                groups += [[kind[j] for j in g] for g in split_by_length([len(rows[k]) for k in kind], min_rows)]
         padded = sum(len(g) * max(len(rows[i]) for i in g) for g in groups)
         real = sum(len(r) for r in rows)
         self.metrics.padding_fraction.labels(self.classifier.name).observe(1 - real / max(padded, 1))
         return groups
 
-    def _forward_grouped(self, rows: list[list[int]], positions: list[int | None]) -> np.ndarray:
-        """One forward per group of similar lengths; logits back in the rows' order."""
-        out = np.empty((len(rows), self.classifier.num_labels), dtype=np.float32)
-        for group in self._groups(rows):
-            picked = [positions[i] for i in group]
-            out[group] = self.classifier.collect(self.classifier.launch([rows[i] for i in group], picked))
+    def _launch_group(self, pairs: list[tuple[Submission, int]], group: list[int]) -> Launched:
+        """Launch one group's forward pass: the logits each row asked for."""
+        rows = [pairs[k][0].rows[pairs[k][1]] for k in group]
+        if pairs[group[0]][0].every_position:
+            return self.classifier.launch_tokens(rows)
+        return self.classifier.launch(rows, [pairs[k][0].position for k in group])
+
+    def _forward_grouped(self, pairs: list[tuple[Submission, int]]) -> _Outputs:
+        """One forward per group of similar lengths; logits back in the pairs' order."""
+        out = _Outputs(len(pairs), self.classifier.num_labels)
+        for group in self._groups(pairs):
+            out.put(pairs, group, self.classifier.collect(self._launch_group(pairs, group)))
         return out
 
     def _fail_everything(self, error: ServiceError) -> None:

@@ -92,6 +92,10 @@ class Classifier:
         input_ids, attention_mask = self.pad(rows)
         return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
 
+    def launch_tokens(self, rows: Sequence[Sequence[int]]) -> Launched:
+        """Every position's logits: only token models have them (`TokenClassifier`)."""
+        raise TypeError(f"model {self.name!r} gives no logits per token")
+
     def to_host(self, logits: torch.Tensor) -> Launched:
         """Launched logits on their way to the host: on a GPU a queued copy into pinned
         memory and an event recorded after it (`collect` waits for that event only, not
@@ -131,9 +135,7 @@ class Classifier:
         return layer
 
 
-def read_window(
-    tokenizer: Any, text: str, max_tokens: int, suffix: int, **options: bool
-) -> tuple[str, bool, Any]:
+def read_window(tokenizer: Any, text: str, max_tokens: int, suffix: int, **options: bool) -> tuple[str, bool, Any]:
     """The prefix of `text` a model of `max_tokens` reads, whether the text went on past
     it, and the prefix's encoding (`tokenizer(prefix, return_offsets_mapping=True,
     **options)`). The text is cut where the last piece that fits before the `suffix`

@@ -1,10 +1,10 @@
 """A loaded token classifier (named entities): one label per token, BIO/IOB2 tags.
 
 It shares the sequence classifier's tokenisation, truncation and padding, and adds what a
-token model needs: the logits of every position (`token_logits`, for Predict) and the
-logits of one chosen position per row (`launch(rows, positions)`, for the rows of an
-explanation, which all read the explained entity's first piece). Both run only on the
-model's worker.
+token model needs: the logits of every position (`launch_tokens`, for Predict rows, which
+the worker batches across callers like any rows) and the logits of one chosen position
+per row (`launch(rows, positions)`, for the rows of an explanation, which all read the
+explained entity's first piece). Both run only on the model's worker.
 """
 
 from __future__ import annotations
@@ -79,10 +79,15 @@ class TokenClassifier(Classifier):
         return self.to_host(logits[torch.arange(len(rows), device=logits.device), where.to(logits.device)].float())
 
     @torch.inference_mode()
+    def launch_tokens(self, rows: Sequence[Sequence[int]]) -> Launched:
+        """Start the forward pass of `rows` for the logits of every position (a Predict):
+        `collect` gives rows × longest × labels, float32; row i's are its first len(i)."""
+        input_ids, attention_mask = self.pad(rows)
+        return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
+
     def token_logits(self, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """The logits of every position of each row (its length × labels, float32)."""
-        input_ids, attention_mask = self.pad(rows)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float().cpu().numpy()
+        logits = self.collect(self.launch_tokens(rows))
         return [logits[i, : len(r)] for i, r in enumerate(rows)]
 
 
