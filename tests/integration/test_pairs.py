@@ -163,7 +163,10 @@ def test_shap_values_equal_shaps_partition_over_the_pair(stub: pb_grpc.Explainer
         for i in range(0, len(short), 12)
         for e in stub.Explain(
             pb.ExplainRequest(
-                model="pairs", texts=firsts[i : i + 12], pairs=seconds[i : i + 12], target_mode=pb.TARGET_MODE_ALL,
+                model="pairs",
+                texts=firsts[i : i + 12],
+                pairs=seconds[i : i + 12],
+                target_mode=pb.TARGET_MODE_ALL,
                 shap=pb.ShapOptions(max_evals=200),
             )
         ).explanations
@@ -205,6 +208,33 @@ def test_lime_and_integrated_gradients_explain_both_texts(stub: pb_grpc.Explaine
         assert abs(e.convergence_delta[0]) < 0.05 * max(abs(e.output_values[0] - e.base_values[0]), 1e-3) + 1e-3
     else:
         assert any(t.segment == 1 for t in e.tokens)
+
+
+def test_attention_rollout_reads_both_texts(stub: pb_grpc.ExplainerStub, pair_dir: Path) -> None:
+    # The rollout at [CLS] of the pair's one forward pass (its segments given), against an
+    # independent numpy rollout of transformers' own attention weights on the pair encoding.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    text, pair = "is it raining in Paris today?", "no, the sun is shining"
+    reply = stub.Explain(
+        pb.ExplainRequest(model="pairs", texts=[text], pairs=[pair], explainer=pb.EXPLAINER_KIND_ATTENTION)
+    )
+    (e,) = reply.explanations
+    tok = AutoTokenizer.from_pretrained(pair_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(pair_dir, attn_implementation="eager").eval()
+    enc = tok(text, pair, return_tensors="pt")
+    assert enc["token_type_ids"].max() == 1  # the pair's segments matter to this model
+    with torch.no_grad():
+        attn = np.stack([a[0].numpy() for a in model(**enc, output_attentions=True).attentions]).astype(np.float64)
+    n = attn.shape[-1]
+    rollout = np.eye(n)
+    for layer in attn:
+        mixed = layer.mean(axis=0) + np.eye(n)
+        rollout = (mixed / mixed.sum(axis=1, keepdims=True)) @ rollout
+    assert len(e.tokens) == n and e.attention_position == 0
+    np.testing.assert_allclose(np.array(e.values).reshape(n, -1)[:, 0], rollout[0], rtol=1e-5, atol=1e-7)
+    _check_tokens(e, text, pair)
+    assert {t.segment for t in e.tokens if not t.special} == {0, 1}
 
 
 def test_the_cache_keys_on_the_pair_text(stub: pb_grpc.ExplainerStub) -> None:

@@ -3,8 +3,9 @@
 What the values are: per layer the attention weights averaged over the heads, plus the
 identity (the residual connection), each row normalised to sum to 1: Â_l = (A_l + I) / 2.
 The rollout multiplies them through the layers, R = Â_L ··· Â_2 Â_1, and a token's value is
-R[p, token] for the position p that carries the decision: [CLS] (0) for a sequence model,
-the entity's first piece for a token model. The values are non-negative and sum to 1 over
+R[p, token] for the position p that carries the decision: [CLS] (0) for a sequence model
+(of one text or of a pair, whose pass reads both segments), the entity's first piece for a
+token model. The values are non-negative and sum to 1 over
 the tokens (special tokens included): how much of p's final representation, followed back
 through the layers along the attention weights, comes from each input position. They are
 not an attribution of the output: they ignore the values, the feed-forward layers and the
@@ -35,6 +36,7 @@ from ..context import RequestContext
 from ..entities import entity_output
 from ..errors import InvalidArgument, ModelFailure
 from ..models.classifier import Classifier
+from ..models.pair_classifier import PairClassifier
 from ..outputs import to_output_space
 from ..registry import ModelHandle
 from ..types import AttentionMapsResult, ExplainerName, ExplainParams, OutputName
@@ -116,8 +118,11 @@ def run_attention(
     rollout row at `request.position`, and the chosen raw maps as float32
     [layer, head, query, key]."""
     ids = torch.tensor([request.ids], dtype=torch.long, device=classifier.device)
+    extra = {}
+    if isinstance(classifier, PairClassifier) and classifier.uses_token_types:  # a pair: its two segments
+        extra["token_type_ids"] = classifier.token_types(ids)
     with torch.inference_mode(), eager_attention(classifier.model):
-        out = classifier.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
+        out = classifier.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, **extra)
     attentions = [a[0] for a in (out.attentions or ())]
     if not attentions:
         raise ModelFailure("the model returned no attention weights")
@@ -166,11 +171,9 @@ class AttentionExplainer(Explainer):
         model = classifier.model
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
         switchable = impl == EAGER or callable(getattr(model, "set_attn_implementation", None))
-        return switchable and all(attention_shape(classifier)) and classifier.kind in ("sequence", "token")
+        return switchable and all(attention_shape(classifier)) and classifier.kind in ("sequence", "token", "pair")
 
-    def attribute(
-        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
-    ) -> Attribution:
+    def attribute(self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext) -> Attribution:
         classifier = handle.classifier
         tokens, ids, truncated = word_pieces(classifier, text)
         entity = params.entity_target
