@@ -1,7 +1,8 @@
-"""`whybert ui`: the page's JSON API against a real server, its dataset jobs, and its
-hardening as a web server (body limits whatever the headers say, deadlines for slow
-clients, a connection cap, bad JSON answered 400). (The page driven end to end in headless
-Chromium, and the `whybert ui` command: system/test_ui_chromium.py.)"""
+"""`whybert ui`: the page's JSON API against a real server, its dataset jobs, its entity
+and text-pair requests (the tiny NER and pair models), and its hardening as a web server
+(body limits whatever the headers say, deadlines for slow clients, a connection cap, bad
+JSON answered 400). (The page driven end to end in headless Chromium, and the `whybert ui`
+command: system/test_ui_chromium.py.)"""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import http.client
 import itertools
 import json
 import math
+import re
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,10 +26,15 @@ import grpc
 import numpy as np
 import pytest
 import whybert
+from _pairs import make_tiny_pair_bert
+from _servers import ServerThread, tiny_settings
 from _wait import wait_for
 from whybert import Explanation, InvalidArgumentError, ModelInfo, Prediction
+from whybert.aggregate import aggregate
+from whybert.agreement import agreement, word_spans
 from whybert.evaluation import classification_report, confusion_matrix
 from whybert.ui import Limits, UIServer
+from whybert.ui.jobs import sample_rows
 
 TEXT = "The food was great, but the service was slow."
 OTHER = "Awful place, rude staff."
@@ -401,6 +409,278 @@ def test_progressive_without_the_client_call_says_so(ui: UIServer, client: whybe
     assert (status, body["error"]["code"]) == (501, "UNIMPLEMENTED")
 
 
+# ---- entities and text pairs (the tiny NER and pair models) ------------------------------------
+
+NER_TEXT = "Angela Merkel visited Paris and met the United Nations in New York."
+PREMISE = "the cat sat on the mat while dogs barked loudly"
+HYPOTHESIS = "a dog barked at strangers"
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_pair_bert(tmp_path_factory.mktemp("tiny-pair-bert"))
+
+
+@pytest.fixture(scope="module")
+def kinds_client(tiny_model_dir: Path, ner_dir: Path, pair_dir: Path) -> Iterator[whybert.Client]:
+    """A client of a server of the three kinds: 'tiny' (sequence, the default), 'ner' (token
+    classification), 'pairs' (text pairs)."""
+    models = (f"tiny={tiny_model_dir}", f"ner={ner_dir}", f"pairs={pair_dir}")
+    settings = tiny_settings(tiny_model_dir, model=models, default_model="tiny")
+    with ServerThread(settings) as server, whybert.Client(server.target) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def kinds(kinds_client: whybert.Client) -> Iterator[UIServer]:
+    with UIServer(kinds_client).start() as server:
+        yield server
+
+
+def token_values(html: str) -> list[float]:
+    """The value of every highlighted token of a rendering, in order."""
+    return [float(v) for v in re.findall(r'class="wb-tok"[^>]*data-value="([^"]+)"', html)]
+
+
+def shown_values(e: Explanation) -> list[float]:
+    """The values the rendering shows: the first explained label's, special tokens left out,
+    the text's tokens then the pair text's (each in offset order)."""
+    order = sorted(
+        (i for i, special in enumerate(e.special) if not special),
+        key=lambda i: (e.segments[i] if e.segments else 0, e.offsets[i]),
+    )
+    return [float(e.values[i, 0]) for i in order]
+
+
+def test_models_carry_their_kind(kinds: UIServer) -> None:
+    status, body = call(kinds, "api/models")
+    assert status == 200
+    assert {m["name"]: m["kind"] for m in body["models"]} == {"tiny": "sequence", "ner": "token", "pairs": "text-pair"}
+
+
+def test_predict_gives_a_token_models_entities(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    status, body = call(kinds, "api/predict", {"texts": [NER_TEXT], "model": "ner"})
+    assert status == 200, body
+    [prediction] = body["predictions"]
+    expected = kinds_client.predict(NER_TEXT, model="ner")[0].entities
+    assert len(expected) >= 3
+    assert prediction["entities"] == [
+        {"text": e.text, "label": e.label, "start": e.start, "end": e.end, "score": e.score} for e in expected
+    ]
+    assert [NER_TEXT[e["start"] : e["end"]] for e in prediction["entities"]] == [e.text for e in expected]
+    assert (prediction["text"], prediction["pair"]) == (NER_TEXT, None)
+
+
+def test_predict_takes_pairs(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    status, body = call(kinds, "api/predict", {"texts": [PREMISE], "pairs": [HYPOTHESIS], "model": "pairs"})
+    assert status == 200, body
+    expected = kinds_client.predict(PREMISE, model="pairs", pairs=HYPOTHESIS)[0]
+    [prediction] = body["predictions"]
+    assert (prediction["label"], prediction["scores"], prediction["pair"]) == (
+        expected.label, expected.scores, HYPOTHESIS
+    )
+
+
+@pytest.mark.parametrize(
+    ("explainer", "options"),
+    [
+        ("shap-partition", {"max_evals": 40}),
+        ("lime", {"num_samples": 200}),
+        ("integrated-gradients", {"n_steps": 8}),
+        ("attention", {}),
+    ],
+)
+def test_an_entity_is_explained_as_the_client_explains_it(
+    kinds: UIServer, kinds_client: whybert.Client, explainer: str, options: dict[str, Any]
+) -> None:
+    body = {"texts": [NER_TEXT], "model": "ner", "explainer": explainer, "entity": 2, "targets": "predicted", **options}
+    status, answer = call(kinds, "api/explain", body)
+    assert status == 200, answer
+    [expected] = kinds_client.explain(NER_TEXT, model="ner", explainer=explainer, entity=2, **options)
+    entity = expected.entity
+    assert entity is not None
+    [summary] = answer["explanations"]
+    assert summary["entity"] == {
+        "text": entity.text, "label": entity.label, "start": entity.start, "end": entity.end, "score": entity.score
+    }
+    assert (summary["entity_index"], summary["text_index"], summary["labels"]) == (2, 0, [entity.label])
+    html = answer["html"]
+    assert f'class="wb-entity" data-entity="{entity.label}"' in html  # the explained entity, underlined
+    assert f'<span class="wb-label">{entity.text}</span>' in html  # and named
+    assert token_values(html) == pytest.approx(shown_values(expected), abs=1e-9)
+
+
+def test_an_entity_by_its_span(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    entity = kinds_client.predict(NER_TEXT, model="ner")[0].entities[1]
+    status, answer = call(
+        kinds, "api/explain", {"texts": [NER_TEXT], "model": "ner", "entity": [entity.start, entity.end],
+                               "max_evals": 40}
+    )
+    assert status == 200, answer
+    assert answer["explanations"][0]["entity_index"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ({"texts": [NER_TEXT], "model": "ner"}, 400, "INVALID_ARGUMENT", "entity"),
+        ({"texts": [NER_TEXT], "model": "ner", "entity": "first"}, 400, "INVALID_REQUEST", None),
+        ({"texts": [NER_TEXT], "model": "ner", "entity": 0, "targets": "all"}, 400, "INVALID_ARGUMENT", "target_mode"),
+        ({"texts": ["x"], "model": "tiny", "pairs": ["y"]}, 400, "INVALID_ARGUMENT", "pairs"),
+        ({"texts": ["x"], "model": "tiny", "entity": 0}, 400, "INVALID_ARGUMENT", "entity"),
+        ({"texts": [PREMISE], "model": "pairs"}, 400, "INVALID_ARGUMENT", "pairs"),
+        ({"texts": [PREMISE], "model": "pairs", "pairs": [HYPOTHESIS, "two"]}, 400, "INVALID_REQUEST", None),
+        ({"texts": [PREMISE], "model": "pairs", "pairs": [3]}, 400, "INVALID_REQUEST", None),
+        ({"texts": [PREMISE], "model": "pairs", "pairs": "   "}, 400, "INVALID_REQUEST", None),
+    ],
+)
+def test_entity_and_pair_requests_that_do_not_fit_the_model_are_refused(
+    kinds: UIServer, body: dict[str, Any], status: int, code: str, field: str | None
+) -> None:
+    got, answer = call(kinds, "api/explain", {**body, "max_evals": 40})
+    assert (got, answer["error"]["code"]) == (status, code), answer
+    assert answer["error"]["message"]
+    if field is not None:
+        assert field in [v[0] for v in answer["error"]["field_violations"]]
+
+
+def test_predict_refuses_a_pair_for_a_single_text_model(kinds: UIServer) -> None:
+    got, answer = call(kinds, "api/predict", {"texts": ["x"], "pairs": ["y"], "model": "tiny"})
+    assert (got, answer["error"]["code"]) == (400, "INVALID_ARGUMENT")
+    assert "single texts" in answer["error"]["message"]
+    got, answer = call(kinds, "api/predict", {"texts": ["x"], "model": "tiny", "entity": 0})
+    assert (got, answer["error"]["code"]) == (400, "INVALID_REQUEST")
+
+
+def test_a_pair_is_explained_as_the_client_explains_it(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    body = {"texts": [PREMISE], "pairs": [HYPOTHESIS], "model": "pairs", "max_evals": 40}
+    status, answer = call(kinds, "api/explain", body)
+    assert status == 200, answer
+    [expected] = kinds_client.explain(PREMISE, model="pairs", pairs=[HYPOTHESIS], max_evals=40)
+    assert set(expected.segments) == {0, 1}
+    [summary] = answer["explanations"]
+    assert (summary["text"], summary["pair"], summary["label"]) == (PREMISE, HYPOTHESIS, expected.prediction.label)
+    html = answer["html"]
+    assert html.count('class="wb-pair-sep"') == 1  # the page splits the rendering there: one row per text
+    first = html.split('class="wb-pair-sep"')[0]
+    text_tokens = [i for i, s in enumerate(expected.segments) if s == 0 and not expected.special[i]]
+    assert len(token_values(first)) == len(text_tokens)
+    assert token_values(html) == pytest.approx(shown_values(expected), abs=1e-9)
+
+
+def test_side_by_side_of_an_entity(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    budgets = {"max_evals": 40, "num_samples": 200, "n_steps": 8}
+    status, answer = call(kinds, "api/compare", {"text": NER_TEXT, "model": "ner", "entity": 1, **budgets})
+    assert status == 200, answer
+    explainers = ["shap-partition", "lime", "integrated-gradients"]
+    assert [p["explainer"] for p in answer["panels"]] == explainers
+    own = {"shap-partition": {"max_evals": 40}, "lime": {"num_samples": 200}, "integrated-gradients": {"n_steps": 8}}
+    expected = [kinds_client.explain(NER_TEXT, model="ner", explainer=x, entity=1, **own[x])[0] for x in explainers]
+    label = expected[0].labels[0]
+    assert answer["label"] == label
+    assert all(p["summary"]["entity_index"] == 1 for p in answer["panels"])
+    agreed = agreement(expected[0], expected[1], label, 5)
+    assert answer["agreement"][0]["spearman"] == pytest.approx(agreed.spearman, nan_ok=True)
+
+
+def test_side_by_side_of_a_pair_reads_the_words_of_both_texts(kinds: UIServer) -> None:
+    budgets = {"max_evals": 40, "num_samples": 200, "n_steps": 8}
+    status, answer = call(kinds, "api/compare", {"text": PREMISE, "pair": HYPOTHESIS, "model": "pairs", **budgets})
+    assert status == 200, answer
+    words = len(word_spans(PREMISE)) + len(word_spans(HYPOTHESIS))
+    assert [p["words"] for p in answer["agreement"]] == [words] * 3
+    assert all('class="wb-pair-sep"' in p["html"] for p in answer["panels"])
+
+
+def test_progressive_explains_an_entity_and_a_pair(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    for body, expected in (
+        ({"text": NER_TEXT, "model": "ner", "entity": 0},
+         kinds_client.explain(NER_TEXT, model="ner", entity=0, max_evals=60)[0]),
+        ({"text": PREMISE, "pair": HYPOTHESIS, "model": "pairs"},
+         kinds_client.explain(PREMISE, model="pairs", pairs=[HYPOTHESIS], max_evals=60)[0]),
+    ):
+        answer = progressive(kinds, {**body, "max_evals": 60, "interval": 0})
+        assert answer.status == 200
+        last = [json.loads(line) for line in answer.read().splitlines()][-1]
+        assert last["final"]
+        assert token_values(last["html"]) == pytest.approx(shown_values(expected), abs=1e-9)
+        assert last["explanation"].get("pair") == body.get("pair")
+        assert last["explanation"].get("entity_index") == body.get("entity")
+
+
+PAIR_ROWS = [
+    ("the cat sat on the mat", "a cat sat", "entailment"),
+    ("dogs barked loudly at strangers", "the dogs were silent", "contradiction"),
+    ("it never rains in London", "London is wet", "contradiction"),
+    ("the movie was wonderful", "it is a question", "neutral"),
+    ("Paris in 1999", "Paris in 1999", "entailment"),
+    ("is it true", "the answer is 42", "neutral"),
+]
+
+
+def pair_csv(rows: list[tuple[str, str, str]]) -> bytes:
+    return ("text,pair,label\n" + "".join(f'"{t}","{p}",{label}\n' for t, p, label in rows)).encode()
+
+
+def test_a_dataset_with_a_pair_column_runs_through_a_pair_model(kinds: UIServer, kinds_client: whybert.Client) -> None:
+    _, dataset = upload(kinds, pair_csv(PAIR_ROWS))
+    body = {"kind": "predict", "dataset": dataset["id"], "text_column": "text", "label_column": "label",
+            "pair_column": "pair", "model": "pairs"}
+    status, job = call(kinds, "api/jobs", body)
+    assert status == 200, job
+    assert follow(kinds, job["id"])["state"] == "done"
+    status, answer = call(kinds, f"api/jobs/{job['id']}/result")
+    texts, pairs, truth = (list(column) for column in zip(*PAIR_ROWS, strict=True))
+    predicted = [p.label for p in kinds_client.predict(texts, model="pairs", pairs=pairs)]
+    result = answer["result"]
+    assert [row[:3] for row in result["rows"]] == [list(r) for r in zip(texts, truth, predicted, strict=True)]
+    assert result["pairs"] == pairs
+    assert result["metrics"]["accuracy"] == pytest.approx(np.mean(np.array(truth) == np.array(predicted)))
+
+    status, corpus = call(kinds, "api/jobs", {"kind": "explain", "source": job["id"], "sample": 3, "max_evals": 40})
+    assert status == 200, corpus
+    assert follow(kinds, corpus["id"])["state"] == "done"
+    _, answer = call(kinds, f"api/jobs/{corpus['id']}/result")
+    rows = sample_rows(len(PAIR_ROWS), 3)
+    pooled = aggregate(
+        kinds_client.explain([texts[r] for r in rows], model="pairs", pairs=[pairs[r] for r in rows],
+                             targets="all", max_evals=40),
+        lowercase=True,
+    )
+    for label in pooled.labels:
+        assert [w["word"] for w in answer["result"]["top"][label]] == [w.word for w in pooled.top(label, k=10)]
+    pair_only = {w.word for label in pooled.labels for w in pooled.for_label(label)} - {
+        w.lower() for r in rows for w in re.findall(r"\w+", texts[r])
+    }
+    assert pair_only  # words only the pair texts hold were explained too
+
+
+@pytest.mark.parametrize(
+    ("model", "columns", "words"),
+    [
+        ("pairs", {}, "model 'pairs' classifies text pairs: choose the pair column among text, pair, label"),
+        ("pairs", {"pair_column": "label"}, "the pair column must differ"),
+        ("tiny", {"pair_column": "pair"}, "model 'tiny' classifies single texts: it takes no pair column"),
+        ("ner", {}, "model 'ner' finds entities"),
+    ],
+)
+def test_a_dataset_and_its_model_must_fit(kinds: UIServer, model: str, columns: dict[str, str], words: str) -> None:
+    _, dataset = upload(kinds, pair_csv(PAIR_ROWS))
+    body = {"kind": "predict", "dataset": dataset["id"], "text_column": "text", "label_column": "label",
+            "model": model, **columns}
+    status, answer = call(kinds, "api/jobs", body)
+    assert status == 400
+    assert words in answer["error"]["message"]
+
+
+def test_an_empty_pair_text_names_its_row(kinds: UIServer) -> None:
+    _, dataset = upload(kinds, pair_csv([*PAIR_ROWS[:2], ("a text", " ", "neutral")]))
+    body = {"kind": "predict", "dataset": dataset["id"], "text_column": "text", "label_column": "label",
+            "pair_column": "pair", "model": "pairs"}
+    status, answer = call(kinds, "api/jobs", body)
+    assert (status, answer["error"]["message"]) == (400, "empty pair text in row(s) 3")
+
+
 # ---- hardening ------------------------------------------------------------------------------
 
 SMALL_BODY = 64 << 10
@@ -554,7 +834,7 @@ def test_an_idle_connection_is_closed(tight: UIServer) -> None:
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
-@pytest.mark.parametrize("path", ["api/explain", "api/compare", "api/jobs", "api/explain/progressive"])
+@pytest.mark.parametrize("path", ["api/explain", "api/predict", "api/compare", "api/jobs", "api/explain/progressive"])
 @pytest.mark.parametrize(
     "raw",
     [

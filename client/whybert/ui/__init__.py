@@ -3,10 +3,14 @@
 One text: type or paste it (or two, to compare them), choose the model and explainer, and
 see the prediction with each token highlighted by its attribution; or see SHAP, LIME and
 integrated gradients side by side with how well their rankings agree; or watch a SHAP
-explanation refine as its budget is spent. A dataset: load a CSV, choose its text and label
-columns, and every row goes through the server's Predict, streamed, with progress; then the
-metrics of `whybert evaluate`, the confusion matrix, a table of the rows, the words that
-drive each label over a sample of rows, and any row's explanation.
+explanation refine as its budget is spent. The page follows the model's kind: for a
+token-classification model it first finds the text's entities (Predict), each underlined
+with its type, and explains the one clicked; for a text-pair model it takes a second text,
+the pair text, and shows the explanation of both texts. A dataset: load a CSV, choose its
+text and label columns (and pair column, for a pair model), and every row goes through the
+server's Predict, streamed, with progress; then the metrics of `whybert evaluate`, the
+confusion matrix, a table of the rows, the words that drive each label over a sample of
+rows, and any row's explanation.
 
 The page's HTTP server uses only the standard library (hardened: `ui/http.py`): it serves
 the static page and a JSON API that calls the whybert server through `whybert.Client`, and
@@ -14,15 +18,19 @@ renders explanations with `whybert.render`, so the page shows exactly what
 `whybert explain --html` writes.
 
     GET    /                the page (static/index.html, app.js, app.css; /render.css)
-    GET    /api/models      {"target", "models": [{name, labels, explainers, ...}], "limits"}
-    POST   /api/explain     {"texts": [...], "model", "explainer", options}
-                            → {"html": "<section>…", "explanations": [{text, label, scores, top}]}
-    POST   /api/compare     {"text", "model", "targets", "output", budgets, "k"}
+    GET    /api/models      {"target", "models": [{name, labels, explainers, kind, ...}], "limits"}
+    POST   /api/predict     {"texts": [...], "model", "pairs"}
+                            → {"predictions": [{text, pair, label, scores, entities: [...], ...}]}
+    POST   /api/explain     {"texts": [...], "model", "explainer", options ("entity", "pairs", ...)}
+                            → {"html": "<section>…", "explanations": [{text, label, scores, top, entity}]}
+    POST   /api/compare     {"text", "model", "targets", "output", budgets, "k", "entity", "pair"}
                             → {"label", "k", "panels": [{explainer, html, summary}], "agreement"}
-    POST   /api/explain/progressive   {"text", "model", "targets", "output", "max_evals", "interval"}
+    POST   /api/explain/progressive   {"text", "model", "targets", "output", "max_evals", "interval",
+                                       "entity", "pair"}
                             → one JSON line per refinement: {evals, final, html, explanation}
     POST   /api/datasets    a CSV (Content-Type: text/csv; ?name=FILE) → {id, columns, rows, preview}
-    POST   /api/jobs        {"kind": "predict", "dataset", "text_column", "label_column", "model"}
+    POST   /api/jobs        {"kind": "predict", "dataset", "text_column", "label_column", "pair_column",
+                            "model"}
                             or {"kind": "explain", "source": a predict job, "sample", "explainer", options}
     GET    /api/jobs/ID     {state, done, total, seconds, detail, error}
     GET    /api/jobs/ID/result   a finished job's result
@@ -38,6 +46,7 @@ only its own Host header (against DNS rebinding).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -55,7 +64,7 @@ import grpc
 from .._client import Client
 from .._core import EXPLAIN_OPTIONS
 from .._exceptions import WhybertError
-from .._types import Explanation
+from .._types import Entity, Explanation, Prediction
 from ..agreement import agreement
 from ..evaluation import model_info
 from ..render import STYLE, html_fragment
@@ -64,6 +73,7 @@ from .jobs import (
     DatasetStore,
     JobManager,
     check_labelled,
+    check_pairs,
     close,
     explain_rows,
     parse_csv,
@@ -131,19 +141,40 @@ def _options(body: dict[str, Any], names: tuple[str, ...] = EXPLAIN_OPTIONS) -> 
     return {k: body[k] for k in names if body.get(k) not in (None, "")}
 
 
-def explain_arguments(body: Any) -> tuple[list[str], str | None, str, dict[str, Any]]:
-    """texts, model, explainer and explain options from the JSON the page posts."""
-    body = _object(body, {"texts", "model", "explainer", *EXPLAIN_OPTIONS})
+def _texts(body: dict[str, Any]) -> list[str]:
     texts = body.get("texts")
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise BadRequest("texts must be a non-empty list of strings")
+    return texts
+
+
+def _pairs(body: dict[str, Any], texts: list[str]) -> list[str] | None:
+    """The pair texts (a text-pair model's second texts), one per text, or None."""
+    pairs = body.get("pairs")
+    if pairs is None:
+        return None
+    if not isinstance(pairs, list) or not all(isinstance(t, str) for t in pairs) or len(pairs) != len(texts):
+        raise BadRequest(f"pairs must be a list of {len(texts)} string(s), one pair text per text")
+    return pairs
+
+
+def explain_arguments(body: Any) -> tuple[list[str], str | None, str, dict[str, Any]]:
+    """texts, model, explainer and explain options (an entity, pair texts, ...) from the
+    JSON the page posts."""
+    body = _object(body, {"texts", "model", "explainer", *EXPLAIN_OPTIONS})
+    texts = _texts(body)
+    _pairs(body, texts)
     model, explainer = _string(body, "model"), _string(body, "explainer", "shap-partition")
     assert explainer is not None
     return texts, model, explainer, _options(body)
 
 
+def entity_summary(entity: Entity) -> dict[str, Any]:
+    return {"text": entity.text, "label": entity.label, "start": entity.start, "end": entity.end, "score": entity.score}
+
+
 def explanation_summary(e: Explanation) -> dict[str, Any]:
-    return {
+    summary = {
         "text": e.text,
         "label": e.prediction.label,
         "scores": e.prediction.scores,
@@ -154,6 +185,45 @@ def explanation_summary(e: Explanation) -> dict[str, Any]:
         "cached": e.cached,
         "model_rows": e.model_rows,
     }
+    if e.entity is not None:  # a token model's explained entity, and where it is
+        summary.update(entity=entity_summary(e.entity), entity_index=e.entity_index, text_index=e.text_index)
+    if e.pair is not None:
+        summary["pair"] = e.pair
+    return summary
+
+
+def prediction_summary(text: str, pair: str | None, p: Prediction) -> dict[str, Any]:
+    """One input's prediction: its label and scores, or a token model's entities (offsets in
+    code points of `text`)."""
+    return {
+        "text": text,
+        "pair": pair,
+        "label": p.label,
+        "scores": p.scores,
+        "entities": [entity_summary(e) for e in p.entities],
+        "truncated": p.truncated,
+        "token_count": p.token_count,
+    }
+
+
+def joined_pair(e: Explanation) -> Explanation:
+    """A text pair's explanation as one text: the explained text, a line break, the
+    explained pair text, with the pair's tokens moved after the break; so that
+    `whybert.agreement` reads the words of both texts, each at its place (its offsets of
+    the pair text would otherwise land on the first text's words). Others: as they are."""
+    if e.pair is None or not e.segments:
+        return e
+    text = e.text[: e.explained_chars or len(e.text)]
+    pair = e.pair[: e.explained_pair_chars or len(e.pair)]
+    shift = len(text) + 1
+    offsets = [
+        (start + shift, end + shift) if segment == 1 else (start, end)
+        for (start, end), segment in zip(e.offsets, e.segments, strict=True)
+    ]
+    joined = f"{text}\n{pair}"
+    return dataclasses.replace(
+        e, text=joined, offsets=offsets, explained_chars=len(joined), pair=None, segments=[], explained_pair_chars=0
+    )
 
 
 def _integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -273,6 +343,21 @@ class UIServer:
             "explanations": [explanation_summary(e) for e in explanations],
         }
 
+    def predict(self, body: Any) -> dict[str, Any]:
+        """The texts' predictions: labels and scores, or a token model's entities (the
+        page's entity view, before an entity is explained)."""
+        body = _object(body, {"texts", "model", "pairs"})
+        texts = _texts(body)
+        pairs = _pairs(body, texts)
+        model = _string(body, "model")
+        predictions = self._client_call(lambda: self.client.predict(texts, model=model, pairs=pairs))
+        return {
+            "predictions": [
+                prediction_summary(text, pairs[i] if pairs is not None else None, p)
+                for i, (text, p) in enumerate(zip(texts, predictions, strict=True))
+            ]
+        }
+
     @staticmethod
     def _client_call(call: Callable[[], Any]) -> Any:
         try:
@@ -281,13 +366,17 @@ class UIServer:
             raise BadRequest(str(exc)) from exc
 
     def compare(self, body: Any) -> dict[str, Any]:
-        """One text through SHAP, LIME and integrated gradients (those the model has), and
-        how well each pair ranks its words alike (`whybert.agreement`)."""
+        """One text (a token model's entity in it, a pair model's text pair) through SHAP,
+        LIME and integrated gradients (those the model has), and how well each two rank the
+        words alike (`whybert.agreement`; the words of both texts of a pair)."""
         budgets = ("max_evals", "num_samples", "n_steps")
-        body = _object(body, {"text", "model", "targets", "output", "k", *budgets})
+        body = _object(body, {"text", "model", "targets", "output", "k", "entity", "pair", *budgets})
         text = body.get("text")
         if not isinstance(text, str):
             raise BadRequest("text must be a string")
+        pair = body.get("pair")
+        if pair is not None and not isinstance(pair, str):
+            raise BadRequest("pair must be a string")
         model = _string(body, "model")
         k = _integer(body, "k", 5, 1, 100)
         served = {m.name: m for m in self.client.list_models()}
@@ -297,7 +386,9 @@ class UIServer:
         explainers = [x for x in SIDE_BY_SIDE if x in info.explainers]
         if not explainers:
             raise BadRequest(f"model {info.name!r} has none of the explainers {', '.join(SIDE_BY_SIDE)}")
-        common = _options(body, ("targets", "output"))
+        common = _options(body, ("targets", "output", "entity"))
+        if pair is not None:
+            common["pairs"] = [pair]
         own = {"shap-partition": "max_evals", "lime": "num_samples", "integrated-gradients": "n_steps"}
 
         def run(explainer: str) -> Explanation:
@@ -312,7 +403,7 @@ class UIServer:
         pairs = []
         for i, a in enumerate(explanations):
             for b in explanations[i + 1 :]:
-                agreed = agreement(a, b, label, k)
+                agreed = agreement(joined_pair(a), joined_pair(b), label, k)
                 pairs.append({
                     "a": a.explainer, "b": b.explainer, "spearman": agreed.spearman,
                     "top_k_overlap": agreed.top_k_overlap, "k": agreed.k, "words": len(agreed.words),
@@ -328,11 +419,14 @@ class UIServer:
         }
 
     def progressive(self, body: Any) -> Iterator[dict[str, Any]]:
-        """A SHAP explanation's refinements, as the server sends them, each rendered."""
-        body = _object(body, {"text", "model", "targets", "output", "max_evals", "interval"})
+        """A SHAP explanation's refinements (of a token model's entity, of a pair model's
+        text pair), as the server sends them, each rendered."""
+        body = _object(body, {"text", "model", "targets", "output", "max_evals", "interval", "entity", "pair"})
         text = body.get("text")
         if not isinstance(text, str):
             raise BadRequest("text must be a string")
+        if body.get("pair") is not None and not isinstance(body["pair"], str):
+            raise BadRequest("pair must be a string")
         interval = body.get("interval", 0.25)
         if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 <= interval <= MAX_INTERVAL:
             raise BadRequest(f"interval must be a number of seconds from 0 to {MAX_INTERVAL:g}")
@@ -341,7 +435,7 @@ class UIServer:
             raise HTTPError(
                 HTTPStatus.NOT_IMPLEMENTED, "this whybert client has no explain_progressive", "UNIMPLEMENTED"
             )
-        options = _options(body, ("targets", "output", "max_evals"))
+        options = _options(body, ("targets", "output", "max_evals", "entity", "pair"))
         stream = self._client_call(
             lambda: stream_call(text, model=_string(body, "model"), interval=float(interval), **options)
         )
@@ -355,18 +449,21 @@ class UIServer:
     def start_job(self, body: Any) -> dict[str, Any]:
         kind = body.get("kind") if isinstance(body, dict) else None
         if kind == "predict":
-            body = _object(body, {"kind", "dataset", "text_column", "label_column", "model"})
+            body = _object(body, {"kind", "dataset", "text_column", "label_column", "pair_column", "model"})
             dataset = self.datasets.get(body.get("dataset"))
             info = self._client_call(lambda: model_info(self.client, _string(body, "model")))
-            texts, labels = check_labelled(dataset, body.get("text_column"), body.get("label_column"), info)
-            job = self.jobs.start("predict", len(texts), predict_rows(self.client, info, texts, labels))
+            columns = (body.get("text_column"), body.get("label_column"))
+            pairs = check_pairs(dataset, body.get("pair_column"), info, columns)
+            texts, labels = check_labelled(dataset, *columns, info)
+            job = self.jobs.start("predict", len(texts), predict_rows(self.client, info, texts, labels, pairs))
         elif kind == "explain":
-            per_text = tuple(o for o in EXPLAIN_OPTIONS if o != "targets")  # every label is explained
+            # Every label is explained; the rows' pair texts come from the predict job.
+            per_text = tuple(o for o in EXPLAIN_OPTIONS if o not in ("targets", "entity", "pairs"))
             body = _object(body, {"kind", "source", "sample", "explainer", *per_text})
             source = self.jobs.get(str(body.get("source")))
             if source.kind != "predict" or source.state != "done":
                 raise HTTPError(HTTPStatus.CONFLICT, "explain the rows of a finished predict job", "NOT_READY")
-            texts, model = source.data["texts"], source.data["model"]
+            texts, model, pairs = source.data["texts"], source.data["model"], source.data.get("pairs")
             size = _integer(body, "sample", min(50, self.limits.max_explain_rows), 1, self.limits.max_explain_rows)
             rows = sample_rows(len(texts), size)
             explainer = _string(body, "explainer", "shap-partition")
@@ -374,7 +471,7 @@ class UIServer:
             options = _options(body, per_text)
             # The client checks the options before anything starts.
             self._client_call(lambda: self.client.explain_stream_request([texts[rows[0]]], model, explainer, options))
-            work = explain_rows(self.client, model, texts, rows, explainer, options)
+            work = explain_rows(self.client, model, texts, rows, explainer, options, pairs)
             job = self.jobs.start("explain", len(rows), work)
         else:
             raise BadRequest("kind must be 'predict' or 'explain'")
@@ -443,6 +540,7 @@ class _Handler(HardenedHandler):
             return
         url = urlsplit(self.path)
         routes: dict[str, Callable[[], Any]] = {
+            "/api/predict": lambda: self.ui.predict(self.read_json()),
             "/api/explain": lambda: self.ui.explain(self.read_json()),
             "/api/compare": lambda: self.ui.compare(self.read_json()),
             "/api/jobs": lambda: self.ui.start_job(self.read_json()),
@@ -535,4 +633,13 @@ def serve(client: Client, host: str = "127.0.0.1", port: int = 8080, limits: Lim
             ui.serve_forever()
 
 
-__all__ = ["SECURITY_HEADERS", "BadRequest", "Limits", "UIServer", "explain_arguments", "serve"]
+__all__ = [
+    "SECURITY_HEADERS",
+    "BadRequest",
+    "Limits",
+    "UIServer",
+    "explain_arguments",
+    "joined_pair",
+    "prediction_summary",
+    "serve",
+]

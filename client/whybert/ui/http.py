@@ -304,6 +304,8 @@ class HardenedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             if self._reader.received and not self._answering:  # a request had begun: say why it ends
                 self._try_send_error(HTTPStatus.REQUEST_TIMEOUT, "TIMEOUT", "the request did not arrive in time")
+        except ConnectionError:  # the client left (reset, broken pipe) before its answer: nobody to tell
+            self.close_connection = True
 
     def _try_send_error(self, status: HTTPStatus, code: str, message: str) -> None:
         with contextlib.suppress(OSError):

@@ -8,6 +8,9 @@ cancel is seen within a slice's next message) and ends with the figures of
 finished predict job's rows through `Client.explain_stream` and pools them per label with
 `whybert.aggregate`. The page polls a job's status; a job nobody has polled for
 `job_idle_seconds` (the page was closed) is cancelled, and at most `max_jobs` run at once.
+
+A text-pair model reads each row's text with its pair text (a third column, `pair_column`);
+token-classification models (entities) have no label per text and no dataset mode.
 """
 
 from __future__ import annotations
@@ -285,11 +288,15 @@ def _slices(n: int, size: int) -> Iterator[range]:
 
 
 def _rows_named(exc: InvalidArgumentError, rows: range | list[int]) -> HTTPError:
-    """The server's complaint about `texts[i]` of a slice, naming the dataset's row."""
+    """The server's complaint about `texts[i]` (or `pairs[i]`) of a slice, naming the
+    dataset's row."""
     violations = []
     for name, description in exc.field_violations:
-        if name.startswith("texts[") and name.endswith("]") and name[6:-1].isdigit():
-            name = f"row {rows[int(name[6:-1])] + 1}"
+        for field_name, what in (("texts", ""), ("pairs", " (pair text)")):
+            inner = name[len(field_name) + 1 : -1]
+            if name.startswith(f"{field_name}[") and name.endswith("]") and inner.isdigit() and int(inner) < len(rows):
+                name = f"row {rows[int(inner)] + 1}{what}"
+                break
         violations.append((name, description))
     return HTTPError(HTTPStatus.BAD_REQUEST, exc.message, exc.code.name, violations)
 
@@ -320,17 +327,59 @@ def check_labelled(
             HTTPStatus.BAD_REQUEST,
             f"labels that model {info.name!r} does not have ({', '.join(info.labels)}): {found}",
         )
-    empty = [n for n, text in enumerate(texts, start=1) if not text.strip()]
-    if empty:
-        shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
-        raise HTTPError(HTTPStatus.BAD_REQUEST, f"empty text in row(s) {shown}")
+    _check_filled(texts, "text")
     return texts, labels
 
 
+def _check_filled(texts: list[str], what: str) -> None:
+    empty = [n for n, text in enumerate(texts, start=1) if not text.strip()]
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"empty {what} in row(s) {shown}")
+
+
+def check_pairs(
+    dataset: Dataset, pair_column: Any, info: ModelInfo, other_columns: tuple[Any, ...]
+) -> list[str] | None:
+    """The pair texts of a text-pair model (None for a single-text model), checked before
+    anything is sent: the model reads what the dataset gives (a pair column for a pair
+    model, none otherwise), the column exists, differs from the text and label columns, and
+    no pair text is empty. Token-classification models have no dataset mode."""
+    if info.kind == "token":
+        raise HTTPError(
+            HTTPStatus.BAD_REQUEST,
+            f"model {info.name!r} finds entities (token classification): the dataset mode evaluates one "
+            "label per text; choose a sequence or text-pair classifier",
+        )
+    if info.kind != "text-pair":
+        if pair_column not in (None, ""):
+            raise HTTPError(
+                HTTPStatus.BAD_REQUEST,
+                f"model {info.name!r} classifies single texts: it takes no pair column (choose a text-pair model)",
+            )
+        return None
+    if not isinstance(pair_column, str) or pair_column not in dataset.columns:
+        raise HTTPError(
+            HTTPStatus.BAD_REQUEST,
+            f"model {info.name!r} classifies text pairs: choose the pair column among {', '.join(dataset.columns)}",
+        )
+    if pair_column in other_columns:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "the pair column must differ from the text and label columns")
+    pairs = dataset.column(pair_column)
+    _check_filled(pairs, "pair text")
+    return pairs
+
+
+def _row_pairs(pairs: list[str] | None, rows: range | list[int]) -> dict[str, Any]:
+    """The `pairs` argument of a call on these rows: none for a single-text model."""
+    return {} if pairs is None else {"pairs": [pairs[r] for r in rows]}
+
+
 def predict_rows(
-    client: Client, info: ModelInfo, texts: list[str], labels: list[str]
+    client: Client, info: ModelInfo, texts: list[str], labels: list[str], pairs: list[str] | None = None
 ) -> Callable[[Job], dict[str, Any]]:
-    """A predict job's work: every row through PredictStream, then the figures."""
+    """A predict job's work: every row (with its pair text for a pair model) through
+    PredictStream, then the figures."""
 
     def work(job: Job) -> dict[str, Any]:
         index = {label: i for i, label in enumerate(info.labels)}
@@ -342,7 +391,7 @@ def predict_rows(
         correct = 0
         for rows in _slices(n, PREDICT_SLICE):
             job.check()
-            stream = client.predict_stream([texts[r] for r in rows], model=info.name)
+            stream = client.predict_stream([texts[r] for r in rows], model=info.name, **_row_pairs(pairs, rows))
             try:
                 for i, p in stream:
                     job.check()
@@ -366,15 +415,18 @@ def predict_rows(
             truncated=truncated,
             seconds=time.monotonic() - job.began,
         )
-        job.data = {"texts": texts, "model": info.name}
+        job.data = {"texts": texts, "model": info.name, "pairs": pairs}
         confidence = evaluation.confidence
-        return {
+        result: dict[str, Any] = {
             "metrics": evaluation.metrics(),
             # per row: text, true label, predicted label, confidence (the predicted label's probability)
             "rows": [
                 [texts[r], labels[r], info.labels[predicted[r]], float(confidence[r])] for r in range(n)
             ],
         }
+        if pairs is not None:
+            result["pairs"] = pairs  # per row: its pair text
+        return result
 
     return work
 
@@ -388,10 +440,17 @@ def sample_rows(n: int, size: int) -> list[int]:
 
 
 def explain_rows(
-    client: Client, model: str, texts: list[str], rows: list[int], explainer: str, options: dict[str, Any]
+    client: Client,
+    model: str,
+    texts: list[str],
+    rows: list[int],
+    explainer: str,
+    options: dict[str, Any],
+    pairs: list[str] | None = None,
 ) -> Callable[[Job], dict[str, Any]]:
-    """An explain job's work: the sampled rows through ExplainStream (every label), then each
-    label's words by mean |value| (`whybert.aggregate`)."""
+    """An explain job's work: the sampled rows (with their pair texts for a pair model)
+    through ExplainStream (every label), then each label's words by mean |value|
+    (`whybert.aggregate`, over the words of both texts of a pair)."""
 
     def work(job: Job) -> dict[str, Any]:
         explanations = []
@@ -399,7 +458,12 @@ def explain_rows(
             job.check()
             chunk = [rows[i] for i in at]
             stream = client.explain_stream(
-                [texts[r] for r in chunk], model=model, explainer=explainer, targets="all", **options
+                [texts[r] for r in chunk],
+                model=model,
+                explainer=explainer,
+                targets="all",
+                **options,
+                **_row_pairs(pairs, chunk),
             )
             try:
                 for _, e in stream:
@@ -436,6 +500,7 @@ __all__ = [
     "Job",
     "JobManager",
     "check_labelled",
+    "check_pairs",
     "explain_rows",
     "parse_csv",
     "predict_rows",

@@ -1,10 +1,15 @@
 // The whybert page. One text: fill the form from api/models, send texts to api/explain and
 // show the explanations the server renders (the same HTML as `whybert explain --html`), or
 // three explainers side by side (api/compare), or a SHAP explanation refining live
-// (api/explain/progressive, one JSON line per refinement). A dataset: upload a CSV
-// (api/datasets), run it as a job (api/jobs, polled), then metrics, confusion matrix, rows
-// and the words that drive each label. Numbers that are not finite arrive as the strings
-// "NaN", "Infinity", "-Infinity" and are shown as nan, +inf, -inf.
+// (api/explain/progressive, one JSON line per refinement). The form follows the model's
+// kind: a token-classification model's entities come first (api/predict), each underlined
+// with its type, and a click explains that entity; a text-pair model takes a pair text too,
+// and its explanation shows one row per text. A dataset: upload a CSV (api/datasets), run it
+// as a job (api/jobs, polled), then metrics, confusion matrix, rows and the words that drive
+// each label. Numbers that are not finite arrive as the strings "NaN", "Infinity",
+// "-Infinity" and are shown as nan, +inf, -inf. Text from the user or the server goes in as
+// text (textContent, attributes), never as HTML; the one HTML inserted is the server's
+// rendering, which escapes every text in it.
 "use strict";
 
 // The budget option of each explainer: request field, its name on the page, the default.
@@ -19,6 +24,14 @@ const NAMES = {
   "integrated-gradients": "Integrated gradients",
   attention: "Attention rollout",
 };
+// Entity types' colours: the usual four, then others by a hash of the type's name.
+const ENTITY_COLOURS = new Map([
+  ["PER", "#d81b60"],
+  ["ORG", "#1e88e5"],
+  ["LOC", "#2e7d32"],
+  ["MISC", "#8e24aa"],
+]);
+const MORE_COLOURS = ["#ef6c00", "#00838f", "#6d4c41", "#5e35b1", "#9e9d24", "#546e7a"];
 const POLL_MS = 250;
 const ROWS_SHOWN = 500; // table rows rendered at a time ("Show more" adds as many)
 const SVG = "http://www.w3.org/2000/svg";
@@ -27,6 +40,7 @@ const $ = (id) => document.getElementById(id);
 let models = [];
 let limits = {};
 let inFlight = null;
+let entityView = null; // {model, predictions}: the texts whose entities are shown
 
 // ---- small helpers ------------------------------------------------------------------------
 
@@ -117,9 +131,10 @@ async function loadModels() {
   models = body.models;
   limits = body.limits || {};
   $("server").textContent = `server ${body.target}`;
-  for (const id of ["model", "dataset-model"]) {
-    $(id).replaceChildren(...models.map((m) => option(m.name, m.name, m.is_default)));
-  }
+  $("model").replaceChildren(...models.map((m) => option(m.name, m.name, m.is_default)));
+  // The dataset mode scores one label per text (or pair): not for entity models.
+  const labelled = models.filter((m) => kindOf(m) !== "token");
+  $("dataset-model").replaceChildren(...labelled.map((m) => option(m.name, m.name, m.is_default)));
   $("live-field").hidden = !limits.progressive;
   onModelChange();
   onDatasetModelChange();
@@ -129,17 +144,39 @@ function modelNamed(name) {
   return models.find((m) => m.name === name);
 }
 
+// "sequence", "token" (entities) or "text-pair"; a server older than model kinds: sequence.
+function kindOf(model) {
+  return (model && model.kind) || "sequence";
+}
+
+function chosenKind() {
+  return kindOf(modelNamed($("model").value));
+}
+
 function onModelChange() {
   const model = modelNamed($("model").value);
   if (!model) return;
+  const kind = kindOf(model);
   const chosen = $("explainer").value;
   $("explainer").replaceChildren(...model.explainers.map((e) => option(e, e, e === chosen)));
-  $("targets").replaceChildren(
-    option("predicted", "the predicted label", true),
-    option("all", "every label"),
-    ...model.labels.map((label) => option(label, `label ${label}`)),
-  );
-  onExplainerChange();
+  if (kind === "token") {
+    // An entity's explanation explains its type, nothing else: no choice to offer.
+    $("targets").replaceChildren(option("predicted", "the entity's type", true));
+  } else {
+    $("targets").replaceChildren(
+      option("predicted", "the predicted label", true),
+      option("all", "every label"),
+      ...model.labels.map((label) => option(label, `label ${label}`)),
+    );
+  }
+  $("targets-field").hidden = kind === "token";
+  $("pair-field").hidden = kind !== "text-pair";
+  // Two pairs would need four boxes: comparing is for single texts and entity models.
+  $("compare-field").hidden = kind === "text-pair";
+  if (kind === "text-pair") $("compare").checked = false;
+  $("submit").textContent = kind === "token" ? "Find entities" : "Explain";
+  clearEntities();
+  onModeChange();
 }
 
 function onExplainerChange() {
@@ -163,7 +200,7 @@ function onModeChange(event) {
   }
   const two = $("compare").checked;
   $("text-b-field").hidden = !two;
-  $("texts").classList.toggle("two", two);
+  $("texts").classList.toggle("two", two || !$("pair-field").hidden);
   if ($("live").checked) $("explainer").value = "shap-partition";
   onExplainerChange();
 }
@@ -182,32 +219,83 @@ function budgetValue(input) {
 
 // ---- one text ----------------------------------------------------------------------------
 
-function request() {
-  const texts = [$("text-a").value];
-  if ($("compare").checked) texts.push($("text-b").value);
-  const body = {
-    texts,
-    model: $("model").value,
-    explainer: $("explainer").value,
-    targets: $("targets").value,
-    output: $("output").value,
-  };
+// The explainer, labels, output space and budget chosen in the form.
+function explainOptions() {
+  const body = { explainer: $("explainer").value, targets: $("targets").value, output: $("output").value };
   const budget = BUDGETS[body.explainer];
   if (budget && $("budget").value !== "") body[budget[0]] = Number($("budget").value);
   return body;
 }
 
-function clearResults() {
+// The pair text of a text-pair model, as one text's request field; nothing for other models.
+function pairOf(field = "pair") {
+  return chosenKind() === "text-pair" ? { [field]: $("text-pair").value } : {};
+}
+
+function formTexts() {
+  const texts = [$("text-a").value];
+  if ($("compare").checked) texts.push($("text-b").value);
+  return texts;
+}
+
+function request() {
+  const texts = formTexts();
+  const body = { texts, model: $("model").value, ...explainOptions() };
+  if (chosenKind() === "text-pair") body.pairs = texts.map(() => $("text-pair").value);
+  return body;
+}
+
+// The results cleared; `heading` ({text, entity, textIndex}) names the entity explained next.
+function clearResults(heading = null) {
   $("results").replaceChildren();
   delete $("results").dataset.final;
   delete $("results").dataset.evals;
   $("side").hidden = true;
   $("panels").replaceChildren();
   $("agreement").tBodies[0].replaceChildren();
+  const title = $("entity-title");
+  title.textContent = heading ? heading.text : "";
+  title.hidden = !heading;
+  if (heading) {
+    title.dataset.entity = String(heading.entity);
+    title.dataset.text = String(heading.textIndex);
+  } else {
+    delete title.dataset.entity;
+    delete title.dataset.text;
+  }
 }
 
-async function explain(event) {
-  event.preventDefault();
+// A text pair's explanation, as the server renders it (the text, a separator, the pair text
+// in one paragraph), is shown as two rows, one per text, each marked with its segment (0: the
+// text, 1: the pair text): the rendering's own rows where it has them (.wb-segment), else its
+// nodes moved into two (never re-parsed).
+function pairRows(container) {
+  for (const paragraph of container.querySelectorAll(".wb-text")) {
+    const separator = paragraph.querySelector(":scope > .wb-pair-sep");
+    if (!separator) continue;
+    const own = paragraph.querySelectorAll(":scope > .wb-segment[data-segment]");
+    if (own.length === 2) {
+      for (const row of own) row.classList.add("wb-pair-row");
+      continue;
+    }
+    const rows = ["0", "1"].map((segment) => el("span", { class: "wb-pair-row", "data-segment": segment }));
+    let row = rows[0];
+    for (const node of [...paragraph.childNodes]) {
+      if (node === separator) row = rows[1];
+      else row.append(node);
+    }
+    paragraph.replaceChildren(...rows);
+  }
+}
+
+// Show the server's rendering (its texts escaped by whybert.render) in `node`.
+function showHTML(node, html) {
+  node.innerHTML = html;
+  pairRows(node);
+}
+
+// Run one request of the one-text form: a request still going is aborted; errors shown.
+async function run(statusText, task) {
   if (inFlight) inFlight.abort();
   const controller = new AbortController();
   inFlight = controller;
@@ -215,18 +303,9 @@ async function explain(event) {
   const seconds = () => ((performance.now() - started) / 1000).toFixed(1);
   showError("error", "");
   $("submit").disabled = true;
-  $("status").textContent = "explaining…";
+  $("status").textContent = statusText;
   try {
-    if ($("side-by-side").checked) await sideBySide(controller.signal, seconds);
-    else if ($("live").checked) await refineLive(controller.signal, seconds);
-    else {
-      const body = request();
-      const data = await postJSON("api/explain", body, controller.signal);
-      clearResults();
-      $("results").innerHTML = data.html;
-      $("results").classList.toggle("two", body.texts.length > 1);
-      $("status").textContent = `${body.texts.length} text(s) explained in ${seconds()} s`;
-    }
+    await task(controller.signal, seconds);
   } catch (err) {
     if (err.name === "AbortError") return;
     $("status").textContent = "";
@@ -239,10 +318,160 @@ async function explain(event) {
   }
 }
 
-async function sideBySide(signal, seconds) {
+function explain(event) {
+  event.preventDefault();
+  if (chosenKind() === "token") return run("finding entities…", findEntities);
+  clearEntities();
+  return run("explaining…", async (signal, seconds) => {
+    const one = { text: $("text-a").value, ...pairOf() };
+    if ($("side-by-side").checked) await sideBySide(signal, seconds, one);
+    else if ($("live").checked) await refineLive(signal, seconds, one);
+    else {
+      const body = request();
+      await plainExplain(signal, body);
+      $("status").textContent = `${body.texts.length} text(s) explained in ${seconds()} s`;
+    }
+  });
+}
+
+async function plainExplain(signal, body, heading = null) {
+  const data = await postJSON("api/explain", body, signal);
+  clearResults(heading);
+  showHTML($("results"), data.html);
+  $("results").classList.toggle("two", body.texts.length > 1);
+  return data;
+}
+
+// ---- entities (token-classification models) ----------------------------------------------
+
+function entityColour(label) {
+  if (ENTITY_COLOURS.has(label)) return ENTITY_COLOURS.get(label);
+  let hash = 0;
+  for (const c of label) hash = (hash * 31 + c.codePointAt(0)) >>> 0;
+  return MORE_COLOURS[hash % MORE_COLOURS.length];
+}
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+function clearEntities() {
+  entityView = null;
+  $("entities").replaceChildren();
+  $("entities").hidden = true;
+}
+
+async function findEntities(signal, seconds) {
+  const texts = formTexts();
+  const model = $("model").value;
+  const data = await postJSON("api/predict", { texts, model }, signal);
+  clearResults();
+  entityView = { model, predictions: data.predictions };
+  $("entities").replaceChildren(...data.predictions.map((p, t) => entityText(p, t, texts.length)));
+  $("entities").hidden = false;
+  const found = data.predictions.reduce((n, p) => n + p.entities.length, 0);
+  $("status").textContent = found
+    ? `${plural(found, "entity", "entities")} found in ${seconds()} s: click one to see why the model found it`
+    : `no entities found (${seconds()} s)`;
+}
+
+// One text with each entity underlined in its type's colour, its type after it, its type
+// and score in its title; a button that explains it. Offsets count code points.
+function entityText(prediction, t, count) {
+  const chars = Array.from(prediction.text);
+  const line = el("p", { class: "entity-text" });
+  let cursor = 0;
+  prediction.entities.forEach((entity, i) => {
+    if (entity.start < cursor || entity.end <= entity.start || entity.end > chars.length) return;
+    line.append(chars.slice(cursor, entity.start).join(""));
+    const button = el(
+      "button",
+      {
+        type: "button",
+        class: "entity",
+        "data-index": String(i),
+        "data-label": entity.label,
+        "data-start": String(entity.start),
+        "data-end": String(entity.end),
+        "data-score": String(num(entity.score)),
+        "aria-pressed": "false",
+        title: `${entity.label} · score ${fmt(entity.score)} · click to see why`,
+      },
+      el("span", { class: "entity-span", text: chars.slice(entity.start, entity.end).join("") }),
+      el("span", { class: "entity-type", text: entity.label }),
+    );
+    button.style.setProperty("--entity", entityColour(entity.label));
+    button.addEventListener("click", () => explainEntity(t, i));
+    line.append(button);
+    cursor = entity.end;
+  });
+  line.append(chars.slice(cursor).join(""));
+  const types = new Map();
+  for (const entity of prediction.entities) types.set(entity.label, (types.get(entity.label) || 0) + 1);
+  const which = count > 1 ? `Text ${t + 1}: ` : "";
+  const found = prediction.entities.length;
+  const caption = found
+    ? `${which}${plural(found, "entity", "entities")} (` +
+      [...types].map(([label, n]) => `${label} ${n}`).join(", ") +
+      ") · click one to see why the model found it"
+    : `${which}no entities found`;
+  const section = el(
+    "section",
+    { class: "entity-view", "data-text": String(t) },
+    el("p", { class: "entity-caption muted", text: caption }),
+    line,
+  );
+  if (prediction.truncated) {
+    section.append(
+      el("p", {
+        class: "muted",
+        text: `the text is longer than the model reads: it read the first ${prediction.token_count} tokens; no entity is found after them`,
+      }),
+    );
+  }
+  return section;
+}
+
+// Explain entity i of text t, in the way the form says (one explainer, side by side, live).
+function explainEntity(t, i) {
+  if (!entityView) return;
+  const { model, predictions } = entityView;
+  const prediction = predictions[t];
+  const entity = prediction.entities[i];
+  for (const button of document.querySelectorAll("#entities button.entity")) {
+    const on = button.closest(".entity-view").dataset.text === String(t) && button.dataset.index === String(i);
+    button.classList.toggle("selected", on);
+    button.setAttribute("aria-pressed", String(on));
+  }
+  const way = $("side-by-side").checked
+    ? "explainers side by side"
+    : $("live").checked
+      ? "SHAP, refining live"
+      : NAMES[$("explainer").value] || $("explainer").value;
+  const where = predictions.length > 1 ? ` in text ${t + 1}` : "";
+  const heading = {
+    text:
+      `Why “${entity.text}” is ${entity.label}: entity ${i + 1} of ${prediction.entities.length}${where}, ` +
+      `score ${fmt(entity.score)} · ${way}`,
+    entity: i,
+    textIndex: t,
+  };
+  const one = { text: prediction.text, entity: i };
+  return run(`explaining “${entity.text}”…`, async (signal, seconds) => {
+    if ($("side-by-side").checked) await sideBySide(signal, seconds, one, model, heading);
+    else if ($("live").checked) await refineLive(signal, seconds, one, model, heading);
+    else {
+      await plainExplain(signal, { texts: [prediction.text], model, entity: i, ...explainOptions() }, heading);
+      $("status").textContent = `entity explained in ${seconds()} s`;
+    }
+  });
+}
+
+// `one`: {text} and a pair model's {pair}, or a token model's {entity}.
+async function sideBySide(signal, seconds, one, model = $("model").value, heading = null) {
   const body = {
-    text: $("text-a").value,
-    model: $("model").value,
+    ...one,
+    model,
     targets: $("targets").value,
     output: $("output").value,
     max_evals: budgetValue($("sbs-max-evals")),
@@ -250,7 +479,7 @@ async function sideBySide(signal, seconds) {
     n_steps: budgetValue($("sbs-n-steps")),
   };
   const data = await postJSON("api/compare", body, signal);
-  clearResults();
+  clearResults(heading);
   $("results").classList.remove("two");
   $("agreement-caption").textContent =
     `How alike the explainers rank the text's words for “${data.label}”: Spearman's rank correlation ` +
@@ -272,6 +501,7 @@ async function sideBySide(signal, seconds) {
       const section = el("section", { class: "panel", "data-explainer": panel.explainer });
       section.append(el("h3", { text: NAMES[panel.explainer] || panel.explainer }));
       section.insertAdjacentHTML("beforeend", panel.html);
+      pairRows(section);
       return section;
     }),
   );
@@ -297,10 +527,10 @@ async function readLines(response, onLine) {
   }
 }
 
-async function refineLive(signal, seconds) {
+async function refineLive(signal, seconds, one, model = $("model").value, heading = null) {
   const body = {
-    text: $("text-a").value,
-    model: $("model").value,
+    ...one,
+    model,
     targets: $("targets").value,
     output: $("output").value,
     max_evals: budgetValue($("budget")),
@@ -313,7 +543,7 @@ async function refineLive(signal, seconds) {
     signal,
   });
   if (!response.ok) throw new Error(describeError(await response.json().catch(() => null)));
-  clearResults();
+  clearResults(heading);
   $("results").classList.remove("two");
   let failure = null;
   await readLines(response, (message) => {
@@ -324,7 +554,7 @@ async function refineLive(signal, seconds) {
     const results = $("results");
     results.dataset.evals = String(message.evals);
     results.dataset.final = String(message.final);
-    results.innerHTML = message.html;
+    showHTML(results, message.html);
     $("status").textContent = message.final
       ? `final: ${message.evals} model evaluations, ${seconds()} s`
       : `refining… ${message.evals} model evaluations so far`;
@@ -339,7 +569,8 @@ const dataset = {
   job: null, // the predict job running or shown
   corpusJob: null,
   result: null, // the predict job's result
-  rows: [], // [{row, text, label, predicted, correct, confidence}]
+  pairs: null, // a pair model's pair texts, one per row
+  rows: [], // [{row, text, pair, label, predicted, correct, confidence}]
   sort: { key: "row", descending: false },
   cell: null, // {truth, predicted}: the confusion-matrix cell the table is filtered to
   shown: ROWS_SHOWN,
@@ -382,8 +613,14 @@ async function onFile() {
       `${info.name}: ${info.rows} rows, ${size(info.bytes)}; columns ${info.columns.join(", ")}`;
     const text = guessColumn(info.columns, ["text", "sentence", "review", "content", "tweet"], 0);
     const label = guessColumn(info.columns, ["label", "labels", "class", "target", "sentiment"], 1);
+    const pair = guessColumn(
+      info.columns,
+      ["pair", "pair_text", "text_pair", "text_b", "sentence2", "hypothesis", "question2"],
+      2,
+    );
     $("text-column").replaceChildren(...info.columns.map((c) => option(c, c, c === text)));
     $("label-column").replaceChildren(...info.columns.map((c) => option(c, c, c === label)));
+    $("pair-column").replaceChildren(...info.columns.map((c) => option(c, c, c === pair)));
     $("columns").hidden = false;
   } catch (err) {
     $("dataset-info").textContent = "";
@@ -394,6 +631,7 @@ async function onFile() {
 function onDatasetModelChange() {
   const model = modelNamed($("dataset-model").value);
   if (!model) return;
+  $("pair-column-field").hidden = kindOf(model) !== "text-pair";
   const chosen = $("corpus-explainer").value || "shap-partition";
   $("corpus-explainer").replaceChildren(...model.explainers.map((e) => option(e, e, e === chosen)));
   onCorpusExplainerChange();
@@ -451,13 +689,16 @@ async function runDataset() {
   $("dataset-results").hidden = true;
   $("run-dataset").disabled = true;
   try {
-    const started = await postJSON("api/jobs", {
+    const body = {
       kind: "predict",
       dataset: dataset.info && dataset.info.id,
       text_column: $("text-column").value,
       label_column: $("label-column").value,
       model: $("dataset-model").value,
-    });
+    };
+    // A pair model reads each row's text with its pair text; other models take none.
+    if (kindOf(modelNamed(body.model)) === "text-pair") body.pair_column = $("pair-column").value;
+    const started = await postJSON("api/jobs", body);
     dataset.job = started.id;
     $("job").hidden = false;
     $("cancel-job").hidden = false;
@@ -483,9 +724,11 @@ async function runDataset() {
 
 function showDataset(result) {
   dataset.result = result;
+  dataset.pairs = result.pairs || null;
   dataset.rows = result.rows.map(([text, label, predicted, confidence], i) => ({
     row: i + 1,
     text,
+    pair: dataset.pairs ? dataset.pairs[i] : null,
     label,
     predicted,
     correct: label === predicted,
@@ -499,6 +742,7 @@ function showDataset(result) {
   $("corpus-job").hidden = true;
   $("row-explanation-section").hidden = true;
   $("sample-size").max = String(limits.max_explain_rows || 500);
+  $("pair-head").hidden = !dataset.pairs;
   $("dataset-results").hidden = false;
   renderRows();
 }
@@ -578,7 +822,7 @@ function filteredRows() {
   const cell = dataset.cell;
   const rows = dataset.rows.filter(
     (r) =>
-      (!needle || r.text.toLowerCase().includes(needle)) &&
+      (!needle || r.text.toLowerCase().includes(needle) || (r.pair || "").toLowerCase().includes(needle)) &&
       (which === "all" || (which === "correct") === r.correct) &&
       (!cell || (r.label === cell.truth && r.predicted === cell.predicted)),
   );
@@ -609,6 +853,7 @@ function renderRows() {
         { "data-row": String(r.row), class: r.correct ? "correct" : "wrong" },
         el("td", { class: "num", text: String(r.row) }),
         el("td", { class: "text", text: r.text, title: r.text }),
+        ...(dataset.pairs ? [el("td", { class: "text pair", text: r.pair, title: r.pair })] : []),
         el("td", { text: r.label }),
         el("td", { text: r.predicted }),
         el("td", { class: "mark", text: r.correct ? "✓" : "✗" }),
@@ -652,12 +897,10 @@ async function explainRow(row, tr) {
   $("row-explanation").replaceChildren();
   try {
     const { explainer, ...options } = corpusOptions();
-    const data = await postJSON(
-      "api/explain",
-      { texts: [row.text], model: dataset.result.metrics.model, explainer, targets: "predicted", ...options },
-      controller.signal,
-    );
-    $("row-explanation").innerHTML = data.html;
+    const body = { texts: [row.text], model: dataset.result.metrics.model, explainer, targets: "predicted", ...options };
+    if (row.pair !== null) body.pairs = [row.pair];
+    const data = await postJSON("api/explain", body, controller.signal);
+    showHTML($("row-explanation"), data.html);
     $("row-explanation").dataset.row = String(row.row);
     $("row-explanation-status").textContent = "";
   } catch (err) {
@@ -767,7 +1010,7 @@ function start() {
   for (const box of document.querySelectorAll("input.mode")) box.addEventListener("change", onModeChange);
   $("explain-form").addEventListener("submit", explain);
   // Ctrl+Enter (Cmd+Enter) in a text box explains.
-  for (const id of ["text-a", "text-b"]) {
+  for (const id of ["text-a", "text-b", "text-pair"]) {
     $(id).addEventListener("keydown", (event) => {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("explain-form").requestSubmit();
     });
