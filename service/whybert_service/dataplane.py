@@ -182,12 +182,21 @@ class DataPlane:
 
     # ---- Explain -------------------------------------------------------------------------
 
-    async def explain(self, params: ExplainParams, ctx: RequestContext) -> tuple[str, list[ExplanationResult]]:
+    async def explain(
+        self,
+        params: ExplainParams,
+        ctx: RequestContext,
+        check_entities: Callable[[list[int]], None] | None = None,
+    ) -> tuple[str, list[ExplanationResult]]:
+        """Each text's explanation (a token model's: one per chosen entity; once they are
+        known, `check_entities` sees how many per text and may refuse before any work)."""
         handle = self.registry.get(params.model)
         check_target_labels(params, handle.classifier.labels)
         params = joined_params(handle, params)  # pairs travel joined from here on
         explainer = self._explainer_for(params, handle)
         targets = await self._entity_targets(handle, params, ctx)
+        if targets is not None and check_entities is not None:
+            check_entities([len(chosen) for chosen in targets])
         jobs = (
             [(text, params) for text in params.texts]
             if targets is None

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from _servers import ServerThread, tiny_settings
+from _wait import wait_for
 from whybert._exceptions import from_rpc_error
 from whybert.v1 import explainer_pb2 as pb
 from whybert_service.grpc import validation
@@ -144,15 +145,11 @@ OPTIONS = {
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=list(OPTIONS))
-def test_the_bound_holds_for_real_replies(
-    default: ServerThread, tiny_classifier: Any, option: str
-) -> None:
+def test_the_bound_holds_for_real_replies(default: ServerThread, tiny_classifier: Any, option: str) -> None:
     request = pb.ExplainRequest(texts=TEXTS, **OPTIONS[option])
     reply = explain_bytes(default.target, request)
     params = validation.explain_params(request, validation.Limits(64, 20_000, 4000, 10_000, 512, 200_000))
-    assert len(reply) <= validation.reply_bytes_bound(
-        params, tiny_classifier.labels, tiny_classifier.max_length
-    )
+    assert len(reply) <= validation.reply_bytes_bound(params, tiny_classifier.labels, tiny_classifier.max_length)
     for text in TEXTS:  # and each text alone
         single = pb.ExplainRequest(texts=[text], **OPTIONS[option])
         params = validation.explain_params(single, validation.Limits(64, 20_000, 4000, 10_000, 512, 200_000))
@@ -176,3 +173,38 @@ def test_a_reply_still_too_large_after_the_work_is_resource_exhausted(
     assert f"more than the server's message limit of {LIMIT} bytes (--max-message-bytes)" in details
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in caplog.text
+
+
+def test_all_entities_are_bounded_once_they_are_known(ner_dir: Path, ner: Any) -> None:
+    """`entity.all` gives one explanation per entity, which the bound before any work cannot
+    know: once the Predict pass has found them, the reply is bounded again with their
+    number, and refused before any explanation row runs."""
+    from whybert_service.entities import entity_prediction
+    from whybert_service.types import EntityChoice
+
+    text = "Angela Merkel met Emmanuel Macron and Joe Biden in Paris, Berlin and Washington with Siemens"
+    window = ner.window(text)
+    found = len(entity_prediction(ner, window, ner.token_logits([window.ids])[0]).entities)
+    assert found >= 3  # the tiny random model finds many (short) entities
+    params = ExplainParams(model="ner", texts=(text,), entity=EntityChoice(all=True))
+    one = validation.reply_bytes_bound(params, ner.labels, ner.max_length)
+    limit = one * 2  # one explanation fits, all of them cannot
+    assert validation.reply_bytes_bound(params, ner.labels, ner.max_length, explanations=[found]) > limit
+    with ServerThread(tiny_settings(ner_dir, model=(f"ner={ner_dir}",), max_message_bytes=limit)) as server:
+        assert server.server is not None
+        registry = server.server.metrics.registry
+        request = pb.ExplainRequest(
+            model="ner", texts=[text], entity=pb.EntitySelector(all=True), shap=pb.ShapOptions(max_evals=50)
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            explain_bytes(server.target, request)
+        error = from_rpc_error(exc.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        ((field, description),) = error.field_violations
+        assert field == "texts" and f"{found} entity explanations of 1 texts" in description
+        # The Predict row alone ran (the counter moves just after a batch is delivered).
+        rows = wait_for(lambda: registry.get_sample_value("whybert_rows_total", {"model": "ner"}), timeout=10)
+        assert rows == 1.0
+        request.entity.CopyFrom(pb.EntitySelector(index=0))  # one entity of the same text fits
+        reply = pb.ExplainResponse.FromString(explain_bytes(server.target, request))
+        assert len(reply.explanations) == 1

@@ -97,9 +97,13 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         model = plane.describe(params.model)
         params = validation.resolve_attention(params, model.attention_layers, model.attention_heads, self.limits)
         validation.check_reply_size(params, model.labels, model.max_tokens, self.limits)
+
+        def check_entities(counts: list[int]) -> None:  # entity.all: one explanation per entity
+            validation.check_reply_size(params, model.labels, model.max_tokens, self.limits, counts)
+
         with plane.admitted("Explain"):
             ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
-            name, results = await plane.explain(params, ctx)
+            name, results = await plane.explain(params, ctx, check_entities)
         response = convert.explain_response(name, results)
         validation.check_reply_sent(response.ByteSize(), self.limits)
         return response

@@ -417,13 +417,21 @@ class _ReplyBound:
 
 
 def reply_bytes_bound(
-    params: ExplainParams, labels: Sequence[str], max_tokens: int, max_attention_cells: int = 0
+    params: ExplainParams,
+    labels: Sequence[str],
+    max_tokens: int,
+    max_attention_cells: int = 0,
+    explanations: Sequence[int] | None = None,
 ) -> int:
     """An upper bound of the serialized ExplainResponse: per text, its tokens × (a Token's
     framing + one value per explained label), the tokens' texts (slices of the text, so at
-    most its UTF-8 bytes) and the per-explanation parts that grow with the labels."""
+    most its UTF-8 bytes) and the per-explanation parts that grow with the labels; times
+    `explanations[i]`, the explanations of text i (one each by default; a token model's
+    `entity.all` gives one per entity, known once its entities are)."""
     bound = _ReplyBound.of(params, labels, max_tokens, max_attention_cells)
-    return bound.header + sum(bound.text(text) for text in _inputs(params))
+    inputs = _inputs(params)
+    counts = [1] * len(inputs) if explanations is None else explanations
+    return bound.header + sum(n * bound.text(text) for n, text in zip(counts, inputs, strict=True))
 
 
 def _inputs(params: ExplainParams) -> list[str]:
@@ -435,23 +443,33 @@ def _inputs(params: ExplainParams) -> list[str]:
 
 
 def check_reply_size(
-    params: ExplainParams, labels: Sequence[str], max_tokens: int, limits: Limits
+    params: ExplainParams,
+    labels: Sequence[str],
+    max_tokens: int,
+    limits: Limits,
+    explanations: Sequence[int] | None = None,
 ) -> None:
     """Refuse, before any work, an Explain whose reply could exceed the message limit: it
-    would be computed in full and then fail to send."""
-    bound = reply_bytes_bound(params, labels, max_tokens, limits.max_attention_cells)
+    would be computed in full and then fail to send. With `explanations` (per text, once a
+    token model's entities are known): the same check for `entity.all`, after the Predict
+    pass that finds the entities and before any explanation work."""
+    bound = reply_bytes_bound(params, labels, max_tokens, limits.max_attention_cells, explanations)
     if bound <= limits.max_message_bytes:
         return
     longest = max(token_bound(text, max_tokens) for text in _inputs(params))
     explained = explained_label_count(params, labels)
+    count = f"{len(params.texts)} texts"
+    if explanations is not None:
+        count = f"{sum(explanations)} entity explanations of {len(params.texts)} texts"
+        explained = 1
     raise InvalidArgument(
         [
             (
                 "texts",
-                f"the reply could reach {bound} bytes ({len(params.texts)} texts × up to "
+                f"the reply could reach {bound} bytes ({count} × up to "
                 f"{longest} tokens × {explained} labels), more than the server's message "
                 f"limit of {limits.max_message_bytes} bytes (--max-message-bytes); send "
-                "fewer or shorter texts, or explain fewer labels",
+                "fewer or shorter texts, or explain fewer labels or entities",
             )
         ]
     )
