@@ -38,14 +38,15 @@ class RequestContext:
     max_rows: int | None = None
     # The request this is one part of (one text of a stream), made by `part()`.
     parent: RequestContext | None = None
+    # Tokens of model work served to this request so far (on its `flow`; the model's worker
+    # alone writes it): whether its next work or another request's goes first.
+    served: int = 0
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _rows: int = 0
     _rows_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def with_timeout(
-        cls, priority: Priority, seconds: float | None, max_rows: int | None = None
-    ) -> RequestContext:
+    def with_timeout(cls, priority: Priority, seconds: float | None, max_rows: int | None = None) -> RequestContext:
         deadline = None if seconds is None else time.monotonic() + seconds
         return cls(priority=priority, deadline=deadline, max_rows=max_rows)
 

@@ -175,8 +175,8 @@ def test_a_request_that_left_while_queued_never_runs(
     submitted: list[bool] = []
     call = worker.call
 
-    def counted_call(fn: Any, ctx: RequestContext) -> Any:
-        future = call(fn, ctx)
+    def counted_call(fn: Any, ctx: RequestContext, cost: int = 0) -> Any:
+        future = call(fn, ctx, cost)
         submitted.append(True)
         return future
 

@@ -102,10 +102,12 @@ class Jobs:
         self.ran = 0
         self.queued_after: list[int] = []  # the worker's queued rows once each job ran
         self.on_start: dict[int, Callable[[], None]] = {}
+        self.costs: list[int] = []  # the tokens each job was charged to its request
         original = worker.call
 
-        def call(fn: Callable[[Classifier], Any], context: RequestContext) -> Any:
+        def call(fn: Callable[[Classifier], Any], context: RequestContext, cost: int = 0) -> Any:
             self.submitted += 1
+            self.costs.append(cost)
 
             def run(classifier: Classifier) -> Any:
                 self.ran += 1
@@ -117,7 +119,7 @@ class Jobs:
                 finally:
                     self.queued_after.append(worker.queued_rows())
 
-            return original(run, context)
+            return original(run, context, cost)
 
         monkeypatch.setattr(worker, "call", call)
 
@@ -234,6 +236,8 @@ def test_every_job_is_one_step_batch_under_the_token_budget(
     # One job per step batch, each one forward+backward costing at most the budget.
     assert jobs.ran == jobs.submitted == -(-20 // per_batch)
     assert max(calls.rows) == per_batch and max(calls.tokens) * GRADIENT_ROW_COST <= budget
+    # Each job is charged to its request's fair share as the forward work it stands for.
+    assert sum(jobs.costs) == 20 * width * GRADIENT_ROW_COST and max(jobs.costs) <= budget
     label = captum_reference.labels.index(ours.labels[0])
     values, _ = captum_reference.explain(TEXTS[0], [label], "probability", n_steps=20)
     np.testing.assert_allclose(ours.values, values, atol=1e-5, rtol=1e-4)

@@ -35,9 +35,7 @@ def make_worker(tiny_classifier: Any) -> Iterator[WorkerFactory]:
     """Start workers over a FaultyClassifier; every one is stopped after the test."""
     started: list[ModelWorker] = []
 
-    def make(
-        health: list[bool] | None = None, **config: Any
-    ) -> tuple[ModelWorker, FaultyClassifier]:
+    def make(health: list[bool] | None = None, **config: Any) -> tuple[ModelWorker, FaultyClassifier]:
         faulty = FaultyClassifier(tiny_classifier)
         cfg = WorkerConfig(**{"max_batch_delay_s": 0.001, **config})
         worker = ModelWorker(faulty, cfg, Metrics(), health.append if health is not None else None)
@@ -75,9 +73,7 @@ def served(worker: ModelWorker, rows: list[list[int]]) -> int:
 
 
 def metric(worker: ModelWorker, name: str, **labels: str) -> float:
-    value = worker.metrics.registry.get_sample_value(
-        name, {"model": worker.classifier.name, **labels}
-    )
+    value = worker.metrics.registry.get_sample_value(name, {"model": worker.classifier.name, **labels})
     return float(value or 0.0)
 
 
@@ -166,9 +162,7 @@ def test_predict_rows_are_not_starved_by_queued_explanation_rows(
         )
         for i in range(4)
     ]
-    predict = worker.submit(
-        ids(faulty, "an urgent prediction"), RequestContext(priority=Priority.PREDICT)
-    )
+    predict = worker.submit(ids(faulty, "an urgent prediction"), RequestContext(priority=Priority.PREDICT))
     faulty.release()
     for f in [blocker, predict, *explain]:
         f.result(10)
@@ -179,9 +173,7 @@ def test_predict_rows_are_not_starved_by_queued_explanation_rows(
 def test_gradient_jobs_do_not_go_before_queued_predict_rows(make_worker: WorkerFactory) -> None:
     worker, faulty = make_worker()
     blocker = hold_worker(worker, faulty)
-    job = worker.call(
-        lambda classifier: faulty.events.append("job"), RequestContext(priority=Priority.EXPLAIN)
-    )
+    job = worker.call(lambda classifier: faulty.events.append("job"), RequestContext(priority=Priority.EXPLAIN))
     predict = worker.submit(ids(faulty, "a prediction behind a job"), RequestContext())
     faulty.release()
     job.result(10)
@@ -216,6 +208,36 @@ def test_gradient_jobs_take_turns_with_explanation_rows_while_predicts_keep_comi
     # blocker, job 0, its Predict, then the explanation rows: not after every job
     assert events[:4] == ["forward", "job 0", "forward", "forward"], events
     assert events.index("job 1") == 4
+
+
+def test_a_small_explanation_runs_its_rounds_back_to_back_beside_a_long_gradient_request(
+    make_worker: WorkerFactory,
+) -> None:
+    """Between a job and explanation rows, the request served fewer tokens goes first: a
+    small explanation (each round submitted when the last one's logits come back, as the
+    Partition engine does) runs all its rounds before a long request's next step batch,
+    where taking turns would make each of its rounds wait one step batch."""
+    worker, faulty = make_worker()
+    blocker = hold_worker(worker, faulty)
+    heavy = RequestContext(priority=Priority.EXPLAIN)
+    jobs = [worker.call(lambda _c, i=i: faulty.events.append(f"job {i}"), heavy, 10_000) for i in range(3)]
+    small = RequestContext(priority=Priority.EXPLAIN)
+    rounds: list[Future[Any]] = []
+
+    def next_round(_done: Future[Any] | None = None) -> None:
+        if len(rounds) < 3:
+            rounds.append(worker.submit(ids(faulty, f"round {len(rounds)} of a small explanation"), small))
+            rounds[-1].add_done_callback(next_round)
+
+    next_round()
+    faulty.release()
+    for f in [blocker, *jobs]:
+        f.result(10)
+    for f in rounds:
+        f.result(10)
+    # The first job goes as before (neither request served yet), then the three rounds.
+    assert faulty.events == ["forward", "job 0", "forward", "forward", "forward", "job 1", "job 2"]
+    assert heavy.served == 3 * 10_000 and 0 < small.served < 100
 
 
 def test_a_full_queue_refuses_at_once_and_says_what_is_full(make_worker: WorkerFactory) -> None:
@@ -262,9 +284,7 @@ def test_a_request_cannot_spend_more_rows_than_its_budget(make_worker: WorkerFac
     worker.submit(ids(faulty, "d", "e"), ctx).result(10)  # exactly at the budget is fine
 
 
-def test_out_of_memory_batches_are_split_until_they_fit(
-    make_worker: WorkerFactory, tiny_classifier: Any
-) -> None:
+def test_out_of_memory_batches_are_split_until_they_fit(make_worker: WorkerFactory, tiny_classifier: Any) -> None:
     worker, faulty = make_worker(max_batch_delay_s=0.2)
     faulty.oom_above = 2
     texts = [f"sentence number {i} about food" for i in range(8)]
@@ -282,8 +302,7 @@ def test_a_row_that_fails_alone_fails_only_its_own_request(make_worker: WorkerFa
     worker, faulty = make_worker(max_batch_delay_s=0.2)
     faulty.set_poison("xylophone")
     good = [
-        worker.submit(ids(faulty, f"a fine text {i}", f"another fine text {i}"), RequestContext())
-        for i in range(3)
+        worker.submit(ids(faulty, f"a fine text {i}", f"another fine text {i}"), RequestContext()) for i in range(3)
     ]
     bad = worker.submit(ids(faulty, "fine words", "the xylophone breaks it"), RequestContext())
     for f in good:
@@ -301,9 +320,7 @@ def test_a_single_row_out_of_memory_fails_with_a_clear_message(make_worker: Work
     faulty.oom_above = 0
     with pytest.raises(ModelFailure) as failed:
         worker.submit(ids(faulty, "too big even alone"), RequestContext()).result(10)
-    assert failed.value.message == (
-        "the model ran out of device memory on this text even alone; send a shorter text"
-    )
+    assert failed.value.message == ("the model ran out of device memory on this text even alone; send a shorter text")
     faulty.oom_above = None
     assert served(worker, ids(faulty, "fits again")) == 1
 
@@ -312,10 +329,7 @@ def test_a_crashed_worker_restarts_and_nobody_is_left_waiting(make_worker: Worke
     health: list[bool] = []
     worker, faulty = make_worker(health=health)
     blocker = hold_worker(worker, faulty)
-    queued = [
-        worker.submit(ids(faulty, f"queued behind the crash {i}"), RequestContext())
-        for i in range(5)
-    ]
+    queued = [worker.submit(ids(faulty, f"queued behind the crash {i}"), RequestContext()) for i in range(5)]
     faulty.crashes = 2  # the running batch, then the first warm-up after the restart
     faulty.release()
     for f in [blocker, *queued]:

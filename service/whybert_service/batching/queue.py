@@ -187,6 +187,12 @@ class RowQueue:
             heapq.heappop(self._ready)
         return None
 
+    def head_served(self) -> int | None:
+        """Tokens served so far to the request whose rows would be taken next (None when
+        empty): weighed against work queued outside (the worker's jobs)."""
+        flow = self._next_flow()
+        return None if flow is None else flow.context.served
+
     def head_priority(self) -> int | None:
         """Priority class of the submission that would be taken next (None when empty)."""
         flow = self._next_flow()
@@ -262,7 +268,9 @@ class RowQueue:
             sub.taken_at = now
             self.queued_rows -= stop - start
             self._clock[priority] = max(self._clock[priority], flow.start)
-            flow.start += sum(len(row) for row in sub.rows[start:stop])
+            tokens = sum(len(row) for row in sub.rows[start:stop])
+            flow.start += tokens
+            flow.context.served += tokens
             if not sub.pending:
                 flow.subs.popleft()
                 self._submissions -= 1

@@ -124,6 +124,7 @@ class _Job:
     fn: Callable[[Classifier], Any]
     context: RequestContext
     future: Future[Any]
+    cost: int = 0  # tokens of forward work it stands for (its request's share is charged them)
 
 
 class ModelWorker:
@@ -144,7 +145,6 @@ class ModelWorker:
         # id(context.flow) → its submissions in the queue: the queue depth in requests.
         self._queued_requests: dict[int, int] = {}
         self._jobs: list[_Job] = []
-        self._job_turns: dict[int, int] = {}  # id(context.flow) → its jobs run while queued
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
         # Seconds per padded token of the batches run so far (an exponential average over
@@ -274,14 +274,15 @@ class ModelWorker:
         assert result.tokens is not None
         return result.tokens
 
-    def call(self, fn: Callable[[Classifier], T], context: RequestContext) -> Future[T]:
-        """Run `fn(classifier)` on the worker thread between batches (gradient work)."""
+    def call(self, fn: Callable[[Classifier], T], context: RequestContext, cost: int = 0) -> Future[T]:
+        """Run `fn(classifier)` on the worker thread between batches (gradient work), which
+        stands for `cost` tokens of forward work in its request's fair share."""
         future: Future[T] = Future()
         context.ensure_alive("before the model could run")
         with self._cond:
             if not self.healthy:
                 raise Unavailable(_not_serving(self.classifier.name))
-            self._jobs.append(_Job(fn=fn, context=context, future=future))
+            self._jobs.append(_Job(fn=fn, context=context, future=future, cost=cost))
             self._cond.notify()
         return future
 
@@ -428,10 +429,10 @@ class ModelWorker:
                 now = time.monotonic()
                 self._drop_dead(now)
                 # Jobs are explanation work (one gradient step batch each): Predict rows
-                # waiting in the queue go first, and jobs take turns with batches of
-                # explanation rows, so neither kind of explanation starves the other.
+                # waiting in the queue go first; between a job and explanation rows, the
+                # request served fewer tokens goes first (see `_jobs_turn`).
                 head = self._queue.head_priority()
-                if self._jobs and head != Priority.PREDICT and (head is None or not self._job_ran_last):
+                if self._jobs and head != Priority.PREDICT and self._jobs_turn():
                     self._job_ran_last = True
                     return self._pick_job(), None
                 if len(self._queue):
@@ -457,14 +458,23 @@ class ModelWorker:
                     self._cond.wait(0.5)
         return None, None
 
+    def _jobs_turn(self) -> bool:
+        """Whether a job goes before the next batch of explanation rows: the request that
+        has been served fewer tokens goes first, so a small explanation beside a long
+        integrated-gradients request runs its rounds back to back instead of waiting one
+        step batch for each; level, they take turns, so neither kind starves the other."""
+        rows = self._queue.head_served()
+        if rows is None:
+            return True
+        jobs = min(j.context.flow.served for j in self._jobs)
+        return jobs < rows if jobs != rows else not self._job_ran_last
+
     def _pick_job(self) -> _Job:
-        """The job of the request that has had the fewest jobs run (then the oldest)."""
-        best = min(range(len(self._jobs)), key=lambda i: (self._job_turns.get(id(self._jobs[i].context.flow), 0), i))
+        """The job of the request served the fewest tokens (then the oldest), charged its
+        cost as it is taken."""
+        best = min(range(len(self._jobs)), key=lambda i: (self._jobs[i].context.flow.served, i))
         job = self._jobs.pop(best)
-        key = id(job.context.flow)
-        self._job_turns[key] = self._job_turns.get(key, 0) + 1
-        if not any(id(j.context.flow) == key for j in self._jobs):
-            self._job_turns.pop(key, None)  # a request with nothing queued starts afresh
+        job.context.flow.served += job.cost
         return job
 
     def _drop_dead(self, now: float) -> None:

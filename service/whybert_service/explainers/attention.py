@@ -157,7 +157,8 @@ def attention_pass(handle: ModelHandle, request: AttentionRequest, context: Requ
     if not context.charge(1):
         beyond = f"the attention pass needs a model row beyond the request's limit of {context.max_rows}"
         raise InvalidArgument([("texts", beyond)])
-    future = handle.worker.call(functools.partial(_job, request, context, time.monotonic()), context)
+    job = functools.partial(_job, request, context, time.monotonic())
+    future = handle.worker.call(job, context, cost=len(request.ids))  # one forward pass of the text
     return context.wait(future, "the attention pass")
 
 

@@ -101,9 +101,7 @@ class GradientResult:
 GRADIENT_ROW_COST = 3
 
 
-def plan_step_batches(
-    n_targets: int, n_steps: int, width: int, max_batch_tokens: int
-) -> list[list[StepSlice]]:
+def plan_step_batches(n_targets: int, n_steps: int, width: int, max_batch_tokens: int) -> list[list[StepSlice]]:
     """Step batches that cost at most `max_batch_tokens` tokens of forward work (rows ×
     width × `GRADIENT_ROW_COST`; one row always fits). Each target's steps are cut where
     Captum's internal batching cuts them for that budget, so its values are Captum's to the
@@ -145,9 +143,7 @@ class _HeldRows:
         self.worker.release(rows)
 
 
-def run_step_batches(
-    worker: ModelWorker, request: GradientRequest, context: RequestContext
-) -> GradientResult:
+def run_step_batches(worker: ModelWorker, request: GradientRequest, context: RequestContext) -> GradientResult:
     """Compute one text's attributions, one worker job per step batch, adding up each
     batch's share here (explainer threads); stops before the next batch once the caller
     left or the deadline passed."""
@@ -163,9 +159,7 @@ def run_step_batches(
                 )
             ]
         )
-    batches = plan_step_batches(
-        len(request.targets), request.n_steps, len(request.ids), worker.token_budget()
-    )
+    batches = plan_step_batches(len(request.targets), request.n_steps, len(request.ids), worker.token_budget())
     integration_points(request.n_steps)  # here, not on the worker
     held = _HeldRows(worker, rows)
     sums: list[np.ndarray | None] = [None] * len(request.targets)
@@ -173,10 +167,9 @@ def run_step_batches(
     try:
         for batch in batches:
             context.ensure_alive("before the next step batch of the gradients")
-            job = functools.partial(
-                _run_step_batch, request, batch, context, held, time.monotonic()
-            )
-            shares, waited = context.wait(worker.call(job, context), "the gradients")
+            job = functools.partial(_run_step_batch, request, batch, context, held, time.monotonic())
+            cost = sum(piece.rows for piece in batch) * len(request.ids) * GRADIENT_ROW_COST
+            shares, waited = context.wait(worker.call(job, context, cost), "the gradients")
             queued += waited
             for piece, share in zip(batch, shares, strict=True):
                 total = sums[piece.column]
@@ -253,11 +246,7 @@ def step_batch_attributions(
             inputs = layer(ids)
             baselines = layer(torch.tensor([request.baseline], dtype=torch.long, device=device))
         scaled = torch.cat(
-            [
-                baselines + alpha * (inputs - baselines)
-                for piece in batch
-                for alpha in alphas[piece.start : piece.stop]
-            ],
+            [baselines + alpha * (inputs - baselines) for piece in batch for alpha in alphas[piece.start : piece.stop]],
             dim=0,
         ).requires_grad_()
         rows = scaled.shape[0]
@@ -341,9 +330,7 @@ class IntegratedGradientsExplainer(Explainer):
 
         integration_points(50)
 
-    def attribute(
-        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
-    ) -> Attribution:
+    def attribute(self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext) -> Attribution:
         classifier = handle.classifier
         tokens, ids, truncated = word_pieces(classifier, text)
         sep = getattr(classifier, "sep_id", None)  # a pair's separator stays in the baseline
@@ -406,11 +393,7 @@ def word_pieces(classifier: Classifier, text: str) -> tuple[list[TokenSpan], lis
     for i, name in zip(keep, names, strict=True):
         start, end = (int(v) for v in enc["offset_mapping"][i])
         special = bool(enc["special_tokens_mask"][i])
-        tokens.append(
-            TokenSpan(
-                text=name if special else text[start:end], start=start, end=end, special=special
-            )
-        )
+        tokens.append(TokenSpan(text=name if special else text[start:end], start=start, end=end, special=special))
     return tokens, ids, encoded.truncated[0]
 
 
