@@ -65,9 +65,7 @@ def assert_same_as_lime(ours: whybert.Explanation, ref: Any, labels: list[int]) 
 def test_values_equal_lime_package_for_every_label(
     client: whybert.Client, lime_reference: LimeReference, output: str
 ) -> None:
-    (ours,) = client.explain(
-        [TEXT], explainer="lime", num_samples=300, random_seed=7, targets="all", output=output
-    )
+    (ours,) = client.explain([TEXT], explainer="lime", num_samples=300, random_seed=7, targets="all", output=output)
     labels = list(range(len(lime_reference.labels)))
     ref = lime_reference.explain(TEXT, labels, output, seed=7, num_samples=300, num_features=10_000)
     assert ours.labels == lime_reference.labels
@@ -96,8 +94,7 @@ def test_seed_decides_the_values_and_num_features_the_support(
     client: whybert.Client, lime_reference: LimeReference
 ) -> None:
     first, again, other = [
-        client.explain([TEXT], explainer="lime", num_samples=200, random_seed=s)[0]
-        for s in (3, 3, 4)
+        client.explain([TEXT], explainer="lime", num_samples=200, random_seed=s)[0] for s in (3, 3, 4)
     ]
     (few,) = client.explain([TEXT], explainer="lime", num_samples=200, num_features=3)
     np.testing.assert_allclose(first.values, again.values, atol=1e-9)
@@ -121,9 +118,7 @@ class Recorder:
     chunk tokenizes, the rows queued and not yet answered (and their peak), and the logits
     every string received."""
 
-    def __init__(
-        self, classifier: Classifier, worker: ModelWorker, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def __init__(self, classifier: Classifier, worker: ModelWorker, monkeypatch: pytest.MonkeyPatch) -> None:
         self.chunks: list[list[str]] = []
         self.logits: dict[str, np.ndarray] = {}
         self.submitted = 0
@@ -204,9 +199,7 @@ def test_chunked_samples_give_lime_s_own_values_with_bounded_rows(
     recorder = Recorder(tiny_classifier, worker, monkeypatch)
     explainer = LimeExplainer(chunk_rows=16, chunk_chars=2000)
     handle = ModelHandle(tiny_classifier, worker)
-    ours = explainer.explain(
-        handle, text, lime_params(text, output, 300, seed=11), RequestContext(Priority.EXPLAIN)
-    )
+    ours = explainer.explain(handle, text, lime_params(text, output, 300, seed=11), RequestContext(Priority.EXPLAIN))
 
     labels = list(range(len(tiny_classifier.labels)))
     # LIME explains the prefix the model reads: LONG is cut, the others are whole
@@ -267,3 +260,98 @@ def test_a_caller_who_left_stops_lime_between_chunks(
     # No chunk after the third was built or tokenized; the queued rows are dropped.
     assert len(recorder.chunks) == recorder.submitted == 3
     assert wait_for(lambda: worker.queued_rows() == 0, timeout=10, step=0.01)
+
+
+class CountingSlots:
+    """A stand-in for the process's build slots that records how many were held at once
+    and how often a builder had to wait."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self.held = 0
+        self.peak = 0
+        self.waits = 0
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        got = self._slots.acquire(blocking=False)
+        if not got:
+            with self._lock:
+                self.waits += 1  # another builder holds the slot
+            got = self._slots.acquire(timeout=timeout)
+        if got:
+            with self._lock:
+                self.held += 1
+                self.peak = max(self.peak, self.held)
+        return got
+
+    def release(self) -> None:
+        with self._lock:
+            self.held -= 1
+        self._slots.release()
+
+
+def test_texts_build_their_chunks_one_at_a_time(
+    worker: ModelWorker, tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several long texts explained at once take turns building chunks (the CPU work that
+    would otherwise starve the worker thread), and get the values they get alone."""
+    from whybert_service.explainers import lime_text
+
+    explainer = LimeExplainer(chunk_rows=16)
+    handle = ModelHandle(tiny_classifier, worker)
+    texts = [f"{i} {LONG}" for i in range(4)]
+    alone = [
+        explainer.explain(
+            handle, t, lime_params(t, OutputName.PROBABILITY, 400, seed=i), RequestContext(Priority.EXPLAIN)
+        )
+        for i, t in enumerate(texts)
+    ]
+    slots = CountingSlots(1)
+    monkeypatch.setattr(lime_text, "_BUILDING", slots)
+    results: dict[int, ExplanationResult] = {}
+
+    def run(i: int) -> None:
+        params = lime_params(texts[i], OutputName.PROBABILITY, 400, seed=i)
+        results[i] = explainer.explain(handle, texts[i], params, RequestContext(Priority.EXPLAIN))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert slots.peak == 1 and slots.held == 0 and slots.waits > 0
+    for i, expected in enumerate(alone):
+        # the same samples; logits differ only by the float noise of other batch paddings
+        np.testing.assert_allclose(results[i].values, expected.values, rtol=1e-4, atol=1e-6)
+
+
+def test_a_caller_who_leaves_while_waiting_to_build_stops_at_once(
+    worker: ModelWorker, tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whybert_service.explainers import lime_text
+
+    slots = CountingSlots(1)
+    monkeypatch.setattr(lime_text, "_BUILDING", slots)
+    assert slots.acquire()  # another text is building
+    recorder = Recorder(tiny_classifier, worker, monkeypatch)
+    context = RequestContext(Priority.EXPLAIN)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            LimeExplainer(chunk_rows=8).explain(
+                ModelHandle(tiny_classifier, worker), LONG, lime_params(LONG, OutputName.PROBABILITY, 200, 0), context
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: slots.waits > 0, timeout=10)
+    context.cancel()
+    thread.join(5)
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], Cancelled)
+    assert recorder.submitted == 0
+    slots.release()
+    assert slots.held == 0

@@ -14,6 +14,13 @@ built), and all that stays is what the fit needs: the perturbation matrix (one b
 sample and word), the outputs and the distances. A caller who left or whose deadline
 passed stops the work between chunks. Identical perturbations are evaluated once.
 
+Building a chunk (long strings cut and joined, then tokenized) is CPU work in Python, on
+the explainer threads: twenty long texts building chunks at once would hold the GIL and
+the cores from the model's worker thread and the event loop, so every other request
+(a small SHAP explanation's rounds, a Predict) would crawl. At most `BUILD_SLOTS` chunks
+are built at a time in the process, whatever the requests; the model consumes chunks far
+slower than one thread builds them, so LIME itself loses nothing.
+
 LIME's features are words, and with bag of words a word's occurrences are removed
 together, so they share one weight. The response lists every occurrence as a token (with
 its character span); a word that occurs n times carries 1/n of its weight on each, which
@@ -22,7 +29,9 @@ keeps `base + sum(values)` equal to LIME's local model at the text.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -41,6 +50,14 @@ from .base import Attribution, Explainer
 CHUNK_ROWS = 256  # perturbed strings built, tokenized and queued at once
 CHUNK_CHARS = 1 << 20  # ... and their characters: bounds the tokenizer's memory per chunk
 CHECK_EVERY = 16  # samples drawn between two looks at whether the caller is still there
+BUILD_SLOTS = max(1, min(4, (os.cpu_count() or 1) // 4))  # chunks built at once (1 on ≤ 7 cores)
+_BUILDING = threading.BoundedSemaphore(BUILD_SLOTS)
+
+
+def _take_build_slot(context: RequestContext) -> None:
+    """Wait for a turn to build a chunk; a caller who leaves meanwhile stops waiting."""
+    while not _BUILDING.acquire(timeout=0.05):
+        context.ensure_alive("while LIME's samples waited their turn to be drawn")
 
 
 def lime_split(classifier: Any) -> dict[str, Any]:
@@ -64,9 +81,7 @@ class LimeExplainer(Explainer):
         """Importing lime pulls in scikit-learn and scipy (a second or two): do it now."""
         import lime.lime_text  # noqa: F401
 
-    def attribute(
-        self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext
-    ) -> Attribution:
+    def attribute(self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext) -> Attribution:
         from lime.lime_text import IndexedString, LimeTextExplainer
 
         if params.entity_target is not None:  # a token model's entity: words hidden in place
@@ -76,13 +91,9 @@ class LimeExplainer(Explainer):
         text, truncated = handle.classifier.readable_prefix(text)
         indexed = IndexedString(text, **lime_split(handle.classifier))  # LimeTextExplainer's, same defaults
         if indexed.num_words() == 0:
-            raise InvalidArgument(
-                [("texts", f"LIME needs at least one word to remove, and {text[:40]!r} has none")]
-            )
+            raise InvalidArgument([("texts", f"LIME needs at least one word to remove, and {text[:40]!r} has none")])
         classifier = handle.classifier
-        explainer = LimeTextExplainer(
-            class_names=list(classifier.labels), random_state=params.lime.random_seed
-        )
+        explainer = LimeTextExplainer(class_names=list(classifier.labels), random_state=params.lime.random_seed)
         samples = evaluate_samples(
             handle,
             indexed,
@@ -151,9 +162,7 @@ def cosine_distances_to_text(masks: np.ndarray) -> np.ndarray:
 
     rows = scipy.sparse.csr_matrix(masks.astype(np.float64))
     text = scipy.sparse.csr_matrix(np.ones((1, masks.shape[1]), dtype=np.float64))
-    distances: np.ndarray = (
-        sklearn.metrics.pairwise.pairwise_distances(rows, text, metric="cosine").ravel() * 100
-    )
+    distances: np.ndarray = sklearn.metrics.pairwise.pairwise_distances(rows, text, metric="cosine").ravel() * 100
     return distances
 
 
@@ -201,8 +210,12 @@ def evaluate_samples(
     copies: list[tuple[int, int]] = []  # (sample, sample whose output it shares)
     evaluated = _Evaluation(handle, context, logits)
     chunk = _Chunk()
+    building = False  # holding one of the process's build slots
     try:
         for i, mask in enumerate(perturbation_masks(indexed, num_samples, random_state)):
+            if not building:
+                _take_build_slot(context)
+                building = True
             if i % CHECK_EVERY == 0:  # many texts build chunks at once: each stops within a few strings
                 context.ensure_alive("while LIME's samples were drawn")
             masks[i] = mask
@@ -216,11 +229,21 @@ def evaluate_samples(
             chunk.samples.append(i)
             chunk.chars += len(string)
             if chunk.full(max_rows, max_chars):
-                evaluated.send(chunk)
+                evaluated.submit(chunk)
+                _BUILDING.release()  # built: another text builds while this one waits
+                building = False
+                evaluated.collect_previous()
                 chunk = _Chunk()
-        evaluated.send(chunk)
+        if not building:
+            _take_build_slot(context)
+            building = True
+        evaluated.submit(chunk)
+        _BUILDING.release()
+        building = False
         evaluated.finish()
     finally:
+        if building:
+            _BUILDING.release()
         evaluated.abandon()
     distances = np.empty(num_samples, dtype=np.float64)
     for start in range(0, num_samples, max_rows):  # a sparse copy of a block at a time
@@ -250,9 +273,10 @@ class _Evaluation:
         self.queue_seconds = 0.0
         self.text_tokens = 0
         self._in_flight: tuple[Future[RowsResult], list[int]] | None = None
+        self._previous: tuple[Future[RowsResult], list[int]] | None = None
 
-    def send(self, chunk: _Chunk) -> None:
-        """Tokenize and queue a chunk, then wait for the one before it."""
+    def submit(self, chunk: _Chunk) -> None:
+        """Tokenize and queue a chunk (the one before it stays in flight)."""
         if not chunk.strings:
             return
         self.context.ensure_alive("before LIME's next chunk of samples")
@@ -261,12 +285,17 @@ class _Evaluation:
             self.text_tokens = len(encoded.ids[0])
         future = self.handle.worker.submit(encoded.ids, self.context)
         self.rows += len(chunk.strings)
-        previous, self._in_flight = self._in_flight, (future, chunk.samples)
-        if previous is not None:
+        self._previous, self._in_flight = self._in_flight, (future, chunk.samples)
+
+    def collect_previous(self) -> None:
+        """Wait for the chunk queued before the last and store its logits."""
+        if self._previous is not None:
+            previous, self._previous = self._previous, None
             self._store(*previous)
 
     def finish(self) -> None:
-        """Wait for the chunk in flight and store its logits."""
+        """Wait for every chunk still in flight and store its logits."""
+        self.collect_previous()
         if self._in_flight is not None:
             self._store(*self._in_flight)
             self._in_flight = None
@@ -277,10 +306,11 @@ class _Evaluation:
         self.queue_seconds += result.queue_seconds
 
     def abandon(self) -> None:
-        """On the way out with an error: the chunk in flight is of no use any more."""
-        if self._in_flight is not None:
-            self._in_flight[0].cancel()
-            self._in_flight = None
+        """On the way out with an error: the chunks in flight are of no use any more."""
+        for pending in (self._previous, self._in_flight):
+            if pending is not None:
+                pending[0].cancel()
+        self._previous = self._in_flight = None
 
 
 def feature_weights(
