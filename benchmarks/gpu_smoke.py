@@ -1,5 +1,7 @@
 """The CUDA path gives the CPU's answers: Predict and SHAP values from a server on the GPU
-(float32) against shap's own explainer on the CPU, and a bfloat16 server's additivity.
+(float32) against shap's own explainer on the CPU, and a bfloat16 server's additivity; a
+token model's Predict (rows of every position, batched across callers) and an entity's
+SHAP values on the GPU against the same server on the CPU.
 
 Run on a GPU machine: `python benchmarks/gpu_smoke.py --tokenizer-dir DIR`.
 """
@@ -28,14 +30,82 @@ def tiny_bert(path: Path, tokenizer_dir: str) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128, num_labels=3)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=3,
+    )
     model = BertForSequenceClassification(config).eval()
     with torch.no_grad():
         model.classifier.weight.mul_(20)
     model.save_pretrained(path, safe_serialization=True)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     return path
+
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+NER_TEXTS = [
+    "Angela Merkel visited Paris with officials from Siemens",
+    "the United Nations met in New York on Tuesday",
+    "John Smith of Reuters said Microsoft shares rose",
+    "a quiet day with nothing much to report",
+]
+
+
+def tiny_ner(path: Path, tokenizer_dir: str) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=len(NER_LABELS),
+        id2label=dict(enumerate(NER_LABELS)),
+        label2id={k: i for i, k in enumerate(NER_LABELS)},
+    )
+    model = BertForTokenClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+    model.save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+async def entities(model_dir: Path, device: str) -> tuple[list[list[tuple[int, int, str, float]]], np.ndarray]:
+    """Each text's entities (span, type, score) from concurrent one-text Predicts, and the
+    SHAP values of the first text's first entity."""
+    import whybert
+    from whybert_service.grpc.server import WhybertServer
+    from whybert_service.settings import ServerSettings
+
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        model=(f"ner={model_dir}",),
+        no_builtin_model=True,
+        device=device,
+        dtype="float32",
+    )
+    server = WhybertServer(settings)
+    await server.start()
+    try:
+        async with whybert.AsyncClient(f"127.0.0.1:{server.port}") as client:
+            predictions = await asyncio.gather(*[client.predict([t], model="ner") for t in NER_TEXTS * 4])
+            found = [[(x.start, x.end, x.label, x.score) for x in p[0].entities] for p in predictions]
+            (e,) = await client.explain([NER_TEXTS[0]], model="ner", entity=0, max_evals=200)
+            return found, np.asarray(e.values)
+    finally:
+        await server.stop(0)
 
 
 def cpu_reference(model_dir: Path, text: str) -> np.ndarray:
@@ -59,8 +129,15 @@ async def run(model_dir: Path, device: str, dtype: str) -> list[object]:
     from whybert_service.grpc.server import WhybertServer
     from whybert_service.settings import ServerSettings
 
-    settings = ServerSettings(host="127.0.0.1", port=0, metrics_port=0, model=(f"tiny={model_dir}",),
-                              no_builtin_model=True, device=device, dtype=dtype)
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        model=(f"tiny={model_dir}",),
+        no_builtin_model=True,
+        device=device,
+        dtype=dtype,
+    )
     server = WhybertServer(settings)
     await server.start()
     try:
@@ -88,11 +165,25 @@ def main() -> int:
         for text, e in zip(TEXTS, fp32, strict=True):
             ref = cpu_reference(model_dir, text)
             worst = max(worst, float(np.max(np.abs(e.values - ref))))  # type: ignore[attr-defined]
-        print(f"[float32] max |GPU values - CPU shap| = {worst:.2e}; "
-              f"max additivity error {max(e.additivity_error for e in fp32):.2e}")  # type: ignore[attr-defined]
+        print(
+            f"[float32] max |GPU values - CPU shap| = {worst:.2e}; "
+            f"max additivity error {max(e.additivity_error for e in fp32):.2e}"
+        )  # type: ignore[attr-defined]
         bf16 = asyncio.run(run(model_dir, args.device, "bfloat16"))
         print(f"[bfloat16] max additivity error {max(e.additivity_error for e in bf16):.2e}")  # type: ignore[attr-defined]
+        ner_dir = tiny_ner(Path(tmp) / "ner", args.tokenizer_dir)
+        on_device, values = asyncio.run(entities(ner_dir, args.device))
+        on_cpu, cpu_values = asyncio.run(entities(ner_dir, "cpu"))
+        spans = [[x[:3] for x in t] for t in on_device] == [[x[:3] for x in t] for t in on_cpu]
+        pairs = [(a, b) for s, t in zip(on_device, on_cpu, strict=True) for a, b in zip(s, t, strict=False)]
+        score_gap = max((abs(a[3] - b[3]) for a, b in pairs), default=0.0)
+        value_gap = float(np.max(np.abs(values - cpu_values)))
+        print(
+            f"[entities] {sum(map(len, on_device))} entities over {len(on_device)} Predicts; same spans and "
+            f"types as the CPU: {spans}; max score gap {score_gap:.1e}; max SHAP value gap {value_gap:.1e}"
+        )
         ok = worst < 1e-3 and all(e.additivity_error < 1e-5 for e in fp32 + bf16)  # type: ignore[attr-defined]
+        ok = ok and spans and score_gap < 1e-4 and value_gap < 1e-4
         print("GPU SMOKE", "OK" if ok else "FAILED")
         return 0 if ok else 1
 
