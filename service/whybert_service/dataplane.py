@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from . import offload
 from .cache import ExplanationCache
 from .context import RequestContext
 from .entities import entity_prediction, select_entities
@@ -53,7 +54,8 @@ async def _read_pair(handle: ModelHandle, text: str) -> PairWindow | None:
     explainers tokenize); None for other models."""
     if not isinstance(handle.classifier, PairClassifier):
         return None
-    return await asyncio.to_thread(cut_pair, handle.classifier, text)
+    classifier = handle.classifier
+    return await offload.prepare(lambda: cut_pair(classifier, text), (text,))
 
 
 class DataPlane:
@@ -116,7 +118,7 @@ class DataPlane:
         params = joined_params(handle, params)  # pairs travel joined from here on
         if isinstance(classifier, TokenClassifier):
             return handle.name, await self._predict_entities(handle, params.texts, ctx)
-        encoded = await asyncio.to_thread(classifier.encode, params.texts)
+        encoded = await offload.prepare(lambda: classifier.encode(params.texts), params.texts)
         result = await handle.worker.run(encoded.ids, ctx)
         predictions = [
             prediction_from_logits(classifier.labels, result.logits[i], encoded.truncated[i], len(ids))
@@ -129,7 +131,7 @@ class DataPlane:
         classifier = handle.classifier
         if isinstance(classifier, TokenClassifier):
             return (await self._predict_entities(handle, (text,), ctx))[0]
-        encoded = await asyncio.to_thread(classifier.encode, (text,))
+        encoded = await offload.prepare(lambda: classifier.encode((text,)), (text,))
         result = await handle.worker.run(encoded.ids, ctx)
         return prediction_from_logits(classifier.labels, result.logits[0], encoded.truncated[0], len(encoded.ids[0]))
 
@@ -140,7 +142,7 @@ class DataPlane:
         grouped here."""
         classifier = handle.classifier
         assert isinstance(classifier, TokenClassifier)
-        windows = await asyncio.to_thread(lambda: [classifier.window(t) for t in texts])
+        windows = await offload.prepare(lambda: [classifier.window(t) for t in texts], texts)
         logits = await handle.worker.run_tokens([w.ids for w in windows], ctx)
         return [entity_prediction(classifier, w, row) for w, row in zip(windows, logits, strict=True)]
 

@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from .. import offload
 from ..context import RequestContext
 from ..entities import entity_output
 from ..models.classifier import Classifier
@@ -86,7 +87,7 @@ class ShapPartitionExplainer(Explainer):
         self, handle: ModelHandle, text: str, params: ExplainParams, context: RequestContext, executor: Executor
     ) -> Attribution:
         """No thread: tokenizing runs aside, then every round is scheduled on the worker."""
-        prepared = await asyncio.to_thread(self.prepare, handle, text)
+        prepared = await offload.prepare(lambda: self.prepare(handle, text), (text,))
         context.ensure_alive("before the explanation started")
         task = PartitionTask(handle.worker, self.engine(handle, prepared, params), context, position=_position(params))
         future = task.start()
@@ -150,7 +151,7 @@ async def explain_progressively(
     `interval` seconds, ending with exactly the values `explain` gives. The rounds are the
     same scheduled work as any explanation's; the caller leaving stops them."""
     started = time.perf_counter()
-    prepared = await asyncio.to_thread(explainer.prepare, handle, text)
+    prepared = await offload.prepare(lambda: explainer.prepare(handle, text), (text,))
     context.ensure_alive("before the explanation started")
     tokens = token_spans(prepared)  # the same for every message
     latest = _Latest(asyncio.get_running_loop())
