@@ -25,11 +25,14 @@ TEXTS = [
 ]
 
 
-def tiny_bert(path: Path, tokenizer_dir: str) -> Path:
+def tiny_bert(path: Path, tokenizer_dir: str, token_labels: list[str] | None = None) -> Path:
+    """A tiny random BERT (weights scaled up so outputs differ): a sequence classifier of
+    three labels, or with `token_labels` a token classifier of those tags."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
     torch.manual_seed(0)
+    labels = token_labels or ["negative", "neutral", "positive"]
     config = BertConfig(
         vocab_size=30522,
         hidden_size=64,
@@ -37,9 +40,12 @@ def tiny_bert(path: Path, tokenizer_dir: str) -> Path:
         num_attention_heads=2,
         intermediate_size=128,
         max_position_embeddings=128,
-        num_labels=3,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={k: i for i, k in enumerate(labels)},
     )
-    model = BertForSequenceClassification(config).eval()
+    kind = BertForTokenClassification if token_labels else BertForSequenceClassification
+    model = kind(config).eval()
     with torch.no_grad():
         model.classifier.weight.mul_(20)
     model.save_pretrained(path, safe_serialization=True)
@@ -54,30 +60,6 @@ NER_TEXTS = [
     "John Smith of Reuters said Microsoft shares rose",
     "a quiet day with nothing much to report",
 ]
-
-
-def tiny_ner(path: Path, tokenizer_dir: str) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        num_labels=len(NER_LABELS),
-        id2label=dict(enumerate(NER_LABELS)),
-        label2id={k: i for i, k in enumerate(NER_LABELS)},
-    )
-    model = BertForTokenClassification(config).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)
-    model.save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return path
 
 
 async def entities(model_dir: Path, device: str) -> tuple[list[list[tuple[int, int, str, float]]], np.ndarray]:
@@ -171,7 +153,7 @@ def main() -> int:
         )  # type: ignore[attr-defined]
         bf16 = asyncio.run(run(model_dir, args.device, "bfloat16"))
         print(f"[bfloat16] max additivity error {max(e.additivity_error for e in bf16):.2e}")  # type: ignore[attr-defined]
-        ner_dir = tiny_ner(Path(tmp) / "ner", args.tokenizer_dir)
+        ner_dir = tiny_bert(Path(tmp) / "ner", args.tokenizer_dir, NER_LABELS)
         on_device, values = asyncio.run(entities(ner_dir, args.device))
         on_cpu, cpu_values = asyncio.run(entities(ner_dir, "cpu"))
         spans = [[x[:3] for x in t] for t in on_device] == [[x[:3] for x in t] for t in on_cpu]

@@ -54,7 +54,16 @@ from ._types import (
     Prediction,
 )
 from .aggregate import Aggregate
-from .evaluation import EvalCSV, _read, csv_pair_column, labelled_pairs, model_info, split_row, takes_pairs
+from .evaluation import (
+    EvalCSV,
+    _read,
+    csv_pair_column,
+    labelled_pairs,
+    model_info,
+    same_pairing,
+    split_row,
+    takes_pairs,
+)
 
 try:  # advisory lock: two runs appending to one file would interleave their rows
     import fcntl
@@ -729,10 +738,7 @@ def _checked_rows(rows: Iterable[CorpusRow], info: ModelInfo) -> Iterator[_Row]:
     paired: bool | None = None
     for n, row in enumerate(rows, start=1):
         text, label, pair = split_row(row, n, info)
-        if paired is None:
-            paired = pair is not None
-        elif paired != (pair is not None):
-            raise ValueError(f"row {n} {'has no' if paired else 'has a'} pair text, unlike row 1")
+        paired = same_pairing(paired, pair, n)
         if not text.strip():
             raise ValueError(f"row {n}: the text is empty")
         if label is not None and label not in info.labels:

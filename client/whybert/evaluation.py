@@ -281,6 +281,15 @@ def takes_pairs(model: ModelInfo) -> bool | None:
     return None if model.kind == "unknown" else model.kind == "text-pair"
 
 
+def same_pairing(paired: bool | None, pair: str | None, n: int) -> bool:
+    """Whether the rows hold pair texts, as row 1 says (`paired`, None before it): a row
+    unlike row 1 stops the run naming it."""
+    has = pair is not None
+    if paired is not None and paired != has:
+        raise ValueError(f"row {n} {'has no' if paired else 'has a'} pair text, unlike row 1")
+    return has
+
+
 def split_row(row: Sequence[Any], n: int, model: ModelInfo) -> tuple[Any, Any, str | None]:
     """(text, label, pair or None) of row `n` (from 1), checked against the model: a
     text-pair model's row must hold a pair text, a single-text model's must not."""
@@ -449,10 +458,7 @@ def _checked_rows(rows: Iterable[Row], index: dict[str, int], info: ModelInfo) -
     paired: bool | None = None
     for n, row in enumerate(rows, start=1):
         text, label, pair = split_row(row, n, info)
-        if paired is None:
-            paired = pair is not None
-        elif paired != (pair is not None):
-            raise ValueError(f"row {n} {'has no' if paired else 'has a'} pair text, unlike row 1")
+        paired = same_pairing(paired, pair, n)
         if label not in index:
             known = ", ".join(info.labels)
             raise ValueError(f"row {n}: label {label!r} is not a label of model {info.name!r} ({known})")
