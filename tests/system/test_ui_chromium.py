@@ -93,12 +93,18 @@ def test_page_end_to_end_in_chromium(page: Page, ui: UIServer, client: whybert.C
     expect(error).to_contain_text("texts[0]")
 
 
+def _default_sigint() -> None:
+    """In the child before it starts: Ctrl-C raises KeyboardInterrupt there even when this
+    run ignores SIGINT (a shell's background job does, and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_ui_serves_the_page_until_interrupted(target: str) -> None:
     """`whybert ui --port 0` prints its address, serves the page, and exits 0 on Ctrl-C."""
     command = [sys.executable, "-m", "whybert.cli", "ui", "--target", target, "--port", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as process:
+                          env=env, preexec_fn=_default_sigint) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
