@@ -4,6 +4,9 @@ gives it alone, and the readable prefix is exactly what the model reads."""
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +90,89 @@ def test_description_of_the_model(tiny_classifier: Classifier) -> None:
 def test_every_cut_row_fits(tiny_classifier: Classifier, max_length: int) -> None:
     short = _short(tiny_classifier, max_length)
     assert all(len(r) <= max_length for r in short.encode([LONG, LONG[:30], "x"]).ids)
+
+
+_PIECES = [
+    "the", "food", "was", "unbelievably", "good", "Angela", "Merkel", "café", "naïve", "東京", "😀", "1999",
+    "https://example.com/a?b=c", "don't", "!!!", "...", "—", "e\u0301", "x\u00a0y", "tab\there", "new\nline",
+    "ctl\x1cchar", "[SEP]", "[MASK]", "##ing", "supercalifragilisticexpialidocious" * 3,
+]
+
+
+def _long_text(rng: random.Random, chars: int) -> str:
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        word = rng.choice(_PIECES)
+        sep = rng.choice([" ", " ", " ", "  ", ", ", ". ", "\n", ""])
+        out.append(word + sep)
+        size += len(word) + len(sep)
+    return "".join(out)
+
+
+def _whole_text_window(tokenizer: Any, text: str, max_tokens: int, suffix: int) -> tuple[str, bool, list[int]]:
+    """`read_window` as it was: the whole text tokenized, then cut."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    truncated = False
+    while len(enc["input_ids"]) > max_tokens:
+        last = enc["offset_mapping"][max_tokens - suffix - 1]
+        cut = min(int(last[1]), len(text) - 1)
+        text, truncated = text[:cut], True
+        enc = tokenizer(text, return_offsets_mapping=True)
+    return text, truncated, list(enc["input_ids"])
+
+
+def _byte_level_bpe() -> Any:
+    """A RoBERTa-like tokenizer (byte-level BPE, spaces attached to the next word), trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(7)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([_long_text(rng, 400) for _ in range(200)], vocab_size=400, special_tokens=["<s>", "</s>"])
+
+    bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>")
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "byte-level-bpe"])
+def test_long_texts_are_read_from_a_prefix_with_the_whole_texts_tokens(tiny_classifier: Classifier, kind: str) -> None:
+    """A long text is tokenized from a whole-word prefix (`head`), not whole: the window, the
+    cut and the ids are exactly those of tokenizing the whole text, on texts with accents,
+    emoji, CJK, URLs, control characters, runs of punctuation and every kind of space."""
+    from whybert_service.models.classifier import HEAD_CHARS_PER_TOKEN, head, read_window
+
+    tokenizer = tiny_classifier.tokenizer if kind == "wordpiece" else _byte_level_bpe()
+    rng = random.Random(3)
+    calls: list[int] = []
+    real = tokenizer.__call__
+
+    class Counting:  # the characters each tokenizer call reads
+        def __call__(self, text: Any, **kw: Any) -> Any:
+            calls.append(sum(map(len, text)) if isinstance(text, list) else len(text))
+            return real(text, **kw)
+
+    counting = Counting()
+    for case in range(60):
+        max_tokens = rng.choice([16, 64, 128])
+        text = _long_text(rng, rng.choice([50, 600, 3_000, 20_000]))
+        expected = _whole_text_window(tokenizer, text, max_tokens, 1)
+        calls.clear()
+        got_text, got_truncated, enc = read_window(counting, text, max_tokens, 1)
+        assert (got_text, got_truncated, list(enc["input_ids"])) == expected, case
+        if len(text) > 4 * HEAD_CHARS_PER_TOKEN * max_tokens and " " in text[HEAD_CHARS_PER_TOKEN * max_tokens :]:
+            assert max(calls) < len(text)  # never the whole text
+        prefix = head(tokenizer, text, max_tokens)  # the text, or a prefix before a space that overflows
+        assert prefix == text or (
+            text.startswith(prefix) and text[len(prefix)] == " " and len(tokenizer(prefix)["input_ids"]) > max_tokens
+        )
+    short = Classifier(
+        name="short", model=tiny_classifier.model, tokenizer=tiny_classifier.tokenizer, labels=tiny_classifier.labels,
+        device=torch.device("cpu"), weights_sha256="", source="test", max_length=32,
+    )  # fmt: skip
+    texts = [_long_text(rng, n) for n in (40, 300, 5_000, 30_000)]
+    raw = tiny_classifier.tokenizer(texts)["input_ids"]
+    want = [r if len(r) <= 32 else r[:31] + r[-1:] for r in raw]
+    encoded = short.encode(texts)
+    assert encoded.ids == want and encoded.truncated == [len(r) > 32 for r in raw]
