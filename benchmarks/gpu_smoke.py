@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,32 +65,33 @@ NER_TEXTS = [
 ]
 
 
-async def entities(model_dir: Path, device: str) -> tuple[list[list[tuple[int, int, str, float]]], np.ndarray]:
-    """Each text's entities (span, type, score) from concurrent one-text Predicts, and the
-    SHAP values of the first text's first entity."""
+@contextlib.asynccontextmanager
+async def serving(model: str, device: str, dtype: str) -> AsyncIterator[Any]:
+    """An in-process server of one model (`NAME=PATH`) on `device`, and a client of it."""
     import whybert
     from whybert_service.grpc.server import WhybertServer
     from whybert_service.settings import ServerSettings
 
     settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        model=(f"ner={model_dir}",),
-        no_builtin_model=True,
-        device=device,
-        dtype="float32",
+        host="127.0.0.1", port=0, metrics_port=0, model=(model,), no_builtin_model=True, device=device, dtype=dtype
     )
     server = WhybertServer(settings)
     await server.start()
     try:
         async with whybert.AsyncClient(f"127.0.0.1:{server.port}") as client:
-            predictions = await asyncio.gather(*[client.predict([t], model="ner") for t in NER_TEXTS * 4])
-            found = [[(x.start, x.end, x.label, x.score) for x in p[0].entities] for p in predictions]
-            (e,) = await client.explain([NER_TEXTS[0]], model="ner", entity=0, max_evals=200)
-            return found, np.asarray(e.values)
+            yield client
     finally:
         await server.stop(0)
+
+
+async def entities(model_dir: Path, device: str) -> tuple[list[list[tuple[int, int, str, float]]], np.ndarray]:
+    """Each text's entities (span, type, score) from concurrent one-text Predicts, and the
+    SHAP values of the first text's first entity."""
+    async with serving(f"ner={model_dir}", device, "float32") as client:
+        predictions = await asyncio.gather(*[client.predict([t], model="ner") for t in NER_TEXTS * 4])
+        found = [[(x.start, x.end, x.label, x.score) for x in p[0].entities] for p in predictions]
+        (e,) = await client.explain([NER_TEXTS[0]], model="ner", entity=0, max_evals=200)
+        return found, np.asarray(e.values)
 
 
 def cpu_reference(model_dir: Path, text: str) -> np.ndarray:
@@ -107,32 +111,14 @@ def cpu_reference(model_dir: Path, text: str) -> np.ndarray:
 
 
 async def run(model_dir: Path, device: str, dtype: str) -> list[object]:
-    import whybert
-    from whybert_service.grpc.server import WhybertServer
-    from whybert_service.settings import ServerSettings
-
-    settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        model=(f"tiny={model_dir}",),
-        no_builtin_model=True,
-        device=device,
-        dtype=dtype,
-    )
-    server = WhybertServer(settings)
-    await server.start()
-    try:
-        async with whybert.AsyncClient(f"127.0.0.1:{server.port}") as client:
-            (info,) = await client.list_models()
-            print(f"[{dtype}] model on {info.device} {info.dtype}")
-            results = await asyncio.gather(*[client.explain([t], targets="all") for t in TEXTS])
-            extra = await client.explain([TEXTS[0]], explainer="lime", num_samples=300)
-            ig = await client.explain([TEXTS[0]], explainer="integrated-gradients", n_steps=32)
-            print(f"[{dtype}] lime rows {extra[0].model_rows}; IG delta {ig[0].convergence_delta}")
-            return [r[0] for r in results]
-    finally:
-        await server.stop(0)
+    async with serving(f"tiny={model_dir}", device, dtype) as client:
+        (info,) = await client.list_models()
+        print(f"[{dtype}] model on {info.device} {info.dtype}")
+        results = await asyncio.gather(*[client.explain([t], targets="all") for t in TEXTS])
+        extra = await client.explain([TEXTS[0]], explainer="lime", num_samples=300)
+        ig = await client.explain([TEXTS[0]], explainer="integrated-gradients", n_steps=32)
+        print(f"[{dtype}] lime rows {extra[0].model_rows}; IG delta {ig[0].convergence_delta}")
+        return [r[0] for r in results]
 
 
 def main() -> int:

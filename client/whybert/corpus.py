@@ -63,6 +63,7 @@ from .evaluation import (
     same_pairing,
     split_row,
     takes_pairs,
+    with_pairs,
 )
 
 try:  # advisory lock: two runs appending to one file would interleave their rows
@@ -610,24 +611,12 @@ def explain_corpus(
     info = model_info(client, model, timeout)
     rows: Iterable[CorpusRow] = ((t, None) for t in texts) if labels is None else labelled_pairs(texts, labels)
     if pairs is not None:
-        rows = _with_pairs(rows, pairs)
+        rows = with_pairs(rows, pairs)
     return explain_corpus_rows(
         client, info, rows, out_dir=out_dir, explainer=explainer, compare_explainers=compare_explainers,
         restart=restart, chunk_size=chunk_size, report_rows=report_rows, agreement_k=agreement_k, charts=charts,
         progress=progress, total=total, timeout=timeout, source=source, **options,
     )
-
-
-def _with_pairs(rows: Iterable[CorpusRow], pairs: Iterable[str]) -> Iterator[CorpusRow]:
-    """Each row with its pair text (zip, strict)."""
-    seconds = iter(pairs)
-    for n, (text, label, *_) in enumerate(rows, start=1):
-        pair = next(seconds, None)
-        if pair is None:
-            raise ValueError(f"fewer pairs than texts: none for row {n}")
-        yield text, label, pair
-    if next(seconds, None) is not None:
-        raise ValueError("more pairs than texts")
 
 
 def explain_corpus_rows(

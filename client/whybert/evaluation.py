@@ -262,11 +262,15 @@ def labelled_pairs(texts: Iterable[str], labels: Iterable[str]) -> Iterator[tupl
 
 def labelled_rows(texts: Iterable[str], labels: Iterable[str], pairs: Iterable[str] | None = None) -> Iterator[Row]:
     """`labelled_pairs`, each with its pair text when `pairs` are given (zip, strict)."""
-    if pairs is None:
-        yield from labelled_pairs(texts, labels)
-        return
+    rows = labelled_pairs(texts, labels)
+    yield from rows if pairs is None else with_pairs(rows, pairs)
+
+
+def with_pairs(rows: Iterable[Sequence[Any]], pairs: Iterable[str]) -> Iterator[tuple[Any, Any, str]]:
+    """Each (text, label) row with its pair text (zip, strict: a count that differs is an
+    error naming the row)."""
     seconds = iter(pairs)
-    for n, (text, label) in enumerate(labelled_pairs(texts, labels), start=1):
+    for n, (text, label, *_) in enumerate(rows, start=1):
         pair = next(seconds, None)
         if pair is None:
             raise ValueError(f"fewer pairs than texts: none for row {n}")

@@ -163,7 +163,7 @@ def test_long_texts_are_read_from_a_prefix_with_the_whole_texts_tokens(tiny_clas
         assert (got_text, got_truncated, list(enc["input_ids"])) == expected, case
         if len(text) > 4 * HEAD_CHARS_PER_TOKEN * max_tokens and " " in text[HEAD_CHARS_PER_TOKEN * max_tokens :]:
             assert max(calls) < len(text)  # never the whole text
-        prefix = head(tokenizer, text, max_tokens)  # the text, or a prefix before a space that overflows
+        prefix, _ = head(tokenizer, text, max_tokens)  # the text, or a prefix before a space that overflows
         assert prefix == text or (
             text.startswith(prefix) and text[len(prefix)] == " " and len(tokenizer(prefix)["input_ids"]) > max_tokens
         )

@@ -660,10 +660,12 @@ class ModelWorker:
         want every position apart from the others; padding observed."""
         min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
         rows = [s.rows[i] for s, i in pairs]
-        groups: list[list[int]] = []
-        for every in (False, True):
-            kind = [k for k, (s, _) in enumerate(pairs) if s.every_position is every]
-            if kind:
+        every = [k for k, (s, _) in enumerate(pairs) if s.every_position]
+        if not every:  # the rule: no row of this batch wants every position
+            groups = split_by_length([len(r) for r in rows], min_rows)
+        else:
+            groups = []
+            for kind in (every, [k for k, (s, _) in enumerate(pairs) if not s.every_position]):
                 groups += [[kind[j] for j in g] for g in split_by_length([len(rows[k]) for k in kind], min_rows)]
         padded = sum(len(g) * max(len(rows[i]) for i in g) for g in groups)
         real = sum(len(r) for r in rows)

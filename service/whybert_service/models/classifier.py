@@ -69,8 +69,10 @@ class Classifier:
     def encode(self, texts: Sequence[str]) -> Encoded:
         """Tokenize with special tokens; cut rows longer than the model's maximum (a long
         text is read from a whole-word prefix that still overflows the window: `head`)."""
-        heads = [head(self.tokenizer, t, self.max_length) for t in texts]
-        raw = self.tokenizer(heads, add_special_tokens=True)["input_ids"]
+        probes = [head(self.tokenizer, t, self.max_length) for t in texts]
+        short = [t for t, enc in probes if enc is None]  # tokenized together; long ones are already
+        batch = iter(self.tokenizer(short, add_special_tokens=True)["input_ids"] if short else ())
+        raw = [next(batch) if enc is None else enc["input_ids"] for _, enc in probes]
         keep = self.max_length - self._suffix
         ids = [r if len(r) <= self.max_length else r[:keep] + r[len(r) - self._suffix :] for r in raw]
         return Encoded(ids=ids, truncated=[len(r) > self.max_length for r in raw])
@@ -142,8 +144,9 @@ def read_window(tokenizer: Any, text: str, max_tokens: int, suffix: int, **optio
     it, and the prefix's encoding (`tokenizer(prefix, return_offsets_mapping=True,
     **options)`). The text is cut where the last piece that fits before the `suffix`
     special tokens ends."""
-    text = head(tokenizer, text, max_tokens)
-    enc = tokenizer(text, return_offsets_mapping=True, **options)
+    text, enc = head(tokenizer, text, max_tokens, return_offsets_mapping=True, **options)
+    if enc is None:
+        enc = tokenizer(text, return_offsets_mapping=True, **options)
     truncated = False
     while len(enc["input_ids"]) > max_tokens:
         last = enc["offset_mapping"][max_tokens - suffix - 1]
@@ -157,23 +160,25 @@ def read_window(tokenizer: Any, text: str, max_tokens: int, suffix: int, **optio
 HEAD_CHARS_PER_TOKEN = 8
 
 
-def head(tokenizer: Any, text: str, max_tokens: int) -> str:
+def head(tokenizer: Any, text: str, max_tokens: int, **options: bool) -> tuple[str, Any]:
     """A prefix of `text` whose first `max_tokens` tokens are the whole text's, so that a
     long text (20,000 characters is a hundred windows) need not be tokenized whole: it ends
     just before a space, so every word in it is whole (every tokenizer whybert serves splits
     words at a space, and a word's pieces do not depend on what follows the space), and it
-    holds more than `max_tokens` tokens, so it overflows the window as the text does. The
-    text itself when it is short or no such prefix is found."""
+    holds more than `max_tokens` tokens, so it overflows the window as the text does; with
+    its encoding (`tokenizer(prefix, **options)`), which the caller need not compute again.
+    The text itself and None when it is short or no such prefix is found."""
     limit = HEAD_CHARS_PER_TOKEN * max_tokens
     while limit < len(text):
         space = text.find(" ", limit)
         if space < 0:
-            return text
+            break
         prefix = text[:space]
-        if len(tokenizer(prefix, add_special_tokens=True)["input_ids"]) > max_tokens:
-            return prefix
+        enc = tokenizer(prefix, **options)
+        if len(enc["input_ids"]) > max_tokens:
+            return prefix, enc
         limit *= 4
-    return text
+    return text, None
 
 
 def _model_max_length(model: torch.nn.Module, tokenizer: Any) -> int:
