@@ -29,6 +29,8 @@ COPY service ./service
 RUN pip install ".[server]"
 # Fail the build, not the first start, if the built-in model cannot load offline.
 RUN HF_HUB_OFFLINE=1 python -c "import torch; from whybert_service.models.builtin import load_builtin; load_builtin(torch.device('cpu'), torch.float32)"
+# The SHAP engine's compiled rounds, cached beside the package (read-only at run time).
+RUN python -c "from whybert_service.explainers.partition.engine import compile_rounds; compile_rounds()"
 
 FROM ${BASE_IMAGE}
 ARG VARIANT=cpu

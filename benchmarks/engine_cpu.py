@@ -55,7 +55,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-MODEL_STAGE = "model: Classifier.forward"
+MODEL_STAGE = "model: forward pass (Classifier.launch)"
 
 
 def make_texts(tokenizer: Any, n: int, lo: int = 20, hi: int = 40) -> list[str]:

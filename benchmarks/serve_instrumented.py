@@ -4,7 +4,8 @@ the stages of a SHAP explanation: the runner that `benchmarks/engine_cpu.py` sta
 Nothing under `service/` changes: before the server starts, this module wraps a few of its
 functions in place (functions looked up through a module or class attribute at call time).
 
-- Always: `Classifier.forward` records the rows of every call (so the model alone can be
+- Always: `Classifier.launch` (the worker's forward pass; on a CPU it computes the logits,
+  `collect` only hands them over) records the rows of every call (so the model alone can be
   timed later on exactly the batches the server ran) and its thread CPU (with one torch
   thread, a forward runs wholly on the calling thread).
 - With `--stages`: every wrapped function charges its *exclusive* thread CPU (its own time
@@ -75,7 +76,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("protobuf: validate, convert, size checks", "whybert_service.grpc.validation", "check_reply_size"),
     ("protobuf: validate, convert, size checks", "whybert_service.grpc.validation", "check_reply_sent"),
 ]
-MODEL_STAGE = "model: Classifier.forward"
+MODEL_STAGE = "model: forward pass (Classifier.launch)"
 NAMES = sorted({s for s, _, _ in STAGES} | {MODEL_STAGE})
 INDEX = {name: i for i, name in enumerate(NAMES)}
 
@@ -142,10 +143,10 @@ def _resolve(owner: str) -> Any:
 
 
 def install(stages: bool) -> None:
-    """Wrap `Classifier.forward` (always) and the stage functions (with `stages`)."""
+    """Wrap `Classifier.launch` (always) and the stage functions (with `stages`)."""
     from whybert_service.models.classifier import Classifier
 
-    Classifier.forward = timed(MODEL_STAGE, Classifier.forward, record=True)  # type: ignore[method-assign,unused-ignore]
+    Classifier.launch = timed(MODEL_STAGE, Classifier.launch, record=True)  # type: ignore[method-assign,unused-ignore]
     if stages:
         for stage, owner, attribute in STAGES:
             target = _resolve(owner)

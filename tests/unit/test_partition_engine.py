@@ -68,6 +68,30 @@ def test_a_texts_rows_equal_its_masked_strings_tokenised(tiny: Harness) -> None:
     assert 0.01 < differ / total < 0.5  # the string path is exercised, and is the exception
 
 
+def test_rows_whose_kept_pieces_continue_hidden_ones_are_shaps_strings_without_tokenising_them(
+    tiny: Harness,
+) -> None:
+    """The engine builds such rows from its runs' ids (`_continued_row`): equal to the
+    masked string tokenised, on every text of the corpus with word pieces, and only runs
+    it cannot vouch for (not ASCII, or rows longer than the model reads) go to the tokenizer."""
+    rng = np.random.default_rng(5)
+    built = declined = 0
+    for i, text in enumerate(TEXTS):
+        engine, prepared = tiny.engine(text, i)
+        if not prepared.edit_ids or not prepared.continues.any():
+            continue
+        masks = rng.random((30, prepared.size)) < rng.random((30, 1))
+        flagged = masks[needs_string(prepared, masks)]
+        for mask in flagged:
+            row = engine._continued_row(mask)
+            if row is None:
+                declined += 1
+                continue
+            built += 1
+            assert row.tolist() == tiny.encode([mask_string(prepared, tiny.spec, mask)])[0], text
+    assert built > 1000 and declined < built / 2  # the corpus is rich in accents: those decline
+
+
 def test_a_piece_after_a_masked_piece_of_its_word_is_tokenised_as_shap_does(tiny: Harness) -> None:
     prepared = prepare_text(tiny.tokenizer, tiny.spec, "playing unbelievably", 128, tiny.encode)
     pieces = tiny.tokenizer.convert_ids_to_tokens(prepared.ids.tolist())

@@ -27,6 +27,7 @@ from ..registry import ModelHandle
 from ..types import ExplainerName, ExplainParams, ExplanationResult, OutputName, TokenSpan
 from .base import Attribution, Explainer
 from .partition import MaskingSpec, PartitionEngine, PartitionResult, PreparedText, prepare_text
+from .partition.engine import compile_rounds
 from .partition.task import PartitionTask
 
 
@@ -36,6 +37,10 @@ class ShapPartitionExplainer(Explainer):
     def __init__(self) -> None:
         self._specs: dict[tuple[str, str], MaskingSpec] = {}
         self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """The engine's rounds are compiled code: compile (or load) them now."""
+        compile_rounds()
 
     def spec(self, classifier: Classifier) -> MaskingSpec:
         """How the model's tokenizer masks (worked out once per model)."""

@@ -9,17 +9,14 @@ from numpy's global one). Instead of calling a model it hands out each round's r
 whose rows they run, and may drop it between any two rounds. Identical rows of one text
 are evaluated once.
 
-The bookkeeping is cheap per round: masks are Python ints (one bit a piece; a tree node is
-a contiguous run of pieces), a round's rows are unpacked from them in one numpy call, and
-the outputs of the explained targets are Python floats, so priorities and credits cost
-no numpy call per node. Python floats are IEEE doubles like numpy's float64, so each
-value is computed with the same operations in the same order as shap's.
+A round's bookkeeping (the queue, the masks, the edited rows, priorities and credits) is
+one call into compiled code (`rounds.py`), with each value computed by the same float64
+operations in the same order as shap's. What stays here needs Python: the memo of rows
+already evaluated, the rows only shap's re-tokenised strings give, the output space.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,10 +24,10 @@ import numpy as np
 
 from ...outputs import to_output_space
 from ...types import OutputName
-from .masking import Encode, MaskingSpec, PreparedText, build_rows
+from . import rounds
+from .masking import Encode, MaskingSpec, PreparedText, build_rows, string_rows
+from .tree import text_clustering
 
-# (priority, tie-break, sequence, mask of kept pieces, f00 slot, f11 slot, tree node, weight)
-_Node = tuple[float, float, int, int, int, int, int, float]
 Targets = Callable[[np.ndarray], Sequence[int]]
 
 
@@ -69,33 +66,63 @@ class PartitionEngine:
         self._transform = transform
         self._resolve_targets = targets
         self.targets: list[int] = []
-        self.max_evals = max_evals - 2  # shap's owen() gets the budget less base and full rows
         self.fixed_context = fixed_context
-        self.batch_size = batch_size or 5  # the Text masker's default_batch_size
+        batch = batch_size or 5  # the Text masker's default_batch_size
         self._random = np.random.RandomState(seed)
         m = text.size
         self._m = m
-        self._bytes = (m + 7) // 8
-        lo, hi = _node_ranges(text.clustering, m)
-        self._bits = [((1 << h) - 1) ^ ((1 << lo_) - 1) for lo_, h in zip(lo, hi, strict=True)]
-        self._children = [(int(r[0]), int(r[1])) for r in text.clustering]
         # an invariant piece inside the text (a literal separator id): rows that differ
         # only there differ as strings, and shap still reuses the previous row's output
-        self._mid_invariant = int(text.invariant.sum()) > spec.keep_prefix + spec.keep_suffix
-        self._variant = _bits_of(~text.invariant)
-        self._memo: dict[bytes, int] = {}
-        self._f: list[list[float]] = []  # per distinct row (slot): the outputs for the targets
+        mid_invariant = int(text.invariant.sum()) > spec.keep_prefix + spec.keep_suffix
+        edit = spec.in_place or text.edit_ids
+        risky = not spec.in_place and text.edit_ids and bool(text.continues.any())
+        self._params = np.array(
+            # shap's owen() gets the budget less the base and full rows
+            [m, 0, batch, max_evals - 2, -1 if fixed_context is None else fixed_context,
+             int(mid_invariant), int(risky), spec.mask_id, int(edit)],
+            dtype=np.int64,
+        )
+        self._state = np.zeros(rounds.STATE_SIZE, dtype=np.int64)
+        words = (m + 63) // 64
+        self._children = np.ascontiguousarray(text.clustering[:, :2], dtype=np.int64)
+        self._node_bits = _node_bits(text.clustering, m, words)
+        self._variant = _pack(~text.invariant, words)
+        # pieces an edited row shows whatever the mask (kept, or the mask id itself): an
+        # edited row is memoised by its kept pieces with these added
+        self._fixed = _pack(text.keep | (text.ids == spec.mask_id), words)
+        self._keep = np.ascontiguousarray(text.keep, dtype=np.bool_)
+        self._continues = np.ascontiguousarray(text.continues, dtype=np.bool_)
+        self._ids = np.ascontiguousarray(text.ids, dtype=np.int64)
+        # one round: at most ceil(batch / 2) expanded nodes, two masks each, four children
+        self._round_nodes = (batch + 1) // 2
+        self._rnd = np.zeros(self._round_nodes, dtype=np.int64)
+        self._rmask = np.zeros(2 * self._round_nodes, dtype=np.int64)
+        self._rslot = np.zeros(2 * self._round_nodes, dtype=np.int64)
+        self._flags = np.zeros(2 * self._round_nodes, dtype=np.int8)
+        self._new_rows = np.zeros((2 * self._round_nodes, m), dtype=np.int64)
+        self._new_slots = np.zeros(2 * self._round_nodes, dtype=np.int64)
+        capacity = 64 + 8 * self._round_nodes
+        self._ef = np.zeros((capacity, 3), dtype=np.float64)
+        self._ei = np.zeros((capacity, 4), dtype=np.int64)
+        self._heap = np.zeros(capacity, dtype=np.int64)
+        self._leaves = np.zeros(capacity, dtype=np.int64)
+        self._pool = np.zeros((capacity, words), dtype=np.uint64)  # row 0: nothing kept
+        self._ties = self._random.randn(capacity)
+        table = 1 << (4 * capacity - 1).bit_length()  # the edited rows' memo: a power of two
+        self._hkeys = np.zeros((table, words), dtype=np.uint64)
+        self._hslot = np.full(table, -1, dtype=np.int64)
+        self._f = np.zeros((0, 0), dtype=np.float64)  # per distinct row (slot): the targets' outputs
+        self._d = np.zeros((0, 0), dtype=np.float64)  # per tree node: its credit
+        self._targets = np.zeros(0, dtype=np.int64)
+        self._memo: dict[bytes, int] = {}  # rows built as shap's strings, by their ids
+        self._runs: dict[tuple[int, int], np.ndarray | None] = {}  # see `_run_ids`
         self._raw: list[np.ndarray] = []  # raw logits of the first rows
-        self._heap: list[_Node] = []
-        self._seq = itertools.count()
-        self._dvalues: list[list[float]] = []
-        self.evals = 0
         self._pending_rows: list[np.ndarray] = []  # rows handed out, waiting for logits
         self._pending_slots: list[int] = []
-        self._round: tuple[list[_Node], list[int], list[int]] | None = None  # expansions, masks, slots
         self._result: PartitionResult | None = None
         # shap evaluates the base and unmasked rows in two calls of one row: no reuse between
-        self._root: tuple[int, int] = (self._slots([0])[0], self._slots([(1 << m) - 1])[0])
+        nothing, everything = np.zeros((1, m), dtype=bool), np.ones((1, m), dtype=bool)
+        self._root = (self._first_slot(nothing), self._first_slot(everything))
 
     # ---- the driver's side -------------------------------------------------------------
 
@@ -109,6 +136,11 @@ class PartitionEngine:
             raise RuntimeError("the explanation has not finished")
         return self._result
 
+    @property
+    def evals(self) -> int:
+        """Rows shap's budget has counted so far (less the base and unmasked rows)."""
+        return int(self._state[rounds.EVALS])
+
     def rows(self) -> list[np.ndarray]:
         """Token-id rows the engine needs evaluated before it can go on (empty when done)."""
         return self._pending_rows
@@ -121,19 +153,18 @@ class PartitionEngine:
     def snapshot(self) -> PartitionResult:
         """The explanation as it would end if the budget ran out now: what the finished
         nodes earned, plus f11 − f00 of every node still queued or being expanded, shared
-        down to the pieces (as `_finish` does when the budget is spent). Additive at every
+        down to the pieces (as the end does when the budget is spent). Additive at every
         round (base + sum = output), coarser than the end and equal to it once done."""
         if self._result is not None:
             return self._result
         if not self.targets:
             raise RuntimeError("no snapshot before the base and unmasked rows are in")
-        d = [row[:] for row in self._dvalues]
-        queued = list(self._heap) + (list(self._round[0]) if self._round is not None else [])
-        f = self._f
-        for _, _, _, _, i00, i11, ind, weight in queued:
-            row = d[ind]
-            for t, (a, b) in enumerate(zip(f[i11], f[i00], strict=True)):
-                row[t] += (a - b) * weight
+        st = self._state
+        queued = np.concatenate([self._heap[: st[rounds.HEAP_N]], self._rnd[: st[rounds.ROUND_J]]])
+        ei, f = self._ei[queued], self._f
+        d = self._d.copy()
+        gains = (f[ei[:, rounds.I_11]] - f[ei[:, rounds.I_00]]) * self._ef[queued, rounds.F_WEIGHT][:, None]
+        np.add.at(d, ei[:, rounds.I_NODE], gains)
         return self._result_of(d)
 
     def feed(self, logits: np.ndarray) -> None:
@@ -144,16 +175,23 @@ class PartitionEngine:
         if not self.targets:  # the base and unmasked rows: resolve the explained outputs
             self._raw = [np.asarray(row, dtype=np.float32) for row in logits]
             self.targets = [int(t) for t in self._resolve_targets(self._raw[self._root[1]])]
-            self._f = self._outputs(np.stack(self._raw)).tolist()
+            self._params[rounds.P_T] = len(self.targets)
+            self._targets = np.array(self.targets, dtype=np.int64)
+            outputs = self._outputs(np.stack(self._raw))
+            self._f = np.zeros((64 + 4 * self._round_nodes, len(self.targets)), dtype=np.float64)
+            self._f[: len(outputs)] = outputs
+            self._d = np.zeros((2 * self._m - 1, len(self.targets)), dtype=np.float64)
             self._pending_rows, self._pending_slots = [], []
             self._begin_owen()
         else:
-            outputs = self._outputs(np.asarray(logits)).tolist()
-            f = self._f
-            for slot, row in zip(self._pending_slots, outputs, strict=True):
-                f[slot] = row
+            if self._transform is None:
+                rounds.store_outputs(
+                    np.asarray(logits), np.asarray(self._pending_slots, dtype=np.int64), self._targets,
+                    self.output is OutputName.PROBABILITY, self._f,
+                )
+            else:
+                self._f[self._pending_slots] = self._outputs(np.asarray(logits))
             self._pending_rows, self._pending_slots = [], []
-            self._finish_round()
         self._advance()
 
     def _outputs(self, logits: np.ndarray) -> np.ndarray:
@@ -162,148 +200,182 @@ class PartitionEngine:
             return self._transform(logits)[:, self.targets]
         return to_output_space(logits, self.output)[:, self.targets]
 
-    # ---- the algorithm -----------------------------------------------------------------
+    # ---- the algorithm (the rounds themselves are compiled: `rounds.py`) -----------------
 
-    def _slots(self, masks: list[int]) -> list[int]:
-        """Output slot of each mask's row; rows not seen before join the pending rows.
+    def _first_slot(self, mask: np.ndarray) -> int:
+        """The slot of the base or the unmasked row (built here, once)."""
+        row = build_rows(self.text, self.spec, mask, self._encode)[0]
+        if not self._params[rounds.P_EDIT]:
+            return self._string_slot(row)
+        slot = int(self._state[rounds.SLOTS])
+        key = _pack(mask[0], len(self._fixed)) | self._fixed
+        known = rounds.remember(self._state, self._hkeys, self._hslot, key, slot)
+        if known >= 0:
+            return known
+        self._state[rounds.SLOTS] = slot + 1
+        self._pending_rows.append(row)
+        self._pending_slots.append(slot)
+        return slot
 
-        As shap's `MaskedModel` does within one call, a mask that differs from the one
-        before it only at invariant pieces reuses that one's output (which matters when a
-        text holds a literal separator: its string differs, shap still reuses)."""
-        fresh = list(range(len(masks)))
-        if self._mid_invariant:  # elsewhere a difference at an invariant piece is no difference
-            variant = self._variant
-            fresh = [0] + [i for i in range(1, len(masks)) if (masks[i] ^ masks[i - 1]) & variant]
-        packed = b"".join(masks[i].to_bytes(self._bytes, "little") for i in fresh)
-        kept = np.unpackbits(
-            np.frombuffer(packed, dtype=np.uint8).reshape(len(fresh), self._bytes), axis=1, bitorder="little"
-        )[:, : self._m].astype(bool)
-        rows = build_rows(self.text, self.spec, kept, self._encode)
-        slots = [0] * len(masks)
-        row_of = dict(zip(fresh, rows, strict=True))
-        for i in range(len(masks)):
-            row = row_of.get(i)
-            if row is None:  # reused: the previous mask's output
-                slots[i] = slots[i - 1]
-                continue
-            key = row.tobytes()
-            slot = self._memo.get(key)
-            if slot is None:
-                slot = len(self._memo)
-                self._memo[key] = slot
-                self._f.append([])
-                self._pending_rows.append(row)
-                self._pending_slots.append(slot)
-            slots[i] = slot
-        return slots
+    def _string_slot(self, row: np.ndarray) -> int:
+        """The slot of a row built as shap's string: memoised by its ids."""
+        key = row.tobytes()
+        slot = self._memo.get(key)
+        if slot is None:
+            slot = int(self._state[rounds.SLOTS])
+            self._state[rounds.SLOTS] = slot + 1
+            self._memo[key] = slot
+            self._pending_rows.append(row)
+            self._pending_slots.append(slot)
+        return slot
 
     def _begin_owen(self) -> None:
-        m = self._m
-        self._dvalues = [[0.0] * len(self.targets) for _ in range(2 * m - 1)]
         f00, f11 = self._root
-        heapq.heappush(self._heap, (0.0, 0.0, next(self._seq), 0, f00, f11, 2 * m - 2, 1.0))
+        # the root: priority 0, tie-break 0, every piece hidden (pool row 0), weight 1
+        self._ef[0] = (0.0, 0.0, 1.0)
+        self._ei[0] = (0, f00, f11, 2 * self._m - 2)
+        self._heap[0] = 0
+        st = self._state
+        st[rounds.ENTRIES], st[rounds.HEAP_N], st[rounds.POOL_N] = 1, 1, 1
 
     def _advance(self) -> None:
-        """Form rounds until one needs rows the engine has not evaluated, or the end."""
-        while not self._pending_rows and self._result is None:
-            if not self._heap:
-                self._finish()
-            elif self.evals >= self.max_evals:
-                self._credit([heapq.heappop(self._heap) for _ in range(len(self._heap))])
-                self._finish()
-            else:
-                self._form_round()
-                if self._round is not None and not self._pending_rows:
-                    self._finish_round()  # every row of the round was known already
+        """Run rounds until one needs rows the engine has not evaluated, or the end."""
+        st = self._state
+        while not self._pending_rows:
+            self._make_room()
+            answer = rounds.step(
+                self._params, st, self._ef, self._ei, self._heap, self._f, self._d, self._children,
+                self._node_bits, self._pool, self._ties, self._rnd, self._rmask, self._rslot, self._leaves,
+                self._ids, self._keep, self._continues, self._variant, self._fixed, self._hkeys, self._hslot,
+                self._flags, self._new_rows, self._new_slots,
+            )
+            if answer == rounds.FINISHED:
+                self._result = self._result_of(self._d)
+                return
+            new = int(st[rounds.NEW_N])
+            if new:
+                self._pending_rows = list(self._new_rows[:new].copy())
+                self._pending_slots = self._new_slots[:new].tolist()
+            if st[rounds.LEFT_N]:
+                self._string_slots(2 * int(st[rounds.ROUND_J]))
 
-    def _form_round(self) -> None:
-        m, heap, pop = self._m, self._heap, heapq.heappop
-        expansions: list[_Node] = []
-        leaves: list[_Node] = []
-        n_masks = 0
-        while heap and n_masks < self.batch_size and self.evals + n_masks < self.max_evals:
-            node = pop(heap)
-            if node[6] < m:
-                leaves.append(node)
-                continue
-            expansions.append(node)
-            n_masks += 2
-        if leaves:
-            self._credit(leaves)
-        if not expansions:
-            return
-        self.evals += n_masks
-        masks: list[int] = []
-        bits, children = self._bits, self._children
-        for node in expansions:
-            left, right = children[node[6] - m]
-            masks.append(node[3] | bits[left])  # m10
-            masks.append(node[3] | bits[right])  # m01
-        self._round = (expansions, masks, self._slots(masks))
+    def _string_slots(self, n: int) -> None:
+        """Slots of the round's masks the compiled step left to Python: rows where a kept
+        piece continues a hidden piece's word (or, where the text is masked as strings
+        throughout, every row), with the ids shap's re-tokenised strings give."""
+        flags, slots = self._flags, self._rslot
+        left = [k for k in range(n) if slots[k] < 0 and flags[k] == rounds.LEFT]
+        masks = np.unpackbits(self._pool[self._rmask[left]].view(np.uint8), axis=1, bitorder="little")
+        kept = masks[:, : self._m].astype(bool)
+        rows: dict[int, np.ndarray] = {}
+        if self._params[rounds.P_EDIT]:
+            for k, mask in zip(left, kept, strict=True):
+                row = self._continued_row(mask)
+                if row is not None:
+                    rows[k] = row
+        strings = [i for i, k in enumerate(left) if k not in rows]
+        if strings:
+            encoded = string_rows(self.text, self.spec, kept[strings], self._encode)
+            rows.update(zip([left[i] for i in strings], encoded, strict=True))
+        for k in range(n):
+            if slots[k] < 0:
+                slots[k] = slots[k - 1] if flags[k] == rounds.REUSE else self._string_slot(rows[k])
 
-    def _finish_round(self) -> None:
-        assert self._round is not None
-        expansions, masks, slots = self._round
-        self._round = None
-        m, fc, f, dvalues, children = self._m, self.fixed_context, self._f, self._dvalues, self._children
-        pushes: list[tuple[float, int, int, int, int, float]] = []  # priority, mask, f00, f11, node, weight
-        for j, (_, _, _, m00, i00, i11, ind, weight) in enumerate(expansions):
-            i10, i01 = slots[2 * j], slots[2 * j + 1]
-            f00, f11, f10, f01 = f[i00], f[i11], f[i10], f[i01]
-            left, right = children[ind - m]
-            if fc is not None:  # the interaction stays on the node
-                d = dvalues[ind]
-                for t, (a, b, c, e) in enumerate(zip(f11, f10, f01, f00, strict=True)):
-                    if fc == 0:
-                        d[t] += (a - b - c + e) * weight
-                    else:
-                        d[t] -= (a - b - c + e) * weight
-            w = weight / 2 if fc is None else weight
-            if fc is None or fc == 0:
-                pushes.append((_gap(f10, f00) * w, m00, i00, i10, left, w))
-                pushes.append((_gap(f01, f00) * w, m00, i00, i01, right, w))
-            if fc is None or fc == 1:
-                pushes.append((_gap(f11, f01) * w, masks[2 * j + 1], i01, i11, left, w))
-                pushes.append((_gap(f11, f10) * w, masks[2 * j], i10, i11, right, w))
-        ties = self._random.randn(len(pushes)).tolist()
-        push, seq, heap = heapq.heappush, self._seq, self._heap
-        for (priority, mask, a, b, node, w), tie in zip(pushes, ties, strict=True):
-            push(heap, (priority, tie, next(seq), mask, a, b, node, w))
+    def _continued_row(self, mask: np.ndarray) -> np.ndarray | None:
+        """The row of a mask whose kept pieces continue hidden ones' words, without
+        tokenising the whole masked string: in shap's string such a run of kept pieces
+        follows ` [MASK]` directly, so it is a word of its own, and its ids are those of its
+        characters tokenised alone (`_run_ids`); the rest of the row is edited. None where
+        that does not hold for certain (a run that is not ASCII, or a row longer than the
+        model reads, which the tokenizer would cut): then the string is tokenised."""
+        p = self.text
+        kept = mask | p.keep
+        edited = np.where(kept, p.ids, self.spec.mask_id)
+        m = self._m
+        parts: list[np.ndarray] = []
+        done = 0
+        for start in np.flatnonzero(kept[1:] & ~kept[:-1] & p.continues[1:]) + 1:
+            i = j = int(start)
+            while j + 1 < m and p.continues[j + 1] and kept[j + 1]:
+                j += 1
+            ids = self._run_ids(i, j)
+            if ids is None:
+                return None
+            parts += [edited[done:i], ids]
+            done = j + 1
+        parts.append(edited[done:])
+        row = np.concatenate(parts)
+        return row if len(row) <= max(m, p.max_tokens) else None
 
-    def _credit(self, nodes: list[_Node]) -> None:
-        """Leaves (and, at the end of the budget, every queued node) keep f11 − f00."""
-        f, dvalues = self._f, self._dvalues
-        for _, _, _, _, i00, i11, ind, weight in nodes:
-            d = dvalues[ind]
-            for t, (a, b) in enumerate(zip(f[i11], f[i00], strict=True)):
-                d[t] += (a - b) * weight
+    def _run_ids(self, i: int, j: int) -> np.ndarray | None:
+        """The ids of pieces i..j of one word read as a word of their own (memoised)."""
+        key = (i, j)
+        if key in self._runs:
+            return self._runs[key]
+        p = self.text
+        chars = p.text[p.offsets[i][0] : p.offsets[j][1]]
+        ids: np.ndarray | None = None
+        if chars.isascii():  # lower-casing and accents are then character by character
+            encoded = self._encode([chars])[0]
+            ids = np.asarray(encoded[self.spec.keep_prefix : len(encoded) - self.spec.keep_suffix], dtype=np.int64)
+        self._runs[key] = ids
+        return ids
 
-    def _finish(self) -> None:
-        self._result = self._result_of(self._dvalues)
-        self._heap = []
+    def _make_room(self) -> None:
+        """Room for one more round: its entries, tie-breaks, masks, slots and memo keys."""
+        st, need = self._state, 4 * self._round_nodes
+        if st[rounds.ENTRIES] + need > len(self._ei):
+            size = 2 * len(self._ei)
+            self._ef = _grown(self._ef, size)
+            self._ei = _grown(self._ei, size)
+            self._heap = _grown(self._heap, size)
+            self._leaves = _grown(self._leaves, size)
+        if st[rounds.TIE_POS] + need > len(self._ties):
+            self._ties = np.concatenate([self._ties, self._random.randn(len(self._ties))])
+        if st[rounds.POOL_N] + need > len(self._pool):
+            self._pool = _grown(self._pool, 2 * len(self._pool))
+        if st[rounds.SLOTS] + need > len(self._f):
+            self._f = _grown(self._f, 2 * len(self._f))
+        if 2 * (st[rounds.MEMO_N] + need) > len(self._hslot):
+            keys, slots = self._hkeys, self._hslot
+            self._hkeys = np.zeros((2 * len(slots), keys.shape[1]), dtype=np.uint64)
+            self._hslot = np.full(2 * len(slots), -1, dtype=np.int64)
+            rounds.rehash(st, self._hkeys, self._hslot, keys, slots)
 
-    def _result_of(self, credits: list[list[float]]) -> PartitionResult:
-        dvalues = np.array(credits, dtype=np.float64).reshape(2 * self._m - 1, len(self.targets))
-        values = lower_credit(dvalues, self.text.clustering, self._m)
+    def _result_of(self, credits: np.ndarray) -> PartitionResult:
+        values = rounds.lower_credit(credits, self.text.clustering, self._m)
         f00, f11 = self._root
         return PartitionResult(
             values=values[: self._m].copy(),
-            base_values=np.array(self._f[f00], dtype=np.float64),
-            output_values=np.array(self._f[f11], dtype=np.float64),
+            base_values=self._f[f00].copy(),
+            output_values=self._f[f11].copy(),
             unmasked_logits=self._raw[f11],
             targets=self.targets,
-            rows=len(self._memo),
+            rows=int(self._state[rounds.SLOTS]),
             evals=self.evals + 2,
         )
 
 
-def _gap(a: list[float], b: list[float]) -> float:
-    """shap's `-np.max(np.abs(a - b))`: the priority before its weight (more negative first)."""
-    return -max(abs(x - y) for x, y in zip(a, b, strict=True))
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((size, *a.shape[1:]), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
 
 
-def _bits_of(flags: np.ndarray) -> int:
-    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
+def _pack(flags: np.ndarray, words: int) -> np.ndarray:
+    """Boolean flags (…, pieces) as little-endian 64-bit words (…, words)."""
+    flags = np.asarray(flags, dtype=bool)
+    padded = np.zeros((*flags.shape[:-1], 64 * words), dtype=bool)
+    padded[..., : flags.shape[-1]] = flags
+    return np.packbits(padded, axis=-1, bitorder="little").view(np.uint64)
+
+
+def _node_bits(clustering: np.ndarray, m: int, words: int) -> np.ndarray:
+    """The pieces of every tree node (each a contiguous run) as mask words."""
+    lo, hi = _node_ranges(clustering, m)
+    pieces = np.arange(m)
+    inside = (pieces >= np.array(lo)[:, None]) & (pieces < np.array(hi)[:, None])
+    return np.ascontiguousarray(_pack(inside, words))
 
 
 def _node_ranges(clustering: np.ndarray, m: int) -> tuple[list[int], list[int]]:
@@ -315,20 +387,36 @@ def _node_ranges(clustering: np.ndarray, m: int) -> tuple[list[int], list[int]]:
     return lo, hi
 
 
-def lower_credit(dvalues: np.ndarray, clustering: np.ndarray, m: int) -> np.ndarray:
-    """shap's `lower_credit`: each group's value shared down to its pieces by their sizes."""
-    values = dvalues.copy()
-    incoming = np.zeros_like(values)
-    for i in range(len(values) - 1, m - 1, -1):
-        values[i] += incoming[i]
-        row = clustering[i - m]
-        li, ri, size = int(row[0]), int(row[1]), int(row[3])
-        lsize = int(clustering[li - m, 3]) if li >= m else 1
-        rsize = int(clustering[ri - m, 3]) if ri >= m else 1
-        incoming[li] = values[i] * lsize / size
-        incoming[ri] = values[i] * rsize / size
-    values[:m] += incoming[:m]
-    return values
+def compile_rounds() -> None:
+    """Compile the rounds (numba, cached on disk where the package is writable) on a
+    made-up text of six pieces, so the first request does not wait for it: a server
+    calls this while its models load."""
+    segments = ["[CLS]", "a ", "b", "c ", "d", "[SEP]"]
+    m = len(segments)
+    keep = np.array([True] + [False] * (m - 2) + [True])
+    text = PreparedText(
+        text="a bc d", truncated=False, segments=segments, offsets=[(0, 0)] * m, special=list(keep),
+        ids=np.arange(100, 100 + m, dtype=np.int64), keep=keep,
+        continues=np.array([False, False, False, True, False, False]), invariant=keep,
+        clustering=text_clustering(segments, "[SEP]"), edit_ids=True,
+    )
+    spec = MaskingSpec(mask_token="[MASK]", mask_id=1, collapse=False, keep_prefix=1, keep_suffix=1,
+                       sep_token="[SEP]", sentencepiece=False, edit_ids=True)
+
+    def encode(strings: Sequence[str]) -> list[list[int]]:
+        return [[100] + [1] * (m - 2) + [105] for _ in strings]
+
+    for output, fixed_context in ((OutputName.PROBABILITY, None), (OutputName.LOGIT, 1)):
+        engine = PartitionEngine(text, spec, encode, output=output, targets=lambda _: [0, 1],
+                                 fixed_context=fixed_context, batch_size=2)
+        while not engine.done:
+            rows = engine.rows()
+            engine.feed(np.array([[float(r.sum() % 7), 1.0] for r in rows], dtype=np.float32))
+            if engine.started:
+                engine.snapshot()
+    st = np.zeros(rounds.STATE_SIZE, dtype=np.int64)
+    keys, slots = np.zeros((2, 1), dtype=np.uint64), np.array([0, -1], dtype=np.int64)
+    rounds.rehash(st, np.zeros((4, 1), dtype=np.uint64), np.full(4, -1, dtype=np.int64), keys, slots)
 
 
 def explain_text(engine: PartitionEngine, logits: Callable[[list[np.ndarray]], np.ndarray]) -> PartitionResult:

@@ -112,6 +112,7 @@ class PreparedText:
     invariant: np.ndarray  # shap's `Text.invariants`: prefix, suffix and separator-id pieces
     clustering: np.ndarray
     edit_ids: bool  # rows by editing ids (False: every row as shap's string)
+    max_tokens: int = 0  # the most tokens the model reads (0: not known)
 
     @property
     def size(self) -> int:
@@ -156,6 +157,7 @@ def prepare_text(tokenizer: Any, spec: MaskingSpec, text: str, max_tokens: int, 
         invariant=invariant,
         clustering=text_clustering(segments, spec.sep_token),
         edit_ids=spec.in_place or (spec.edit_ids and word_ids is not None),
+        max_tokens=max_tokens,
     )
     if prepared.edit_ids and not spec.in_place and not _edits_agree(prepared, spec, encode):
         prepared = dataclasses.replace(prepared, edit_ids=False)
@@ -215,14 +217,18 @@ def build_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: En
     if spec.in_place:
         return list(edit_rows(p, spec, masks))
     if not p.edit_ids:
-        return [np.asarray(r, dtype=np.int64) for r in encode([mask_string(p, spec, m) for m in masks])]
+        return string_rows(p, spec, masks, encode)
     edited = edit_rows(p, spec, masks)
     rows = list(edited)
     if not p.continues.any():
         return rows
     risky = np.flatnonzero(needs_string(p, masks))
     if len(risky):
-        encoded = encode([mask_string(p, spec, masks[i]) for i in risky])
-        for i, ids in zip(risky, encoded, strict=True):
-            rows[i] = np.asarray(ids, dtype=np.int64)
+        for i, ids in zip(risky, string_rows(p, spec, masks[risky], encode), strict=True):
+            rows[i] = ids
     return rows
+
+
+def string_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: Encode) -> list[np.ndarray]:
+    """The ids of shap's masked strings for boolean masks (rows × pieces), tokenised."""
+    return [np.asarray(r, dtype=np.int64) for r in encode([mask_string(p, spec, m) for m in masks])]
