@@ -65,8 +65,6 @@ STAGES: list[tuple[str, str, str]] = [
     ("worker: batch plumbing (run_batch, pairs, groups)", "whybert_service.batching.worker:ModelWorker",
      "_groups"),
     ("worker: metrics (queue depth, batch observations)", "whybert_service.batching.worker:ModelWorker",
-     "_publish_depth"),
-    ("worker: metrics (queue depth, batch observations)", "whybert_service.batching.worker:ModelWorker",
      "_observe_batch"),
     ("worker: metrics (queue depth, batch observations)", "whybert_service.batching.worker:ModelWorker",
      "_batch_done"),

@@ -322,6 +322,8 @@ def deliver(sub: Submission, start: int, logits: np.ndarray | list[np.ndarray], 
         if sub.tokens is None:
             sub.tokens = [np.empty((0, 0), np.float32)] * len(sub.rows)
         sub.tokens[start : start + len(logits)] = list(logits)
+    elif len(logits) == len(sub.rows):  # all of its rows in one piece (a SHAP round, as a rule)
+        sub.logits = np.asarray(logits)
     else:
         if sub.logits is None:
             sub.logits = np.empty((len(sub.rows), logits[0].shape[-1]), dtype=np.float32)

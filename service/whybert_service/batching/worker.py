@@ -160,12 +160,18 @@ class ModelWorker:
         self._healthy = False
         self.restarts = 0
         self._labels = {"model": classifier.name}
-        # published on every submit and batch: the labelled children looked up once
-        self._depth_gauges = (
-            self.metrics.queue_rows.labels(classifier.name),
-            self.metrics.queue_submissions.labels(classifier.name),
-            self.metrics.queue_requests.labels(classifier.name),
-        )
+        # The queue's depth is read when Prometheus scrapes, not written on every submit.
+        name = classifier.name
+        self.metrics.queue_rows.labels(name).set_function(lambda: self._queue.queued_rows + self._reserved_rows)
+        self.metrics.queue_submissions.labels(name).set_function(lambda: len(self._queue))
+        self.metrics.queue_requests.labels(name).set_function(lambda: len(self._queued_requests))
+        # observed on every batch: the labelled children looked up once
+        self._queue_wait = self.metrics.queue_wait_seconds.labels(name)
+        self._batch_rows = self.metrics.batch_rows.labels(name)
+        self._batch_tokens = self.metrics.batch_tokens.labels(name)
+        self._forward_seconds = self.metrics.forward_seconds.labels(name)
+        self._rows_total = self.metrics.rows_total.labels(name)
+        self._padding = self.metrics.padding_fraction.labels(name)
         self._budget_gauge = self.metrics.batch_token_budget.labels(classifier.name)
         self._budget_gauge.set(self.token_budget())
 
@@ -234,7 +240,6 @@ class ModelWorker:
             self._admit(len(sub.rows))
             self._queue.push(sub)
             self._count_request(sub, +1)
-            self._publish_depth()
             self._cond.notify()
         return future
 
@@ -292,14 +297,12 @@ class ModelWorker:
         with self._cond:
             self._admit(n_rows)
             self._reserved_rows += n_rows
-            self._publish_depth()
 
     def release(self, n_rows: int) -> None:
         """Give back places taken by `reserve`, once those rows have left their queue."""
         if n_rows:
             with self._cond:
                 self._reserved_rows = max(0, self._reserved_rows - n_rows)
-                self._publish_depth()
 
     def queued_rows(self) -> int:
         """Rows waiting for the model: the row queue's and those reserved by gradient work."""
@@ -447,7 +450,6 @@ class ModelWorker:
                         for piece in batch.slices:
                             if not piece.submission.pending:
                                 self._count_request(piece.submission, -1)
-                        self._publish_depth()
                         return None, batch
                     if not wait:
                         return None, None
@@ -491,8 +493,6 @@ class ModelWorker:
             else:
                 fail_job(job, _dropped_error(why))
         self._jobs = live
-        if swept:
-            self._publish_depth()
 
     def _count_request(self, sub: Submission, delta: int) -> None:
         """Track the submissions each request has queued (call with the lock held)."""
@@ -502,12 +502,6 @@ class ModelWorker:
             self._queued_requests[key] = count
         else:
             self._queued_requests.pop(key, None)
-
-    def _publish_depth(self) -> None:
-        rows, submissions, requests = self._depth_gauges
-        rows.set(self._queue.queued_rows + self._reserved_rows)
-        submissions.set(len(self._queue))
-        requests.set(len(self._queued_requests))
 
     def _run_job(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -524,13 +518,12 @@ class ModelWorker:
             settle(job.future, exception=ModelFailure(f"the model failed on this request: {exc}"))
 
     def _observe_batch(self, batch: Batch) -> list[tuple[Submission, int]]:
-        name = self.classifier.name
         now = time.monotonic()
         for piece in batch.slices:
             if piece.start == 0:
-                self.metrics.queue_wait_seconds.labels(name).observe(now - piece.submission.enqueued_at)
-        self.metrics.batch_rows.labels(name).observe(len(batch.rows))
-        self.metrics.batch_tokens.labels(name).observe(batch.padded_tokens)
+                self._queue_wait.observe(now - piece.submission.enqueued_at)
+        self._batch_rows.observe(len(batch.rows))
+        self._batch_tokens.observe(batch.padded_tokens)
         return [(p.submission, i) for p in batch.slices for i in range(p.start, p.stop)]
 
     def _run_batch(self, batch: Batch) -> None:
@@ -541,10 +534,9 @@ class ModelWorker:
         self._batch_done(batch, len(pairs), started)
 
     def _batch_done(self, batch: Batch, rows: int, started: float) -> None:
-        name = self.classifier.name
         seconds = time.perf_counter() - started
-        self.metrics.forward_seconds.labels(name).observe(seconds)
-        self.metrics.rows_total.labels(name).inc(rows)
+        self._forward_seconds.observe(seconds)
+        self._rows_total.inc(rows)
         self._learn_speed(batch.padded_tokens, seconds)
         self._publish_memory()
 
@@ -669,7 +661,7 @@ class ModelWorker:
                 groups += [[kind[j] for j in g] for g in split_by_length([len(rows[k]) for k in kind], min_rows)]
         padded = sum(len(g) * max(len(rows[i]) for i in g) for g in groups)
         real = sum(len(r) for r in rows)
-        self.metrics.padding_fraction.labels(self.classifier.name).observe(1 - real / max(padded, 1))
+        self._padding.observe(1 - real / max(padded, 1))
         return groups
 
     def _launch_group(self, pairs: list[tuple[Submission, int]], group: list[int]) -> Launched:
@@ -695,7 +687,6 @@ class ModelWorker:
             subs = self._queue.drain()
             self._queued_requests.clear()
             jobs, self._jobs = self._jobs, []
-            self._publish_depth()
         for sub in subs:
             if not sub.future.done():
                 dropped = self.metrics.dropped_rows.labels(self.classifier.name, "unavailable")

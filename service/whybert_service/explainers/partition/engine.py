@@ -116,9 +116,11 @@ class PartitionEngine:
         self._targets = np.zeros(0, dtype=np.int64)
         self._memo: dict[bytes, int] = {}  # rows built as shap's strings, by their ids
         self._runs: dict[tuple[int, int], np.ndarray | None] = {}  # see `_run_ids`
+        self._empty: list[int] | None = None
         self._raw: list[np.ndarray] = []  # raw logits of the first rows
         self._pending_rows: list[np.ndarray] = []  # rows handed out, waiting for logits
         self._pending_slots: list[int] = []
+        self._pending_block: np.ndarray | None = None  # the pending edited rows, one array
         self._result: PartitionResult | None = None
         # shap evaluates the base and unmasked rows in two calls of one row: no reuse between
         nothing, everything = np.zeros((1, m), dtype=bool), np.ones((1, m), dtype=bool)
@@ -144,6 +146,13 @@ class PartitionEngine:
     def rows(self) -> list[np.ndarray]:
         """Token-id rows the engine needs evaluated before it can go on (empty when done)."""
         return self._pending_rows
+
+    def row_lists(self) -> list[list[int]]:
+        """`rows()` as lists of ints, as the model's worker takes them."""
+        if self._pending_block is not None and len(self._pending_block) == len(self._pending_rows):
+            block: list[list[int]] = self._pending_block.tolist()
+            return block
+        return [r.tolist() for r in self._pending_rows]
 
     @property
     def started(self) -> bool:
@@ -181,7 +190,7 @@ class PartitionEngine:
             self._f = np.zeros((64 + 4 * self._round_nodes, len(self.targets)), dtype=np.float64)
             self._f[: len(outputs)] = outputs
             self._d = np.zeros((2 * self._m - 1, len(self.targets)), dtype=np.float64)
-            self._pending_rows, self._pending_slots = [], []
+            self._pending_rows, self._pending_slots, self._pending_block = [], [], None
             self._begin_owen()
         else:
             if self._transform is None:
@@ -191,7 +200,7 @@ class PartitionEngine:
                 )
             else:
                 self._f[self._pending_slots] = self._outputs(np.asarray(logits))
-            self._pending_rows, self._pending_slots = [], []
+            self._pending_rows, self._pending_slots, self._pending_block = [], [], None
         self._advance()
 
     def _outputs(self, logits: np.ndarray) -> np.ndarray:
@@ -254,7 +263,8 @@ class PartitionEngine:
                 return
             new = int(st[rounds.NEW_N])
             if new:
-                self._pending_rows = list(self._new_rows[:new].copy())
+                self._pending_block = self._new_rows[:new].copy()
+                self._pending_rows = list(self._pending_block)
                 self._pending_slots = self._new_slots[:new].tolist()
             if st[rounds.LEFT_N]:
                 self._string_slots(2 * int(st[rounds.ROUND_J]))
@@ -316,8 +326,12 @@ class PartitionEngine:
         chars = p.text[p.offsets[i][0] : p.offsets[j][1]]
         ids: np.ndarray | None = None
         if chars.isascii():  # lower-casing and accents are then character by character
-            encoded = self._encode([chars])[0]
-            ids = np.asarray(encoded[self.spec.keep_prefix : len(encoded) - self.spec.keep_suffix], dtype=np.int64)
+            if self._empty is None:  # what the model's encoding puts around a text
+                self._empty = list(self._encode([""])[0])
+            encoded, empty, before = list(self._encode([chars])[0]), self._empty, self.spec.keep_prefix
+            after = len(empty) - before
+            if encoded[:before] == empty[:before] and encoded[len(encoded) - after :] == empty[before:]:
+                ids = np.asarray(encoded[before : len(encoded) - after], dtype=np.int64)
         self._runs[key] = ids
         return ids
 

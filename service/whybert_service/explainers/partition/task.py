@@ -58,9 +58,9 @@ class PartitionTask:
         return self.future
 
     def _submit(self) -> None:
-        rows = self.engine.rows()
+        rows = self.engine.row_lists()
         try:
-            submitted = self.worker.submit([r.tolist() for r in rows], self.context, self.position)
+            submitted = self.worker.submit(rows, self.context, self.position)
         except ServiceError as exc:
             settle(self.future, exception=exc)
             return
