@@ -61,7 +61,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("worker: batch plumbing (run_batch, pairs, groups)", "whybert_service.batching.worker:ModelWorker",
      "_deliver"),
     ("worker: batch plumbing (run_batch, pairs, groups)", "whybert_service.batching.worker:ModelWorker",
-     "_drop_departed"),
+     "_live"),
     ("worker: batch plumbing (run_batch, pairs, groups)", "whybert_service.batching.worker:ModelWorker",
      "_groups"),
     ("worker: metrics (queue depth, batch observations)", "whybert_service.batching.worker:ModelWorker",

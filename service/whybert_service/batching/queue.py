@@ -64,6 +64,7 @@ class Submission:
     taken_at: float | None = None
     logits: np.ndarray | None = None
     longest: int = 0
+    tokens_total: int = 0  # of all its rows
     # Token models: the token position whose logits every row gives (None: the first)...
     position: int | None = None
     # ... or the logits of every position of each row (a token model's Predict).
@@ -71,7 +72,9 @@ class Submission:
     tokens: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        self.longest = max((len(r) for r in self.rows), default=0)
+        lengths = [len(r) for r in self.rows]
+        self.longest = max(lengths, default=0)
+        self.tokens_total = sum(lengths)
 
     @property
     def pending(self) -> int:
@@ -108,6 +111,10 @@ class Batch:
 
     def add(self, sub: Submission, start: int, stop: int) -> None:
         self.slices.append(Slice(sub, start, stop))
+        if start == 0 and stop == len(sub.rows):  # the whole submission (a SHAP round, as a rule)
+            self.rows.extend(sub.rows)
+            self.longest = max(self.longest, sub.longest)
+            return
         for row in sub.rows[start:stop]:
             self.rows.append(row)
             self.longest = max(self.longest, len(row))
@@ -255,6 +262,9 @@ class RowQueue:
             start = stop = sub.next_row
             longest, count = batch.longest, len(batch.rows)
             limit = min(len(sub.rows), start + self.quantum)
+            whole = start == 0 and limit == len(sub.rows)
+            if whole and max(longest, sub.longest) * (count + limit) <= max_tokens:
+                stop = limit  # all of it fits: no need to weigh row by row
             while stop < limit:
                 widest = max(longest, len(sub.rows[stop]))
                 if count and widest * (count + 1) > max_tokens:
@@ -268,7 +278,7 @@ class RowQueue:
             sub.taken_at = now
             self.queued_rows -= stop - start
             self._clock[priority] = max(self._clock[priority], flow.start)
-            tokens = sum(len(row) for row in sub.rows[start:stop])
+            tokens = sub.tokens_total if whole and stop == limit else sum(len(row) for row in sub.rows[start:stop])
             flow.start += tokens
             flow.context.served += tokens
             if not sub.pending:

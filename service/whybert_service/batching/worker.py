@@ -557,8 +557,7 @@ class ModelWorker:
         pairs = self._observe_batch(batch)
         started = time.perf_counter()
         with self._failing_on_restart(batch):
-            self._drop_departed(pairs)
-            pairs = [(s, i) for s, i in pairs if not s.future.done()]
+            pairs = self._live(pairs)
             if not pairs:
                 return None
             groups = self._groups(pairs)
@@ -599,20 +598,26 @@ class ModelWorker:
                 torch.cuda.memory_allocated(self.classifier.device)
             )
 
-    def _drop_departed(self, pairs: list[tuple[Submission, int]]) -> None:
-        """Fail the submissions among `pairs` whose caller left or whose deadline passed."""
+    def _live(self, pairs: list[tuple[Submission, int]]) -> list[tuple[Submission, int]]:
+        """The pairs still wanted: the submissions whose caller left or whose deadline
+        passed are failed here (each submission checked once, not once per row)."""
         now = time.monotonic()
-        for sub in {s for s, _ in pairs if not s.future.done()}:
+        gone: set[Submission] = set()
+        for sub in dict.fromkeys(s for s, _ in pairs):
+            if sub.future.done():
+                gone.add(sub)
+                continue
             reason = sub.drop_reason(now)
             if reason is not None:
                 rows = sum(1 for s, _ in pairs if s is sub)
                 self.metrics.dropped_rows.labels(self.classifier.name, reason.value).inc(rows)
                 fail(sub, _dropped_error(reason))
+                gone.add(sub)
+        return [(s, i) for s, i in pairs if s not in gone] if gone else pairs
 
     def _run_pairs(self, pairs: list[tuple[Submission, int]]) -> None:
         """Forward (submission, row) pairs; on failure split in halves down to single rows."""
-        self._drop_departed(pairs)  # a retry comes later: check the callers again
-        pairs = [(s, i) for s, i in pairs if not s.future.done()]
+        pairs = self._live(pairs)  # a retry comes later: check the callers again
         if not pairs:
             return
         try:

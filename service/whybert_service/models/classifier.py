@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,7 +204,7 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np
         return ids, np.ones_like(ids)
     mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    ids[mask.astype(bool)] = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+    ids[mask.astype(bool)] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
     return ids, mask
 
 
