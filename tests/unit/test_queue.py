@@ -148,6 +148,31 @@ def test_a_small_request_does_not_wait_behind_a_huge_one() -> None:
     assert shares == [32, 18]
 
 
+def test_a_request_served_batches_more_does_not_fill_the_batch_of_a_small_one() -> None:
+    """A big request has been served alone for a while when a small one joins: each of the
+    small one's rounds runs in a short batch of its own, not stretched to the budget by the
+    big one's rows; requests served alike still share batches."""
+    queue = RowQueue(quantum=16)
+    big = submission([100] * 400, tag=1)
+    queue.push(big)
+    for _ in range(3):
+        assert len(queue.take_batch(max_tokens=800, now=time.monotonic()).rows) == 8
+    context = RequestContext(priority=Priority.EXPLAIN)
+    for _ in range(3):  # three rounds of the small request, one after another
+        round_ = Submission(rows=[[2]] * 6, context=context, future=Future(), enqueued_at=time.monotonic(),
+                            seq=next(_seq))
+        queue.push(round_)
+        assert [r[0] for r in queue.take_batch(max_tokens=800, now=time.monotonic()).rows] == [2] * 6
+    assert [r[0] for r in queue.take_batch(max_tokens=800, now=time.monotonic()).rows] == [1] * 8
+    # served alike (within two batches): one batch
+    a, b = submission([10] * 6, tag=3), submission([10] * 6, tag=4)
+    a.context.served, b.context.served = 5000, 5000 + 1500
+    level = RowQueue(quantum=16)
+    level.push(a)
+    level.push(b)
+    assert sorted({r[0] for r in level.take_batch(max_tokens=800, now=time.monotonic()).rows}) == [3, 4]
+
+
 def test_short_rows_beside_long_rows_get_their_share_in_tokens_not_rows() -> None:
     """A request of 200-token rows is being served when one of twenty 10-token rows joins:
     its 200 tokens cost less than one long row, so the whole of it goes in the next batch

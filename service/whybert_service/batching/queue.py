@@ -140,6 +140,11 @@ class _Flow:
         return (int(self.context.priority), self.start, math.inf if deadline is None else deadline, self.seq)
 
 
+# How many batches of tokens more than the request leading a batch another request may
+# have been served and still share that batch.
+AHEAD_BATCHES = 2
+
+
 class RowQueue:
     """Pending submissions, consumed row by row in the scheduler's order.
 
@@ -152,7 +157,9 @@ class RowQueue:
     ones. Among requests level in that, the earliest
     deadline goes first, then arrival. A request's own submissions (one deadline) go in
     arrival order. One pick takes at most `quantum` rows of one request, so a batch mixes
-    the requests that are waiting.
+    the requests that are waiting, except a request served `AHEAD_BATCHES` batches more
+    than the one leading the batch: a small explanation beside a big one runs its rounds in
+    short batches of their own, not in batches the big one fills to the time bound.
     """
 
     def __init__(self, quantum: int = 16) -> None:
@@ -250,13 +257,19 @@ class RowQueue:
         """Cut the next batch in the scheduler's order while longest × rows ≤ max_tokens."""
         batch = Batch()
         first_class: int | None = None
+        first_served = 0
         while (flow := self._next_flow()) is not None:
             # A batch holding Predict rows takes no explanation rows: Predict waits for at
             # most the batch running now, never behind a full batch of explanation work.
             priority = int(flow.context.priority)
             if first_class is None:
-                first_class = priority
+                first_class, first_served = priority, flow.context.served
             elif priority != first_class:
+                break
+            elif flow.context.served - first_served > AHEAD_BATCHES * max_tokens:
+                # A request served batches more than the one leading this batch waits for
+                # the next: a small request's round runs in a short batch of its own instead
+                # of one a big request fills to the time bound, round after round.
                 break
             sub = flow.head
             start = stop = sub.next_row
