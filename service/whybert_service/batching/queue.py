@@ -215,6 +215,11 @@ class RowQueue:
     def submissions(self) -> list[Submission]:
         return [s for flow in self._flows.values() for s in flow.subs]
 
+    def request_rows(self, context: RequestContext) -> int:
+        """Rows the request `context` belongs to has waiting (all its parts)."""
+        flow = self._flows.get(id(context.flow))
+        return 0 if flow is None else sum(s.pending for s in flow.subs)
+
     def oldest_enqueued_at(self) -> float | None:
         return min((s.enqueued_at for s in self.submissions()), default=None)
 

@@ -304,6 +304,11 @@ class ModelWorker:
             with self._cond:
                 self._reserved_rows = max(0, self._reserved_rows - n_rows)
 
+    def request_rows(self, context: RequestContext) -> int:
+        """Rows of the request `context` belongs to (all its texts) waiting in the queue."""
+        with self._cond:
+            return self._queue.request_rows(context)
+
     def queued_rows(self) -> int:
         """Rows waiting for the model: the row queue's and those reserved by gradient work."""
         with self._cond:

@@ -18,8 +18,10 @@ Building a chunk (long strings cut and joined, then tokenized) is CPU work in Py
 the explainer threads: twenty long texts building chunks at once would hold the GIL and
 the cores from the model's worker thread and the event loop, so every other request
 (a small SHAP explanation's rounds, a Predict) would crawl. At most `BUILD_SLOTS` chunks
-are built at a time in the process, whatever the requests; the model consumes chunks far
-slower than one thread builds them, so LIME itself loses nothing.
+are built at a time in the process, whatever the requests, and a request builds its next
+chunk only while fewer than two chunks' rows of all its texts wait for the model: the
+model consumes chunks far slower than one thread builds them, so LIME itself loses
+nothing, and twenty texts do not build forty chunks (minutes of model work) up front.
 
 LIME's features are words, and with bag of words a word's occurrences are removed
 together, so they share one weight. The response lists every occurrence as a token (with
@@ -32,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -54,10 +57,20 @@ BUILD_SLOTS = max(1, min(4, (os.cpu_count() or 1) // 4))  # chunks built at once
 _BUILDING = threading.BoundedSemaphore(BUILD_SLOTS)
 
 
-def _take_build_slot(context: RequestContext) -> None:
-    """Wait for a turn to build a chunk; a caller who leaves meanwhile stops waiting."""
-    while not _BUILDING.acquire(timeout=0.05):
-        context.ensure_alive("while LIME's samples waited their turn to be drawn")
+def _take_build_slot(handle: ModelHandle, context: RequestContext, queued_limit: int) -> None:
+    """Wait for a turn to build a chunk, and until the request (all its texts) has fewer
+    than `queued_limit` rows waiting for the model: the model takes a chunk in seconds on
+    a CPU, so chunks built further ahead would only hold a core (and the GIL) from every
+    other request while they wait. A caller who leaves meanwhile stops waiting."""
+    while True:
+        while handle.worker.request_rows(context) >= queued_limit:
+            time.sleep(0.02)
+            context.ensure_alive("while LIME's samples waited their turn to be drawn")
+        while not _BUILDING.acquire(timeout=0.05):
+            context.ensure_alive("while LIME's samples waited their turn to be drawn")
+        if handle.worker.request_rows(context) < queued_limit:
+            return
+        _BUILDING.release()  # another text of the request filled the queue meanwhile
 
 
 def lime_split(classifier: Any) -> dict[str, Any]:
@@ -214,7 +227,7 @@ def evaluate_samples(
     try:
         for i, mask in enumerate(perturbation_masks(indexed, num_samples, random_state)):
             if not building:
-                _take_build_slot(context)
+                _take_build_slot(handle, context, 2 * max_rows)
                 building = True
             if i % CHECK_EVERY == 0:  # many texts build chunks at once: each stops within a few strings
                 context.ensure_alive("while LIME's samples were drawn")
@@ -235,7 +248,7 @@ def evaluate_samples(
                 evaluated.collect_previous()
                 chunk = _Chunk()
         if not building:
-            _take_build_slot(context)
+            _take_build_slot(handle, context, 2 * max_rows)
             building = True
         evaluated.submit(chunk)
         _BUILDING.release()
