@@ -233,9 +233,16 @@ def health(channel: grpc.Channel, timeout: float = 5.0) -> str:
 
 
 def hold_worker_thread(worker: ModelWorker) -> threading.Event:
-    """Keep the worker's thread busy (the model is taken) until the returned event is set."""
-    release = threading.Event()
-    worker.call(lambda _c: release.wait(10), RequestContext())
+    """Keep the worker's thread busy (the model is taken) until the returned event is set;
+    returns once the worker runs it (a Predict sent earlier would go first)."""
+    release, running = threading.Event(), threading.Event()
+
+    def hold(_classifier: Classifier) -> bool:
+        running.set()
+        return release.wait(10)
+
+    worker.call(hold, RequestContext())
+    assert running.wait(10), "the worker did not take the job"
     return release
 
 
