@@ -16,7 +16,8 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ARG VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# numba's cache of the SHAP engine's compiled rounds: filled at build, writable at run time
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 NUMBA_CACHE_DIR=/opt/whybert/numba-cache
 RUN python -m venv /opt/whybert
 ENV PATH=/opt/whybert/bin:$PATH
 # torch first, from the chosen variant's index: the project's install below then keeps it
@@ -29,7 +30,7 @@ COPY service ./service
 RUN pip install ".[server]"
 # Fail the build, not the first start, if the built-in model cannot load offline.
 RUN HF_HUB_OFFLINE=1 python -c "import torch; from whybert_service.models.builtin import load_builtin; load_builtin(torch.device('cpu'), torch.float32)"
-# The SHAP engine's compiled rounds, cached beside the package (read-only at run time).
+# The SHAP engine's compiled rounds, into NUMBA_CACHE_DIR: the server loads them at start.
 RUN python -c "from whybert_service.explainers.partition.engine import compile_rounds; compile_rounds()"
 
 FROM ${BASE_IMAGE}
@@ -41,7 +42,10 @@ LABEL org.opencontainers.image.title="whybert" \
 RUN groupadd --system --gid 10001 whybert \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/whybert whybert
 COPY --from=build /opt/whybert /opt/whybert
+# numba may add to its cache (another CPU than the build's compiles its own there)
+RUN chown -R 10001:10001 /opt/whybert/numba-cache
 ENV PATH=/opt/whybert/bin:$PATH \
+    NUMBA_CACHE_DIR=/opt/whybert/numba-cache \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \

@@ -199,6 +199,20 @@ def test_dockerfile_copies_what_the_context_holds_and_installs_the_server() -> N
     assert "load_builtin" in runs  # the build fails if the default model does not load
 
 
+def test_the_image_compiles_the_engines_rounds_into_a_cache_the_server_may_write() -> None:
+    """Built as root, run as uid 10001: numba reads a cache only where it may write, so the
+    build fills NUMBA_CACHE_DIR and the final stage hands it to the server's user."""
+    steps = dockerfile_instructions()
+    final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]
+    build = steps[: len(steps) - len(final)]
+    cache = "/opt/whybert/numba-cache"
+    assert any(k == "ENV" and f"NUMBA_CACHE_DIR={cache}" in a for k, a in build)
+    assert any(k == "ENV" and f"NUMBA_CACHE_DIR={cache}" in a for k, a in final)
+    assert any(k == "RUN" and "compile_rounds()" in a for k, a in build)
+    user = [a for k, a in final if k == "USER"][-1].split(":")[0]
+    assert any(k == "RUN" and f"chown -R {user}:" in a and cache in a for k, a in final)
+
+
 def test_dockerfile_runs_unprivileged_with_a_grpc_health_check() -> None:
     steps = dockerfile_instructions()
     user = [a for k, a in steps if k == "USER"][-1]

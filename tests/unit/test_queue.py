@@ -164,6 +164,14 @@ def test_a_request_served_batches_more_does_not_fill_the_batch_of_a_small_one() 
         queue.push(round_)
         assert [r[0] for r in queue.take_batch(max_tokens=800, now=time.monotonic()).rows] == [2] * 6
     assert [r[0] for r in queue.take_batch(max_tokens=800, now=time.monotonic()).rows] == [1] * 8
+    # a stream of small requests, each new one leading a batch, leaves the big one out of at
+    # most MAX_SKIPS batches in a row: it still fills every fourth
+    filled = []
+    for _ in range(12):
+        queue.push(submission([10] * 6, tag=5))
+        rows = [r[0] for r in queue.take_batch(max_tokens=800, now=time.monotonic()).rows]
+        filled.append(rows.count(1))
+    assert filled == [0, 0, 0, 2] * 3  # (100-token rows padded beside the six short ones)
     # served alike (within two batches): one batch
     a, b = submission([10] * 6, tag=3), submission([10] * 6, tag=4)
     a.context.served, b.context.served = 5000, 5000 + 1500

@@ -130,6 +130,7 @@ class _Flow:
     start: float = 0.0  # virtual start tag: tokens served so far, never behind the class's clock
     stamp: int = 0  # bumped on every change of its place in the ready heap
     seq: int = 0
+    skipped: int = 0  # batches in a row it was left out of as served far more than their leader
 
     @property
     def head(self) -> Submission:
@@ -141,8 +142,10 @@ class _Flow:
 
 
 # How many batches of tokens more than the request leading a batch another request may
-# have been served and still share that batch.
+# have been served and still share that batch; and how many batches in a row it may be
+# left out of so.
 AHEAD_BATCHES = 2
+MAX_SKIPS = 3
 
 
 class RowQueue:
@@ -158,8 +161,9 @@ class RowQueue:
     deadline goes first, then arrival. A request's own submissions (one deadline) go in
     arrival order. One pick takes at most `quantum` rows of one request, so a batch mixes
     the requests that are waiting, except a request served `AHEAD_BATCHES` batches more
-    than the one leading the batch: a small explanation beside a big one runs its rounds in
-    short batches of their own, not in batches the big one fills to the time bound.
+    than the one leading the batch (for at most `MAX_SKIPS` batches in a row): a small
+    explanation beside a big one runs its rounds in short batches of their own, not in
+    batches the big one fills to the time bound.
     """
 
     def __init__(self, quantum: int = 16) -> None:
@@ -263,6 +267,7 @@ class RowQueue:
         batch = Batch()
         first_class: int | None = None
         first_served = 0
+        taken: set[_Flow] = set()
         while (flow := self._next_flow()) is not None:
             # A batch holding Predict rows takes no explanation rows: Predict waits for at
             # most the batch running now, never behind a full batch of explanation work.
@@ -271,10 +276,17 @@ class RowQueue:
                 first_class, first_served = priority, flow.context.served
             elif priority != first_class:
                 break
-            elif flow.context.served - first_served > AHEAD_BATCHES * max_tokens:
+            elif (
+                flow.context.served - first_served > AHEAD_BATCHES * max_tokens
+                and flow.skipped < MAX_SKIPS
+                and flow not in taken
+            ):
                 # A request served batches more than the one leading this batch waits for
                 # the next: a small request's round runs in a short batch of its own instead
-                # of one a big request fills to the time bound, round after round.
+                # of one a big request fills to the time bound, round after round. Never
+                # more than MAX_SKIPS batches in a row, so that a stream of small requests
+                # (each new one leads) cannot starve a big one.
+                flow.skipped += 1
                 break
             sub = flow.head
             start = stop = sub.next_row
@@ -291,6 +303,8 @@ class RowQueue:
             if stop == start:
                 break
             heapq.heappop(self._ready)
+            flow.skipped = 0
+            taken.add(flow)
             batch.add(sub, start, stop)
             sub.next_row = stop
             sub.taken_at = now

@@ -247,12 +247,14 @@ def evaluate_samples(
                 building = False
                 evaluated.collect_previous()
                 chunk = _Chunk()
-        if not building:
-            _take_build_slot(handle, context, 2 * max_rows)
-            building = True
-        evaluated.submit(chunk)
-        _BUILDING.release()
-        building = False
+        if chunk.strings:
+            if not building:
+                _take_build_slot(handle, context, 2 * max_rows)
+                building = True
+            evaluated.submit(chunk)
+        if building:
+            _BUILDING.release()
+            building = False
         evaluated.finish()
     finally:
         if building:

@@ -11,7 +11,8 @@ are evaluated once.
 
 A round's bookkeeping (the queue, the masks, the edited rows, priorities and credits) is
 one call into compiled code (`rounds.py`), with each value computed by the same float64
-operations in the same order as shap's. What stays here needs Python: the memo of rows
+operations in the same order as shap's (the probabilities' softmax aside, which may round
+differently from numpy's in the last place). What stays here needs Python: the memo of rows
 already evaluated, the rows only shap's re-tokenised strings give, the output space.
 """
 

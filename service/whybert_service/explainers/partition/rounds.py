@@ -22,14 +22,41 @@ between any two calls:
 - the outputs of every distinct row are the rows of `F` (slots × explained targets), the
   credit of every tree node the rows of `D`.
 
-The arithmetic is shap's, operation for operation, in float64: the values equal the
-Python engine's bit for bit.
+The algorithm's arithmetic is shap's, operation for operation, in float64. The one
+exception is the softmax of `store_outputs`, whose exp and sum may round differently
+from numpy's in the last place (≤ 1e-15 on probabilities).
+
+Compiled code is cached on disk where numba finds a writable place for it (beside the
+package, the user's cache directory, or `NUMBA_CACHE_DIR`); where it finds none (a
+read-only install without a writable home) it is compiled at every start instead.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numba
 import numpy as np
-from numba import njit
+
+
+def _cacheable() -> bool:
+    """Whether numba can cache this module's compiled code somewhere writable."""
+    def probe() -> int:
+        return 0
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            numba.njit(cache=True)(probe)
+    except RuntimeError:  # "no locator available": nowhere to write
+        return False
+    return True
+
+
+njit: Callable[..., Any] = functools.partial(numba.njit, cache=_cacheable())
 
 # st: the engine's scalar state, one int64 vector
 EVALS, HEAP_N, ENTRIES, TIE_POS, POOL_N, ROUND_J, DONE, SLOTS, MEMO_N, NEW_N, LEFT_N = range(11)
@@ -45,7 +72,7 @@ REUSE, EDITED, LEFT = 0, 1, 2
 ROUND, FINISHED = 1, 2
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _less(ef: np.ndarray, a: int, b: int) -> bool:
     """shap's tuple order `(priority, tie, insertion)`: the first field that differs
     decides, compared with `<` (as Python compares tuples, NaN included)."""
@@ -58,7 +85,7 @@ def _less(ef: np.ndarray, a: int, b: int) -> bool:
     return a < b
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _sift_down(heap: np.ndarray, ef: np.ndarray, start: int, pos: int) -> None:
     item = heap[pos]
     while pos > start:
@@ -71,7 +98,7 @@ def _sift_down(heap: np.ndarray, ef: np.ndarray, start: int, pos: int) -> None:
     heap[pos] = item
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _push(heap: np.ndarray, ef: np.ndarray, st: np.ndarray, entry: int) -> None:
     """heapq.heappush"""
     n = st[HEAP_N]
@@ -80,7 +107,7 @@ def _push(heap: np.ndarray, ef: np.ndarray, st: np.ndarray, entry: int) -> None:
     _sift_down(heap, ef, 0, n)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _pop(heap: np.ndarray, ef: np.ndarray, st: np.ndarray) -> int:
     """heapq.heappop (its bottom-up sift: the same heap layout as Python's)."""
     n = st[HEAP_N] - 1
@@ -104,7 +131,7 @@ def _pop(heap: np.ndarray, ef: np.ndarray, st: np.ndarray) -> int:
     return int(top)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _credit(ef: np.ndarray, ei: np.ndarray, f: np.ndarray, d: np.ndarray, entry: int) -> None:
     """A leaf (or, when the budget is spent, any queued node) keeps f11 − f00."""
     node, i00, i11, weight = ei[entry, I_NODE], ei[entry, I_00], ei[entry, I_11], ef[entry, F_WEIGHT]
@@ -112,7 +139,7 @@ def _credit(ef: np.ndarray, ei: np.ndarray, f: np.ndarray, d: np.ndarray, entry:
         d[node, t] += (f[i11, t] - f[i00, t]) * weight
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _gap(f: np.ndarray, a: int, b: int) -> float:
     """shap's `-np.max(np.abs(a - b))`."""
     worst = abs(f[a, 0] - f[b, 0])
@@ -123,7 +150,7 @@ def _gap(f: np.ndarray, a: int, b: int) -> float:
     return -worst
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _new_entry(
     ef: np.ndarray, ei: np.ndarray, st: np.ndarray, ties: np.ndarray,
     priority: float, mask: int, i00: int, i11: int, node: int, weight: float,
@@ -141,7 +168,7 @@ def _new_entry(
     return int(e)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _finish_round(
     pr: np.ndarray, st: np.ndarray, ef: np.ndarray, ei: np.ndarray, heap: np.ndarray, f: np.ndarray,
     d: np.ndarray, children: np.ndarray, ties: np.ndarray, rnd: np.ndarray, rmask: np.ndarray, rslot: np.ndarray,
@@ -175,7 +202,7 @@ def _finish_round(
     st[ROUND_J] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _form_round(
     pr: np.ndarray, st: np.ndarray, ef: np.ndarray, ei: np.ndarray, heap: np.ndarray, f: np.ndarray,
     d: np.ndarray, children: np.ndarray, node_bits: np.ndarray, pool: np.ndarray, rnd: np.ndarray,
@@ -217,12 +244,12 @@ def _form_round(
     return 2 * j
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _kept(pool: np.ndarray, p: int, i: int) -> bool:
     return bool((pool[p, i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _hash(words: np.ndarray) -> int:
     h = np.uint64(0x9E3779B97F4A7C15)
     for w in range(words.shape[0]):
@@ -231,7 +258,7 @@ def _hash(words: np.ndarray) -> int:
     return int(h >> np.uint64(1))
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def remember(st: np.ndarray, hkeys: np.ndarray, hslot: np.ndarray, key: np.ndarray, slot: int) -> int:
     """The slot memoised for an edited row's key (its kept pieces, with those the mask
     cannot change), or `slot` stored for it when the key is new (then -1). The table
@@ -254,7 +281,7 @@ def remember(st: np.ndarray, hkeys: np.ndarray, hslot: np.ndarray, key: np.ndarr
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def rehash(st: np.ndarray, hkeys: np.ndarray, hslot: np.ndarray, keys: np.ndarray, slots: np.ndarray) -> None:
     """Move a memo into a larger table."""
     st[MEMO_N] = 0
@@ -263,7 +290,7 @@ def rehash(st: np.ndarray, hkeys: np.ndarray, hslot: np.ndarray, keys: np.ndarra
             remember(st, hkeys, hslot, keys[i], slots[i])
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _round_rows(
     pr: np.ndarray, st: np.ndarray, pool: np.ndarray, rmask: np.ndarray, rslot: np.ndarray, n: int,
     ids: np.ndarray, keep: np.ndarray, continues: np.ndarray, variant: np.ndarray, fixed: np.ndarray,
@@ -329,7 +356,7 @@ def _round_rows(
             new_rows[j, i] = ids[i] if keep[i] or _kept(pool, p, i) else mask_id
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def step(
     pr: np.ndarray, st: np.ndarray, ef: np.ndarray, ei: np.ndarray, heap: np.ndarray, f: np.ndarray,
     d: np.ndarray, children: np.ndarray, node_bits: np.ndarray, pool: np.ndarray, ties: np.ndarray,
@@ -359,7 +386,7 @@ def step(
             return ROUND
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def lower_credit(dvalues: np.ndarray, clustering: np.ndarray, m: int) -> np.ndarray:
     """shap's `lower_credit`: each group's value shared down to its pieces by their sizes."""
     values = dvalues.copy()
@@ -379,7 +406,7 @@ def lower_credit(dvalues: np.ndarray, clustering: np.ndarray, m: int) -> np.ndar
     return values
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def store_outputs(logits: np.ndarray, slots: np.ndarray, targets: np.ndarray, probability: bool, f: np.ndarray) -> None:
     """The explained targets' outputs of raw logits (rows × labels) into their slots of
     `F`: probabilities (a float64 softmax, as `outputs.softmax`) or the logits."""
