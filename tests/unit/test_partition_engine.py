@@ -16,7 +16,13 @@ import shap
 from _partition import ACCENTS, CJK, EMOJI, LOOKALIKES, PIECES, PUNCT, TEXTS, Harness
 from shap.maskers._text import partition_tree as shap_partition_tree
 from whybert_service.explainers.partition import prepare_text
-from whybert_service.explainers.partition.masking import build_rows, edit_rows, mask_string, needs_string
+from whybert_service.explainers.partition.masking import (
+    ContinuedRows,
+    build_rows,
+    edit_rows,
+    mask_string,
+    needs_string,
+)
 from whybert_service.explainers.partition.tree import partition_tree
 
 
@@ -77,13 +83,14 @@ def test_rows_whose_kept_pieces_continue_hidden_ones_are_shaps_strings_without_t
     rng = np.random.default_rng(5)
     built = declined = 0
     for i, text in enumerate(TEXTS):
-        engine, prepared = tiny.engine(text, i)
+        _, prepared = tiny.engine(text, i)
         if not prepared.edit_ids or not prepared.continues.any():
             continue
         masks = rng.random((30, prepared.size)) < rng.random((30, 1))
         flagged = masks[needs_string(prepared, masks)]
+        continued = ContinuedRows(prepared, tiny.spec, tiny.encode)
         for mask in flagged:
-            row = engine._continued_row(mask)
+            row = continued.row(mask)
             if row is None:
                 declined += 1
                 continue

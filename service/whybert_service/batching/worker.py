@@ -470,11 +470,11 @@ class ModelWorker:
         has been served fewer tokens goes first, so a small explanation beside a long
         integrated-gradients request runs its rounds back to back instead of waiting one
         step batch for each; level, they take turns, so neither kind starves the other."""
-        rows = self._queue.head_served()
-        if rows is None:
+        head = self._queue.head_served()
+        if head is None:
             return True
         jobs = min(j.context.flow.served for j in self._jobs)
-        return jobs < rows if jobs != rows else not self._job_ran_last
+        return jobs < head if jobs != head else not self._job_ran_last
 
     def _pick_job(self) -> _Job:
         """The job of the request served the fewest tokens (then the oldest), charged its

@@ -26,7 +26,7 @@ import numpy as np
 from ...outputs import to_output_space
 from ...types import OutputName
 from . import rounds
-from .masking import Encode, MaskingSpec, PreparedText, build_rows, string_rows
+from .masking import ContinuedRows, Encode, MaskingSpec, PreparedText, build_rows, string_rows
 from .tree import text_clustering
 
 Targets = Callable[[np.ndarray], Sequence[int]]
@@ -67,7 +67,6 @@ class PartitionEngine:
         self._transform = transform
         self._resolve_targets = targets
         self.targets: list[int] = []
-        self.fixed_context = fixed_context
         batch = batch_size or 5  # the Text masker's default_batch_size
         self._random = np.random.RandomState(seed)
         m = text.size
@@ -79,7 +78,7 @@ class PartitionEngine:
         risky = not spec.in_place and text.edit_ids and bool(text.continues.any())
         self._params = np.array(
             # shap's owen() gets the budget less the base and full rows
-            [m, 0, batch, max_evals - 2, -1 if fixed_context is None else fixed_context,
+            [m, batch, max_evals - 2, -1 if fixed_context is None else fixed_context,
              int(mid_invariant), int(risky), spec.mask_id, int(edit)],
             dtype=np.int64,
         )
@@ -116,8 +115,7 @@ class PartitionEngine:
         self._d = np.zeros((0, 0), dtype=np.float64)  # per tree node: its credit
         self._targets = np.zeros(0, dtype=np.int64)
         self._memo: dict[bytes, int] = {}  # rows built as shap's strings, by their ids
-        self._runs: dict[tuple[int, int], np.ndarray | None] = {}  # see `_run_ids`
-        self._empty: list[int] | None = None
+        self._continued = ContinuedRows(text, spec, encode)
         self._raw: list[np.ndarray] = []  # raw logits of the first rows
         self._pending_rows: list[np.ndarray] = []  # rows handed out, waiting for logits
         self._pending_slots: list[int] = []
@@ -185,7 +183,6 @@ class PartitionEngine:
         if not self.targets:  # the base and unmasked rows: resolve the explained outputs
             self._raw = [np.asarray(row, dtype=np.float32) for row in logits]
             self.targets = [int(t) for t in self._resolve_targets(self._raw[self._root[1]])]
-            self._params[rounds.P_T] = len(self.targets)
             self._targets = np.array(self.targets, dtype=np.int64)
             outputs = self._outputs(np.stack(self._raw))
             self._f = np.zeros((64 + 4 * self._round_nodes, len(self.targets)), dtype=np.float64)
@@ -281,7 +278,7 @@ class PartitionEngine:
         rows: dict[int, np.ndarray] = {}
         if self._params[rounds.P_EDIT]:
             for k, mask in zip(left, kept, strict=True):
-                row = self._continued_row(mask)
+                row = self._continued.row(mask)
                 if row is not None:
                     rows[k] = row
         strings = [i for i, k in enumerate(left) if k not in rows]
@@ -291,50 +288,6 @@ class PartitionEngine:
         for k in range(n):
             if slots[k] < 0:
                 slots[k] = slots[k - 1] if flags[k] == rounds.REUSE else self._string_slot(rows[k])
-
-    def _continued_row(self, mask: np.ndarray) -> np.ndarray | None:
-        """The row of a mask whose kept pieces continue hidden ones' words, without
-        tokenising the whole masked string: in shap's string such a run of kept pieces
-        follows ` [MASK]` directly, so it is a word of its own, and its ids are those of its
-        characters tokenised alone (`_run_ids`); the rest of the row is edited. None where
-        that does not hold for certain (a run that is not ASCII, or a row longer than the
-        model reads, which the tokenizer would cut): then the string is tokenised."""
-        p = self.text
-        kept = mask | p.keep
-        edited = np.where(kept, p.ids, self.spec.mask_id)
-        m = self._m
-        parts: list[np.ndarray] = []
-        done = 0
-        for start in np.flatnonzero(kept[1:] & ~kept[:-1] & p.continues[1:]) + 1:
-            i = j = int(start)
-            while j + 1 < m and p.continues[j + 1] and kept[j + 1]:
-                j += 1
-            ids = self._run_ids(i, j)
-            if ids is None:
-                return None
-            parts += [edited[done:i], ids]
-            done = j + 1
-        parts.append(edited[done:])
-        row = np.concatenate(parts)
-        return row if len(row) <= max(m, p.max_tokens) else None
-
-    def _run_ids(self, i: int, j: int) -> np.ndarray | None:
-        """The ids of pieces i..j of one word read as a word of their own (memoised)."""
-        key = (i, j)
-        if key in self._runs:
-            return self._runs[key]
-        p = self.text
-        chars = p.text[p.offsets[i][0] : p.offsets[j][1]]
-        ids: np.ndarray | None = None
-        if chars.isascii():  # lower-casing and accents are then character by character
-            if self._empty is None:  # what the model's encoding puts around a text
-                self._empty = list(self._encode([""])[0])
-            encoded, empty, before = list(self._encode([chars])[0]), self._empty, self.spec.keep_prefix
-            after = len(empty) - before
-            if encoded[:before] == empty[:before] and encoded[len(encoded) - after :] == empty[before:]:
-                ids = np.asarray(encoded[before : len(encoded) - after], dtype=np.int64)
-        self._runs[key] = ids
-        return ids
 
     def _make_room(self) -> None:
         """Room for one more round: its entries, tie-breaks, masks, slots and memo keys."""
@@ -403,8 +356,8 @@ def _node_ranges(clustering: np.ndarray, m: int) -> tuple[list[int], list[int]]:
 
 
 def compile_rounds() -> None:
-    """Compile the rounds (numba, cached on disk where the package is writable) on a
-    made-up text of six pieces, so the first request does not wait for it: a server
+    """Compile the rounds (numba, cached on disk where it finds a writable place: see
+    `rounds.py`) on a made-up text of six pieces, so the first request does not wait for it: a server
     calls this while its models load."""
     segments = ["[CLS]", "a ", "b", "c ", "d", "[SEP]"]
     m = len(segments)

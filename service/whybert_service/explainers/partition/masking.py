@@ -5,7 +5,10 @@ collapsed) that the model function tokenises again. For a WordPiece tokenizer wi
 pre-tokenizer that string's ids are the original ids with the mask id at the hidden
 positions, except where a kept piece continues a word whose previous piece is hidden
 (`play` hidden, `##ing` kept: re-tokenised, `ing` is a word of its own). Only those rows
-are built as shap's strings and tokenised; the others are edited in place. Any other
+differ; the others are edited in place. In such a row the kept run follows ` [MASK]`
+directly, so it is a word of its own: `ContinuedRows` builds the row from the run's ids,
+tokenised once per run, and only rows it cannot vouch for are built as shap's strings and
+tokenised (`build_rows` tokenises every one of them). Any other
 tokenizer, or a text whose unmasked or fully masked string does not give back the
 edited ids, is masked as strings throughout: the values are shap's either way.
 """
@@ -232,3 +235,56 @@ def build_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: En
 def string_rows(p: PreparedText, spec: MaskingSpec, masks: np.ndarray, encode: Encode) -> list[np.ndarray]:
     """The ids of shap's masked strings for boolean masks (rows × pieces), tokenised."""
     return [np.asarray(r, dtype=np.int64) for r in encode([mask_string(p, spec, m) for m in masks])]
+
+
+class ContinuedRows:
+    """Rows where a kept piece continues a hidden piece's word, built without tokenising
+    the whole masked string: each run of kept pieces after a hidden one is a word of its
+    own in shap's string (it follows ` [MASK]` directly), so its ids are its characters
+    tokenised alone, once per run; the rest of the row is edited."""
+
+    def __init__(self, p: PreparedText, spec: MaskingSpec, encode: Encode) -> None:
+        self.p, self.spec, self._encode = p, spec, encode
+        self._runs: dict[tuple[int, int], np.ndarray | None] = {}
+        self._empty: list[int] | None = None  # what the model's encoding puts around a text
+
+    def row(self, mask: np.ndarray) -> np.ndarray | None:
+        """The row of a mask (True: kept); None where the run rule does not hold for
+        certain (a run that is not ASCII, or a row longer than the model reads, which the
+        tokenizer would cut): then the masked string must be tokenised."""
+        p = self.p
+        kept = mask | p.keep
+        edited = edit_rows(p, self.spec, mask)
+        m = p.size
+        parts: list[np.ndarray] = []
+        done = 0
+        for start in np.flatnonzero(kept[1:] & ~kept[:-1] & p.continues[1:]) + 1:
+            i = j = int(start)
+            while j + 1 < m and p.continues[j + 1] and kept[j + 1]:
+                j += 1
+            ids = self._run_ids(i, j)
+            if ids is None:
+                return None
+            parts += [edited[done:i], ids]
+            done = j + 1
+        parts.append(edited[done:])
+        row = np.concatenate(parts)
+        return row if len(row) <= max(m, p.max_tokens) else None
+
+    def _run_ids(self, i: int, j: int) -> np.ndarray | None:
+        """The ids of pieces i..j of one word read as a word of their own (memoised)."""
+        key = (i, j)
+        if key in self._runs:
+            return self._runs[key]
+        p = self.p
+        chars = p.text[p.offsets[i][0] : p.offsets[j][1]]
+        ids: np.ndarray | None = None
+        if chars.isascii():  # lower-casing and accents are then character by character
+            if self._empty is None:
+                self._empty = list(self._encode([""])[0])
+            encoded, empty, before = list(self._encode([chars])[0]), self._empty, self.spec.keep_prefix
+            after = len(empty) - before
+            if encoded[:before] == empty[:before] and encoded[len(encoded) - after :] == empty[before:]:
+                ids = np.asarray(encoded[before : len(encoded) - after], dtype=np.int64)
+        self._runs[key] = ids
+        return ids

@@ -59,10 +59,10 @@ def _cacheable() -> bool:
 njit: Callable[..., Any] = functools.partial(numba.njit, cache=_cacheable())
 
 # st: the engine's scalar state, one int64 vector
-EVALS, HEAP_N, ENTRIES, TIE_POS, POOL_N, ROUND_J, DONE, SLOTS, MEMO_N, NEW_N, LEFT_N = range(11)
-STATE_SIZE = 11
+EVALS, HEAP_N, ENTRIES, TIE_POS, POOL_N, ROUND_J, SLOTS, MEMO_N, NEW_N, LEFT_N = range(10)
+STATE_SIZE = 10
 # pr: the explanation's parameters
-P_M, P_T, P_BATCH, P_MAX_EVALS, P_FC, P_MID_INVARIANT, P_RISKY, P_MASK_ID, P_EDIT = range(9)
+P_M, P_BATCH, P_MAX_EVALS, P_FC, P_MID_INVARIANT, P_RISKY, P_MASK_ID, P_EDIT = range(8)
 # entry fields
 F_PRIORITY, F_TIE, F_WEIGHT = range(3)
 I_MASK, I_00, I_11, I_NODE = range(4)
@@ -372,12 +372,10 @@ def step(
         _finish_round(pr, st, ef, ei, heap, f, d, children, ties, rnd, rmask, rslot)
     while True:
         if st[HEAP_N] == 0:
-            st[DONE] = 1
             return FINISHED
         if st[EVALS] >= pr[P_MAX_EVALS]:  # the budget is spent: queued nodes keep f11 − f00
             while st[HEAP_N] > 0:
                 _credit(ef, ei, f, d, _pop(heap, ef, st))
-            st[DONE] = 1
             return FINISHED
         n = _form_round(pr, st, ef, ei, heap, f, d, children, node_bits, pool, rnd, rmask, leaves)
         if n > 0:
