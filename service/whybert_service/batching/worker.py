@@ -369,6 +369,8 @@ class ModelWorker:
         self._publish_memory()
 
     def _set_health(self, ok: bool) -> None:
+        if ok == self._healthy:
+            return  # no change: nothing to tell (health watchers would see it twice)
         self._healthy = ok
         self.metrics.model_loaded.labels(self.classifier.name).set(1 if ok else 0)
         if self._on_health is not None:
@@ -547,10 +549,13 @@ class ModelWorker:
 
     @contextlib.contextmanager
     def _failing_on_restart(self, batch: Batch) -> Iterator[None]:
-        """If the loop breaks, nobody whose rows were in this batch may be left waiting."""
+        """If the loop breaks, nobody whose rows were in this batch may be left waiting; the
+        worker refuses new work first, so a caller told of the restart who retries at once
+        is refused as not serving, not admitted and then failed by the restart."""
         try:
             yield
         except BaseException:
+            self._set_health(False)
             restarted = Unavailable(f"the worker of model {self.classifier.name!r} restarted; retry")
             for piece in batch.slices:
                 fail(piece.submission, restarted)
