@@ -69,6 +69,9 @@ def test_split_method_and_deadline() -> None:
     assert split_method("/grpc.health.v1.Health/Watch") == ("grpc.health.v1.Health", "Watch")
     assert deadline_passed(Context(remaining=0.0)) and deadline_passed(Context(remaining=-1.0))  # type: ignore[arg-type]
     assert not deadline_passed(Context(remaining=2.0)) and not deadline_passed(Context())  # type: ignore[arg-type]
+    # a caller's cancel that beats the server's copy of its deadline by a few ms is that deadline
+    assert deadline_passed(Context(remaining=0.004))  # type: ignore[arg-type]
+    assert not deadline_passed(Context(remaining=0.2))  # type: ignore[arg-type]
 
 
 async def test_unary_calls_are_counted_by_final_code() -> None:
