@@ -101,7 +101,10 @@ class PartitionEngine:
         self._flags = np.zeros(2 * self._round_nodes, dtype=np.int8)
         self._new_rows = np.zeros((2 * self._round_nodes, m), dtype=np.int64)
         self._new_slots = np.zeros(2 * self._round_nodes, dtype=np.int64)
-        capacity = 64 + 8 * self._round_nodes
+        # room for the whole budget (within reason) at once: entries are ~2 per eval,
+        # masks and distinct rows ~1; beyond, the arrays grow by doubling
+        self._budget_room = min(max(max_evals, 0), 2048)
+        capacity = 64 + 8 * self._round_nodes + 2 * self._budget_room
         self._ef = np.zeros((capacity, 3), dtype=np.float64)
         self._ei = np.zeros((capacity, 4), dtype=np.int64)
         self._heap = np.zeros(capacity, dtype=np.int64)
@@ -117,9 +120,12 @@ class PartitionEngine:
         self._memo: dict[bytes, int] = {}  # rows built as shap's strings, by their ids
         self._continued = ContinuedRows(text, spec, encode)
         self._raw: list[np.ndarray] = []  # raw logits of the first rows
-        self._pending_rows: list[np.ndarray] = []  # rows handed out, waiting for logits
+        # rows handed out, waiting for logits: the round's edited rows (one array), then
+        # the rows built as strings; their slots in that order
+        self._pending_block: np.ndarray = np.zeros((0, m), dtype=np.int64)
+        self._pending_rows: list[np.ndarray] = []
         self._pending_slots: list[int] = []
-        self._pending_block: np.ndarray | None = None  # the pending edited rows, one array
+        self._no_logits = np.zeros((0, 1), dtype=np.float32)
         self._result: PartitionResult | None = None
         # shap evaluates the base and unmasked rows in two calls of one row: no reuse between
         nothing, everything = np.zeros((1, m), dtype=bool), np.ones((1, m), dtype=bool)
@@ -144,14 +150,16 @@ class PartitionEngine:
 
     def rows(self) -> list[np.ndarray]:
         """Token-id rows the engine needs evaluated before it can go on (empty when done)."""
-        return self._pending_rows
+        return [*self._pending_block, *self._pending_rows]
 
     def row_lists(self) -> list[list[int]]:
         """`rows()` as lists of ints, as the model's worker takes them."""
-        if self._pending_block is not None and len(self._pending_block) == len(self._pending_rows):
-            block: list[list[int]] = self._pending_block.tolist()
-            return block
-        return [r.tolist() for r in self._pending_rows]
+        block: list[list[int]] = self._pending_block.tolist()
+        return block + [r.tolist() for r in self._pending_rows] if self._pending_rows else block
+
+    @property
+    def _pending(self) -> int:
+        return len(self._pending_block) + len(self._pending_rows)
 
     @property
     def started(self) -> bool:
@@ -178,28 +186,25 @@ class PartitionEngine:
     def feed(self, logits: np.ndarray) -> None:
         """The raw logits of the rows `rows()` returned, in that order; advances to the
         next round that needs the model (or to the end)."""
-        if len(logits) != len(self._pending_rows):
-            raise ValueError(f"expected logits for {len(self._pending_rows)} rows, got {len(logits)}")
+        if len(logits) != self._pending:
+            raise ValueError(f"expected logits for {self._pending} rows, got {len(logits)}")
+        slots = np.asarray(self._pending_slots, dtype=np.int64)
+        self._pending_block, self._pending_rows, self._pending_slots = self._pending_block[:0], [], []
         if not self.targets:  # the base and unmasked rows: resolve the explained outputs
             self._raw = [np.asarray(row, dtype=np.float32) for row in logits]
             self.targets = [int(t) for t in self._resolve_targets(self._raw[self._root[1]])]
             self._targets = np.array(self.targets, dtype=np.int64)
             outputs = self._outputs(np.stack(self._raw))
-            self._f = np.zeros((64 + 4 * self._round_nodes, len(self.targets)), dtype=np.float64)
+            self._f = np.zeros((64 + 4 * self._round_nodes + self._budget_room, len(self.targets)), dtype=np.float64)
             self._f[: len(outputs)] = outputs
             self._d = np.zeros((2 * self._m - 1, len(self.targets)), dtype=np.float64)
-            self._pending_rows, self._pending_slots, self._pending_block = [], [], None
             self._begin_owen()
+            self._advance(self._no_logits, slots)
+        elif self._transform is None:  # the compiled step stores them itself
+            self._advance(np.ascontiguousarray(logits), slots)
         else:
-            if self._transform is None:
-                rounds.store_outputs(
-                    np.asarray(logits), np.asarray(self._pending_slots, dtype=np.int64), self._targets,
-                    self.output is OutputName.PROBABILITY, self._f,
-                )
-            else:
-                self._f[self._pending_slots] = self._outputs(np.asarray(logits))
-            self._pending_rows, self._pending_slots, self._pending_block = [], [], None
-        self._advance()
+            self._f[slots] = self._outputs(np.asarray(logits))
+            self._advance(self._no_logits, slots)
 
     def _outputs(self, logits: np.ndarray) -> np.ndarray:
         """The explained targets' outputs of raw logits (rows × targets)."""
@@ -245,27 +250,34 @@ class PartitionEngine:
         st = self._state
         st[rounds.ENTRIES], st[rounds.HEAP_N], st[rounds.POOL_N] = 1, 1, 1
 
-    def _advance(self) -> None:
-        """Run rounds until one needs rows the engine has not evaluated, or the end."""
+    def _advance(self, logits: np.ndarray, slots: np.ndarray) -> None:
+        """Store the outputs of the last rows (`logits`, raw, into `slots`: none when
+        already stored), then run rounds until one needs rows the engine has not
+        evaluated, or the end."""
         st = self._state
-        while not self._pending_rows:
-            self._make_room()
+        probability = self.output is OutputName.PROBABILITY
+        while True:
             answer = rounds.step(
                 self._params, st, self._ef, self._ei, self._heap, self._f, self._d, self._children,
                 self._node_bits, self._pool, self._ties, self._rnd, self._rmask, self._rslot, self._leaves,
                 self._ids, self._keep, self._continues, self._variant, self._fixed, self._hkeys, self._hslot,
-                self._flags, self._new_rows, self._new_slots,
+                self._flags, self._new_rows, self._new_slots, logits, slots, self._targets, probability,
             )
+            logits = self._no_logits
+            if answer == rounds.NEED_ROOM:
+                self._make_room()
+                continue
             if answer == rounds.FINISHED:
                 self._result = self._result_of(self._d)
                 return
             new = int(st[rounds.NEW_N])
             if new:
                 self._pending_block = self._new_rows[:new].copy()
-                self._pending_rows = list(self._pending_block)
                 self._pending_slots = self._new_slots[:new].tolist()
             if st[rounds.LEFT_N]:
                 self._string_slots(2 * int(st[rounds.ROUND_J]))
+            if self._pending:
+                return
 
     def _string_slots(self, n: int) -> None:
         """Slots of the round's masks the compiled step left to Python: rows where a kept

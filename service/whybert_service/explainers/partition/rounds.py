@@ -69,7 +69,7 @@ I_MASK, I_00, I_11, I_NODE = range(4)
 # round row flags: REUSE the previous mask's output, EDITED ids, or LEFT to Python
 REUSE, EDITED, LEFT = 0, 1, 2
 # step's answers
-ROUND, FINISHED = 1, 2
+ROUND, FINISHED, NEED_ROOM = 1, 2, 3
 
 
 @njit(nogil=True)
@@ -363,11 +363,25 @@ def step(
     rnd: np.ndarray, rmask: np.ndarray, rslot: np.ndarray, leaves: np.ndarray, ids: np.ndarray,
     keep: np.ndarray, continues: np.ndarray, variant: np.ndarray, fixed: np.ndarray, hkeys: np.ndarray,
     hslot: np.ndarray, flags: np.ndarray, new_rows: np.ndarray, new_slots: np.ndarray,
+    logits: np.ndarray, slots: np.ndarray, targets: np.ndarray, probability: bool,
 ) -> int:
-    """Finish the round whose slots are in (if one is), then form rounds until one has
-    masks: ROUND (its slots, new rows and flags are out) or FINISHED (every node
-    credited). The caller guarantees room for one round's entries, masks, tie-breaks,
-    slots and memo keys."""
+    """Store the outputs of `logits` (the rows of the last round, into `slots`; none may be
+    given), finish the round whose slots are in (if one is), then form rounds until one
+    has masks: ROUND (its slots, new rows and flags are out) or FINISHED (every node
+    credited). NEED_ROOM, with nothing but the outputs stored, when the arrays have no
+    room for one more round's entries, masks, tie-breaks, slots or memo keys: the caller
+    grows them and calls again."""
+    if logits.shape[0] > 0:
+        store_outputs(logits, slots, targets, probability, f)
+    need = 4 * rnd.shape[0]
+    if (
+        st[ENTRIES] + need > ei.shape[0]
+        or st[TIE_POS] + need > ties.shape[0]
+        or st[POOL_N] + need > pool.shape[0]
+        or st[SLOTS] + need > f.shape[0]
+        or 2 * (st[MEMO_N] + need) > hslot.shape[0]
+    ):
+        return NEED_ROOM
     if st[ROUND_J] > 0:
         _finish_round(pr, st, ef, ei, heap, f, d, children, ties, rnd, rmask, rslot)
     while True:
