@@ -467,3 +467,44 @@ def test_slow_single_rows_do_not_shrink_the_budget(make_worker: WorkerFactory) -
     for i in range(3):
         served(worker, ids(faulty, f"one short prediction {i}"))
     assert worker.token_budget() == 1024
+
+
+def test_rows_submitted_to_a_receiver_get_one_outcome_each_on_the_worker_thread(
+    make_worker: WorkerFactory, tiny_classifier: Any
+) -> None:
+    """`submit_to` (an explanation's rounds): the receiver gets the same logits a future
+    would, on the worker thread; rows of a caller who left reach it as Cancelled and never
+    the model; what is queued at shutdown as UNAVAILABLE; each receiver exactly once."""
+    worker, faulty = make_worker()
+    outcomes: dict[str, list[tuple[Any, Any, str]]] = {}
+
+    def receiver(name: str) -> Any:
+        outcomes[name] = []
+        return lambda result, error: outcomes[name].append((result, error, threading.current_thread().name))
+
+    texts = ["a text for the receiver", "and another one"]
+    blocker = hold_worker(worker, faulty)
+    leaving, stopped = RequestContext(), RequestContext()
+    worker.submit_to(ids(faulty, *texts), RequestContext(), receiver("served"))
+    worker.submit_to(ids(faulty, "a text whose caller leaves"), leaving, receiver("left"))
+    leaving.cancel()
+    faulty.release()
+    blocker.result(10)
+    wait_for(lambda: len(outcomes["served"]) + len(outcomes["left"]) == 2, timeout=10, message="no outcome")
+    ((result, error, thread),) = outcomes["served"]
+    assert error is None and thread.startswith("whybert-worker")
+    np.testing.assert_allclose(result.logits, tiny_classifier.forward(tiny_classifier.encode(texts).ids),
+                               rtol=1e-4, atol=1e-5)
+    ((_, left, _),) = outcomes["left"]
+    assert isinstance(left, Cancelled) and not faulty.saw_text("a text whose caller leaves")
+
+    blocker = hold_worker(worker, faulty)
+    worker.submit_to(ids(faulty, "queued at shutdown"), stopped, receiver("stopped"))
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    wait_for(lambda: outcomes["stopped"], timeout=10, message="the queued rows got no outcome at shutdown")
+    faulty.release()
+    stopper.join(10)
+    ((_, error, _),) = outcomes["stopped"]
+    assert isinstance(error, Unavailable)
+    assert [len(v) for v in outcomes.values()] == [1, 1, 1]

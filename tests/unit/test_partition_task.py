@@ -5,11 +5,12 @@ but never the worker, and progress that a failing listener cannot stop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import numpy as np
 import pytest
+from whybert_service.batching.queue import RowsResult
 from whybert_service.batching.worker import ModelWorker
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import Cancelled, InvalidArgument, ModelFailure
@@ -81,6 +82,9 @@ def test_a_caller_who_left_stops_it_at_the_next_round(tiny_classifier: Classifie
     assert len(rounds) == 2 and not engine.done
 
 
+Receive = Callable[[RowsResult | None, BaseException | None], None]
+
+
 class LeavingWorker:
     """The real worker, but the caller leaves as each submission's logits arrive, before the
     task sees them."""
@@ -88,10 +92,14 @@ class LeavingWorker:
     def __init__(self, worker: ModelWorker) -> None:
         self.worker = worker
 
-    def submit(self, rows: list[list[int]], context: RequestContext, position: int | None = None) -> Future[object]:
-        future = self.worker.submit(rows, context, position)
-        future.add_done_callback(lambda _f: context.cancel())  # runs before the task's own callback
-        return future  # type: ignore[return-value]
+    def submit_to(
+        self, rows: list[list[int]], context: RequestContext, receiver: Receive, position: int | None = None
+    ) -> None:
+        def leaving(result: RowsResult | None, error: BaseException | None) -> None:
+            context.cancel()  # before the task's own receiver sees the logits
+            receiver(result, error)
+
+        self.worker.submit_to(rows, context, leaving, position)
 
 
 def test_logits_that_arrive_after_the_caller_left_are_not_used(

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from whybert_service.batching.queue import (
     DropReason,
+    Receiver,
     RowQueue,
     Submission,
     deliver,
     fail,
+    settle,
     split_by_length,
 )
 from whybert_service.context import Priority, RequestContext
@@ -259,3 +261,22 @@ def test_rows_are_grouped_by_similar_length(
     lengths: list[int], min_rows: int, groups: list[list[int]]
 ) -> None:
     assert split_by_length(lengths, min_rows) == groups
+
+
+def test_a_receiver_gets_one_outcome_whatever_comes_after() -> None:
+    """An explanation's rounds get their logits through a `Receiver`: the first outcome is
+    handed on, a late failure (the caller left, shutdown) after it is not."""
+    got: list[tuple[object, object]] = []
+    receiver = Receiver(lambda result, error: got.append((result, error)))
+    sub = submission([3, 3])
+    sub.future = receiver
+    assert not receiver.done() and not receiver.cancelled()
+    deliver(sub, 0, np.ones((2, 4), np.float32), time.monotonic())
+    fail(sub, RuntimeError("too late"))
+    assert receiver.done() and len(got) == 1
+    result, error = got[0]
+    assert error is None and result.logits.shape == (2, 4)  # type: ignore[attr-defined]
+    failing = Receiver(lambda result, error: got.append((result, error)))
+    settle(failing, exception=ValueError("first"))
+    settle(failing, result="second")
+    assert isinstance(got[1][1], ValueError) and len(got) == 2

@@ -14,11 +14,13 @@ import contextlib
 import heapq
 import itertools
 import math
+import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,7 +32,49 @@ class DropReason(Enum):
     DEADLINE = "deadline"
 
 
-def drop_reason(future: Future[Any], context: RequestContext, now: float) -> DropReason | None:
+class Outcome(Protocol):
+    """Where a submission's result or error goes: a `Future`, or a `Receiver`."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+
+class Receiver:
+    """A submission's outcome handed to a function, once, where it arrives (the worker
+    thread, for logits): an explanation's rounds, whose next round is formed right there.
+    A `Future` per round would take its lock some six times a round (made, watched, set,
+    read) and build a condition nobody waits on."""
+
+    __slots__ = ("_claimed", "_fn")
+
+    def __init__(self, fn: Callable[[RowsResult | None, BaseException | None], None]) -> None:
+        self._fn = fn
+        self._claimed = threading.Lock()  # taken by the one outcome that gets through
+
+    def done(self) -> bool:
+        return self._claimed.locked()
+
+    def cancelled(self) -> bool:
+        return False  # its owner stops by cancelling the request's context
+
+    def set_result(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(None, exception)
+
+    def _finish(self, result: RowsResult | None, error: BaseException | None) -> None:
+        if not self._claimed.acquire(blocking=False):
+            raise InvalidStateError("the submission already has its outcome")
+        self._fn(result, error)
+
+
+def drop_reason(future: Outcome, context: RequestContext, now: float) -> DropReason | None:
     """Why work for this caller must not reach the model, or None while it still may."""
     if future.cancelled() or context.cancelled:
         return DropReason.CANCELLED
@@ -56,7 +100,7 @@ class Submission:
 
     rows: list[list[int]]
     context: RequestContext
-    future: Future[RowsResult]
+    future: Future[RowsResult] | Receiver
     enqueued_at: float
     seq: int
     next_row: int = 0
@@ -177,6 +221,11 @@ class RowQueue:
 
     def __len__(self) -> int:
         return self._submissions
+
+    @property
+    def requests(self) -> int:
+        """Requests with rows queued (the parts of one request, a stream's texts, count once)."""
+        return len(self._flows)
 
     def push(self, sub: Submission) -> None:
         request = sub.context.flow  # the parts of one request (a stream's texts) share a flow
@@ -330,6 +379,8 @@ def split_by_length(lengths: list[int], min_rows: int, max_ratio: float = 1.5) -
     `max_ratio` times as long as the group's shortest and the group already holds
     `min_rows` rows (small groups waste more in overhead than padding costs).
     """
+    if min(lengths, default=0) == max(lengths, default=0):  # one length (a batch of SHAP rounds, as a rule)
+        return [list(range(len(lengths)))] if lengths else []
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     groups: list[list[int]] = []
     for i in order:
@@ -345,7 +396,7 @@ def fail(sub: Submission, error: BaseException) -> None:
     settle(sub.future, exception=error)
 
 
-def settle(future: Future[Any], *, result: Any = None, exception: BaseException | None = None) -> None:
+def settle(future: Outcome, *, result: Any = None, exception: BaseException | None = None) -> None:
     """Complete a future unless it is done already (its caller may cancel at any moment)."""
     if future.done():
         return

@@ -41,6 +41,7 @@ from ..models.classifier import Classifier, Launched
 from .queue import (
     Batch,
     DropReason,
+    Receiver,
     RowQueue,
     RowsResult,
     Submission,
@@ -142,8 +143,6 @@ class ModelWorker:
         self.metrics = metrics or Metrics()
         self._on_health = on_health
         self._queue = RowQueue()
-        # id(context.flow) → its submissions in the queue: the queue depth in requests.
-        self._queued_requests: dict[int, int] = {}
         self._jobs: list[_Job] = []
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
@@ -164,7 +163,7 @@ class ModelWorker:
         name = classifier.name
         self.metrics.queue_rows.labels(name).set_function(lambda: self._queue.queued_rows + self._reserved_rows)
         self.metrics.queue_submissions.labels(name).set_function(lambda: len(self._queue))
-        self.metrics.queue_requests.labels(name).set_function(lambda: len(self._queued_requests))
+        self.metrics.queue_requests.labels(name).set_function(lambda: self._queue.requests)
         # observed on every batch: the labelled children looked up once
         self._queue_wait = self.metrics.queue_wait_seconds.labels(name)
         self._batch_rows = self.metrics.batch_rows.labels(name)
@@ -221,16 +220,40 @@ class ModelWorker:
         that would go over its row budget (`RequestContext.max_rows`) too.
         """
         future: Future[RowsResult] = Future()
+        self._enqueue(rows, context, future, position, every_position)
+        return future
+
+    def submit_to(
+        self,
+        rows: list[list[int]],
+        context: RequestContext,
+        receiver: Callable[[RowsResult | None, BaseException | None], None],
+        position: int | None = None,
+    ) -> None:
+        """`submit`, with the logits (or the error) handed to `receiver` where they arrive,
+        on the worker thread, instead of a future: an explanation's rounds, whose callback
+        forms and submits the next round there. It must be quick and never block. Errors
+        known at once (a caller gone, the queue full) are raised, as by `submit`."""
+        self._enqueue(rows, context, Receiver(receiver), position, False)
+
+    def _enqueue(
+        self,
+        rows: Sequence[Sequence[int]],
+        context: RequestContext,
+        outcome: Future[RowsResult] | Receiver,
+        position: int | None,
+        every_position: bool,
+    ) -> None:
         if not rows:
-            settle(future, result=RowsResult(np.zeros((0, self.classifier.num_labels), np.float32), 0.0))
-            return future
+            settle(outcome, result=RowsResult(np.zeros((0, self.classifier.num_labels), np.float32), 0.0))
+            return
         context.ensure_alive("before the model could run")
         if not context.charge(len(rows)):
             raise InvalidArgument([("texts", _over_budget(context, len(rows)))])
         sub = Submission(
             rows=[r if isinstance(r, list) else list(r) for r in rows],
             context=context,
-            future=future,
+            future=outcome,
             enqueued_at=time.monotonic(),
             seq=next(self._seq),
             position=position,
@@ -239,9 +262,7 @@ class ModelWorker:
         with self._cond:
             self._admit(len(sub.rows))
             self._queue.push(sub)
-            self._count_request(sub, +1)
             self._cond.notify()
-        return future
 
     def run_blocking(
         self, rows: Sequence[Sequence[int]], context: RequestContext, position: int | None = None
@@ -454,9 +475,6 @@ class ModelWorker:
                         batch = self._queue.take_batch(budget, now)
                         if explanation_rows:  # a Predict batch is not the jobs' turn taken
                             self._job_ran_last = False
-                        for piece in batch.slices:
-                            if not piece.submission.pending:
-                                self._count_request(piece.submission, -1)
                         return None, batch
                     if not wait:
                         return None, None
@@ -490,7 +508,6 @@ class ModelWorker:
         swept = self._queue.sweep(now)
         for sub, reason in swept:
             self.metrics.dropped_rows.labels(self.classifier.name, reason.value).inc(sub.pending)
-            self._count_request(sub, -1)
             fail(sub, _dropped_error(reason))
         live: list[_Job] = []
         for job in self._jobs:
@@ -500,15 +517,6 @@ class ModelWorker:
             else:
                 fail_job(job, _dropped_error(why))
         self._jobs = live
-
-    def _count_request(self, sub: Submission, delta: int) -> None:
-        """Track the submissions each request has queued (call with the lock held)."""
-        key = id(sub.context.flow)
-        count = self._queued_requests.get(key, 0) + delta
-        if count > 0:
-            self._queued_requests[key] = count
-        else:
-            self._queued_requests.pop(key, None)
 
     def _run_job(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -666,17 +674,16 @@ class ModelWorker:
         """Indices into `pairs` grouped by similar length (one forward each), rows that
         want every position apart from the others; padding observed."""
         min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
-        rows = [s.rows[i] for s, i in pairs]
+        lengths = [len(s.rows[i]) for s, i in pairs]
         every = [k for k, (s, _) in enumerate(pairs) if s.every_position]
         if not every:  # the rule: no row of this batch wants every position
-            groups = split_by_length([len(r) for r in rows], min_rows)
+            groups = split_by_length(lengths, min_rows)
         else:
             groups = []
             for kind in (every, [k for k, (s, _) in enumerate(pairs) if not s.every_position]):
-                groups += [[kind[j] for j in g] for g in split_by_length([len(rows[k]) for k in kind], min_rows)]
-        padded = sum(len(g) * max(len(rows[i]) for i in g) for g in groups)
-        real = sum(len(r) for r in rows)
-        self._padding.observe(1 - real / max(padded, 1))
+                groups += [[kind[j] for j in g] for g in split_by_length([lengths[k] for k in kind], min_rows)]
+        padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        self._padding.observe(1 - sum(lengths) / max(padded, 1))
         return groups
 
     def _launch_group(self, pairs: list[tuple[Submission, int]], group: list[int]) -> Launched:
@@ -700,7 +707,6 @@ class ModelWorker:
                 fail(piece.submission, error)
         with self._cond:
             subs = self._queue.drain()
-            self._queued_requests.clear()
             jobs, self._jobs = self._jobs, []
         for sub in subs:
             if not sub.future.done():

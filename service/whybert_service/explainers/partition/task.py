@@ -1,7 +1,7 @@
 """One explanation's rounds, fed through the model's worker without a thread of its own.
 
 Each round's rows go to the worker as one submission; when their logits arrive (on the
-worker thread, as the submission's future completes) the engine takes them and the next
+worker thread, handed to the task's receiver) the engine takes them and the next
 round is submitted at once. So an explanation waits only in the worker's queue, where the
 scheduler orders it fairly among every other request's work, and it stops at the first
 round after its caller left or its deadline passed.
@@ -60,20 +60,21 @@ class PartitionTask:
     def _submit(self) -> None:
         rows = self.engine.row_lists()
         try:
-            submitted = self.worker.submit(rows, self.context, self.position)
+            self.worker.submit_to(rows, self.context, self._on_logits, self.position)
         except ServiceError as exc:
             settle(self.future, exception=exc)
             return
         self.rows += len(rows)
-        submitted.add_done_callback(self._on_logits)
 
-    def _on_logits(self, submitted: Future[RowsResult]) -> None:
-        """Runs where the rows' future completes (the worker thread): next round or the end."""
+    def _on_logits(self, result: RowsResult | None, error: BaseException | None) -> None:
+        """Runs where the rows' logits arrive (the worker thread): next round or the end."""
         if self.future.done():
             return
         try:
+            if error is not None:
+                raise error
+            assert result is not None
             self.context.ensure_alive("while the explanation ran")
-            result = submitted.result()
             self.queue_seconds += result.queue_seconds
             self.engine.feed(result.logits)
         except ServiceError as exc:
