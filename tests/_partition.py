@@ -70,7 +70,10 @@ OPTIONS = list(
 )
 
 
-def options_for(i: int) -> tuple[OutputName, Any, int | None, int, int | None]:
+Options = tuple[OutputName, Any, int | None, int, int | None]  # output, targets, fixed_context, max_evals, batch
+
+
+def options_for(i: int) -> Options:
     output, targets, fixed_context, (max_evals, batch_size) = OPTIONS[(i * 37) % len(OPTIONS)]
     return output, targets, fixed_context, max_evals, batch_size
 
@@ -98,8 +101,8 @@ class Harness:
             return np.concatenate([self.classifier.forward([r]) for r in rows])
         return self.classifier.forward(rows)
 
-    def engine(self, text: str, i: int) -> tuple[PartitionEngine, Any]:
-        output, targets, fixed_context, max_evals, batch_size = options_for(i)
+    def engine(self, text: str, i: int, options: Options | None = None) -> tuple[PartitionEngine, Any]:
+        output, targets, fixed_context, max_evals, batch_size = options or options_for(i)
         prepared = prepare_text(self.tokenizer, self.spec, text, self.classifier.max_length, self.encode)
 
         def resolve(logits: np.ndarray) -> list[int]:
@@ -113,8 +116,10 @@ class Harness:
         )
         return engine, prepared
 
-    def run(self, text: str, i: int, alone: bool = False) -> tuple[Any, Any, dict[bytes, np.ndarray]]:
-        engine, prepared = self.engine(text, i)
+    def run(
+        self, text: str, i: int, alone: bool = False, options: Options | None = None
+    ) -> tuple[Any, Any, dict[bytes, np.ndarray]]:
+        engine, prepared = self.engine(text, i, options)
         seen: dict[bytes, np.ndarray] = {}
 
         def logits(rows: list[np.ndarray]) -> np.ndarray:
@@ -126,8 +131,11 @@ class Harness:
 
         return explain_text(engine, logits), prepared, seen
 
-    def shap(self, text: str, i: int, targets: list[int], model: Callable[[list[str]], np.ndarray]) -> Any:
-        output, _, fixed_context, max_evals, batch_size = options_for(i)
+    def shap(
+        self, text: str, i: int, targets: list[int], model: Callable[[list[str]], np.ndarray],
+        options: Options | None = None,
+    ) -> Any:
+        output, _, fixed_context, max_evals, batch_size = options or options_for(i)
         # seed 0: the engine's tie-breaks are seeded the same way
         return self.reference.explain(
             text, targets, output, logits=model, seed=0,

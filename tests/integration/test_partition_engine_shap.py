@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from _partition import TEXTS, Harness, assert_equal, options_for
+from whybert_service.types import OutputName
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +40,14 @@ def test_values_equal_shap_calling_the_model_itself(tiny: Harness) -> None:
         result, prepared, _ = tiny.run(TEXTS[i], i, alone=True)
         ref = tiny.shap(prepared.text, i, result.targets, tiny.direct())
         assert_equal(result, prepared, ref, atol=1e-6)
+
+
+def test_values_equal_shap_where_the_engines_arrays_grow(tiny: Harness) -> None:
+    """A budget past what the engine sizes its arrays for at the start (2,048 evals): its
+    queue entries, shared tie-breaks, masks, outputs and memo all grow on the way."""
+    text = " ".join(TEXTS[k] for k in range(0, 240, 11))
+    options = (OutputName.PROBABILITY, "all", None, 4500, None)
+    result, prepared, seen = tiny.run(text, 0, options=options)
+    assert prepared.size > 100 and result.evals > 4096  # more nodes queued than the first tie-breaks
+    ref = tiny.shap(prepared.text, 0, result.targets, tiny.replay(seen), options=options)
+    assert_equal(result, prepared, ref, atol=1e-9)

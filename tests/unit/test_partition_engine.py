@@ -16,6 +16,7 @@ import shap
 from _partition import ACCENTS, CJK, EMOJI, LOOKALIKES, PIECES, PUNCT, TEXTS, Harness
 from shap.maskers._text import partition_tree as shap_partition_tree
 from whybert_service.explainers.partition import prepare_text
+from whybert_service.explainers.partition.engine import tie_breaks
 from whybert_service.explainers.partition.masking import (
     ContinuedRows,
     build_rows,
@@ -144,3 +145,17 @@ def test_the_engine_hands_out_rounds_and_can_stop_between_them(tiny: Harness) ->
     assert not engine.done  # stopped after five rounds: nothing runs without the driver
     with pytest.raises(ValueError, match="expected logits"):
         engine.feed(np.zeros((len(engine.rows()) + 1, 3), dtype=np.float32))
+
+
+def test_the_shared_tie_breaks_are_the_draws_shap_takes_one_node_at_a_time() -> None:
+    """shap draws one `randn()` per queued node from a seeded generator; the engine shares
+    one read-only sequence per seed, longer when an explanation needs more."""
+    generator = np.random.RandomState(3)
+    one_at_a_time = np.array([generator.randn() for _ in range(9000)])
+    short = tie_breaks(3, 10)
+    assert not short.flags.writeable
+    np.testing.assert_array_equal(short[:10], one_at_a_time[:10])
+    long = tie_breaks(3, 9000)
+    assert len(long) >= 9000
+    np.testing.assert_array_equal(long[:9000], one_at_a_time)
+    assert tie_breaks(3, 10) is long  # the longer sequence now serves every explanation

@@ -116,7 +116,7 @@ class Submission:
     tokens: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        lengths = [len(r) for r in self.rows]
+        lengths = list(map(len, self.rows))
         self.longest = max(lengths, default=0)
         self.tokens_total = sum(lengths)
 

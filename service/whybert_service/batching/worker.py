@@ -220,7 +220,7 @@ class ModelWorker:
         that would go over its row budget (`RequestContext.max_rows`) too.
         """
         future: Future[RowsResult] = Future()
-        self._enqueue(rows, context, future, position, every_position)
+        self._enqueue([r if isinstance(r, list) else list(r) for r in rows], context, future, position, every_position)
         return future
 
     def submit_to(
@@ -232,13 +232,14 @@ class ModelWorker:
     ) -> None:
         """`submit`, with the logits (or the error) handed to `receiver` where they arrive,
         on the worker thread, instead of a future: an explanation's rounds, whose callback
-        forms and submits the next round there. It must be quick and never block. Errors
-        known at once (a caller gone, the queue full) are raised, as by `submit`."""
+        forms and submits the next round there. It must be quick and never block. `rows`
+        become the worker's (not copied): the caller leaves them alone. Errors known at once
+        (a caller gone, the queue full) are raised, as by `submit`."""
         self._enqueue(rows, context, Receiver(receiver), position, False)
 
     def _enqueue(
         self,
-        rows: Sequence[Sequence[int]],
+        rows: list[list[int]],
         context: RequestContext,
         outcome: Future[RowsResult] | Receiver,
         position: int | None,
@@ -251,7 +252,7 @@ class ModelWorker:
         if not context.charge(len(rows)):
             raise InvalidArgument([("texts", _over_budget(context, len(rows)))])
         sub = Submission(
-            rows=[r if isinstance(r, list) else list(r) for r in rows],
+            rows=rows,
             context=context,
             future=outcome,
             enqueued_at=time.monotonic(),

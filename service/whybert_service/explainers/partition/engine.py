@@ -18,6 +18,7 @@ already evaluated, the rows only shap's re-tokenised strings give, the output sp
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ class PartitionEngine:
         self._resolve_targets = targets
         self.targets: list[int] = []
         batch = batch_size or 5  # the Text masker's default_batch_size
-        self._random = np.random.RandomState(seed)
+        self._seed = seed
         m = text.size
         self._m = m
         # an invariant piece inside the text (a literal separator id): rows that differ
@@ -110,7 +111,7 @@ class PartitionEngine:
         self._heap = np.zeros(capacity, dtype=np.int64)
         self._leaves = np.zeros(capacity, dtype=np.int64)
         self._pool = np.zeros((capacity, words), dtype=np.uint64)  # row 0: nothing kept
-        self._ties = self._random.randn(capacity)
+        self._ties = tie_breaks(seed, capacity)
         table = 1 << (4 * capacity - 1).bit_length()  # the edited rows' memo: a power of two
         self._hkeys = np.zeros((table, words), dtype=np.uint64)
         self._hslot = np.full(table, -1, dtype=np.int64)
@@ -311,7 +312,7 @@ class PartitionEngine:
             self._heap = _grown(self._heap, size)
             self._leaves = _grown(self._leaves, size)
         if st[rounds.TIE_POS] + need > len(self._ties):
-            self._ties = np.concatenate([self._ties, self._random.randn(len(self._ties))])
+            self._ties = tie_breaks(self._seed, 2 * len(self._ties))
         if st[rounds.POOL_N] + need > len(self._pool):
             self._pool = _grown(self._pool, 2 * len(self._pool))
         if st[rounds.SLOTS] + need > len(self._f):
@@ -334,6 +335,25 @@ class PartitionEngine:
             rows=int(self._state[rounds.SLOTS]),
             evals=self.evals + 2,
         )
+
+
+_TIES: dict[int, np.ndarray] = {}
+_TIES_LOCK = threading.Lock()
+
+
+def tie_breaks(seed: int, n: int) -> np.ndarray:
+    """The first `n` (at least) of `RandomState(seed).randn()`'s draws, read-only: the same
+    for every explanation of a seed, so drawn once (seeding a generator costs more than a
+    round) and shared."""
+    ties = _TIES.get(seed)
+    if ties is None or len(ties) < n:
+        with _TIES_LOCK:
+            ties = _TIES.get(seed)
+            if ties is None or len(ties) < n:
+                ties = np.random.RandomState(seed).randn(max(n, 4096))
+                ties.flags.writeable = False
+                _TIES[seed] = ties
+    return ties
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:
