@@ -298,6 +298,22 @@ def test_out_of_memory_batches_are_split_until_they_fit(make_worker: WorkerFacto
     assert worker.healthy and worker.restarts == 0
 
 
+def test_a_split_batch_cuts_a_request_in_the_middle_and_still_gives_it_all_its_rows(
+    make_worker: WorkerFactory, tiny_classifier: Any
+) -> None:
+    """Halving a batch of three-row requests cuts requests across the middle: each gets
+    its rows' logits back in its own order, put together from the halves."""
+    worker, faulty = make_worker(max_batch_delay_s=0.2)
+    faulty.oom_above = 2
+    requests = [[f"request {i} row {j} about food" for j in range(3)] for i in range(3)]
+    futures = [worker.submit(ids(faulty, *texts), RequestContext()) for texts in requests]
+    for texts, future in zip(requests, futures, strict=True):
+        expected = tiny_classifier.forward(tiny_classifier.encode(texts).ids)
+        np.testing.assert_allclose(future.result(10).logits, expected, rtol=1e-4, atol=1e-5)
+    assert max(faulty.batches) <= 2 and 1 in faulty.batches  # halves of odd sizes: rows cut apart
+    assert worker.healthy and worker.restarts == 0
+
+
 def test_a_row_that_fails_alone_fails_only_its_own_request(make_worker: WorkerFactory) -> None:
     worker, faulty = make_worker(max_batch_delay_s=0.2)
     faulty.set_poison("xylophone")

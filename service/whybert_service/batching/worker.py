@@ -44,6 +44,7 @@ from .queue import (
     Receiver,
     RowQueue,
     RowsResult,
+    Slice,
     Submission,
     deliver,
     drop_reason,
@@ -98,13 +99,13 @@ class _Outputs:
         self.logits = np.empty((rows, labels), dtype=np.float32)
         self.tokens: dict[int, np.ndarray] = {}
 
-    def put(self, pairs: list[tuple[Submission, int]], group: list[int], collected: np.ndarray) -> None:
+    def put(self, rows: list[list[int]], group: list[int], collected: np.ndarray) -> None:
         """Store one group's collected logits (rows × labels, or rows × width × labels)."""
         if collected.ndim == 2:
             self.logits[group] = collected
             return
         for j, k in enumerate(group):
-            self.tokens[k] = collected[j, : len(pairs[k][0].rows[pairs[k][1]])].copy()
+            self.tokens[k] = collected[j, : len(rows[k])].copy()
 
 
 @dataclass(eq=False)
@@ -112,10 +113,39 @@ class _Launched:
     """A batch whose forward passes were launched and whose logits are not collected yet."""
 
     batch: Batch
-    pairs: list[tuple[Submission, int]]
-    groups: list[list[int]]  # indices into pairs, one launched forward pass each
+    work: _Work
+    groups: list[list[int]]  # indices into the work's rows, one launched forward pass each
     outputs: list[Launched]
     started: float
+
+
+@dataclass(eq=False)
+class _Work:
+    """Rows to run: the slices they come from, in order, and the rows themselves (flat).
+    Per slice, not per row: a batch of SHAP rounds is some sixteen slices of five rows."""
+
+    parts: list[Slice]
+    rows: list[list[int]]
+
+    @classmethod
+    def of(cls, parts: list[Slice]) -> _Work:
+        return cls(parts, [row for p in parts for row in p.submission.rows[p.start : p.stop]])
+
+    def halves(self) -> tuple[_Work, _Work]:
+        """The rows cut in two (a slice across the middle cut with them)."""
+        half, first, second, seen = len(self.rows) // 2, [], [], 0
+        for p in self.parts:
+            n = p.stop - p.start
+            if seen + n <= half:
+                first.append(p)
+            elif seen >= half:
+                second.append(p)
+            else:
+                cut = p.start + half - seen
+                first.append(Slice(p.submission, p.start, cut))
+                second.append(Slice(p.submission, cut, p.stop))
+            seen += n
+        return _Work(first, self.rows[:half]), _Work(second, self.rows[half:])
 
 
 @dataclass(eq=False)
@@ -533,21 +563,21 @@ class ModelWorker:
             log.warning("job on model %s failed: %r", self.classifier.name, exc)
             settle(job.future, exception=ModelFailure(f"the model failed on this request: {exc}"))
 
-    def _observe_batch(self, batch: Batch) -> list[tuple[Submission, int]]:
+    def _observe_batch(self, batch: Batch) -> _Work:
         now = time.monotonic()
         for piece in batch.slices:
             if piece.start == 0:
                 self._queue_wait.observe(now - piece.submission.enqueued_at)
         self._batch_rows.observe(len(batch.rows))
         self._batch_tokens.observe(batch.padded_tokens)
-        return [(p.submission, i) for p in batch.slices for i in range(p.start, p.stop)]
+        return _Work(batch.slices, batch.rows)
 
     def _run_batch(self, batch: Batch) -> None:
-        pairs = self._observe_batch(batch)
+        work = self._observe_batch(batch)
         started = time.perf_counter()
         with self._failing_on_restart(batch):
-            self._run_pairs(pairs)
-        self._batch_done(batch, len(pairs), started)
+            self._run_work(work)
+        self._batch_done(batch, len(work.rows), started)
 
     def _batch_done(self, batch: Batch, rows: int, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -573,22 +603,22 @@ class ModelWorker:
     def _launch(self, batch: Batch) -> _Launched | None:
         """Launch a batch's forward passes, one per length group; a failure to launch runs
         it at once through the split-and-retry path instead (None: nothing in flight)."""
-        pairs = self._observe_batch(batch)
+        work = self._observe_batch(batch)
         started = time.perf_counter()
         with self._failing_on_restart(batch):
-            pairs = self._live(pairs)
-            if not pairs:
+            work = self._live(work)
+            if not work.rows:
                 return None
-            groups = self._groups(pairs)
+            groups = self._groups(work)
             try:
-                outputs = [self._launch_group(pairs, g) for g in groups]
+                outputs = [self._launch_group(work, g) for g in groups]
             except WorkerCrash:
                 raise
             except Exception:
-                self._run_pairs(pairs)
-                self._batch_done(batch, len(pairs), started)
+                self._run_work(work)
+                self._batch_done(batch, len(work.rows), started)
                 return None
-        return _Launched(batch, pairs, groups, outputs, started)
+        return _Launched(batch, work, groups, outputs, started)
 
     def _settle_in_flight(self) -> None:
         """Collect the batch in flight and hand each caller its logits (their callbacks
@@ -596,19 +626,19 @@ class ModelWorker:
         launched, self._in_flight = self._in_flight, None
         if launched is None:
             return
-        pairs = launched.pairs
+        work = launched.work
         with self._failing_on_restart(launched.batch):
             try:
-                out = _Outputs(len(pairs), self.classifier.num_labels)
+                out = _Outputs(len(work.rows), self.classifier.num_labels)
                 for group, output in zip(launched.groups, launched.outputs, strict=True):
-                    out.put(pairs, group, self.classifier.collect(output))
+                    out.put(work.rows, group, self.classifier.collect(output))
             except WorkerCrash:
                 raise
             except Exception:
-                self._run_pairs(pairs)
+                self._run_work(work)
             else:
-                self._deliver(pairs, out)
-        self._batch_done(launched.batch, len(pairs), launched.started)
+                self._deliver(work, out)
+        self._batch_done(launched.batch, len(work.rows), launched.started)
 
     def _publish_memory(self) -> None:
         """Device memory in use, on a GPU only (the series stays absent on the CPU)."""
@@ -617,30 +647,30 @@ class ModelWorker:
                 torch.cuda.memory_allocated(self.classifier.device)
             )
 
-    def _live(self, pairs: list[tuple[Submission, int]]) -> list[tuple[Submission, int]]:
-        """The pairs still wanted: the submissions whose caller left or whose deadline
+    def _live(self, work: _Work) -> _Work:
+        """The work still wanted: the submissions whose caller left or whose deadline
         passed are failed here (each submission checked once, not once per row)."""
         now = time.monotonic()
         gone: set[Submission] = set()
-        for sub in dict.fromkeys(s for s, _ in pairs):
+        for sub in dict.fromkeys(p.submission for p in work.parts):
             if sub.future.done():
                 gone.add(sub)
                 continue
             reason = sub.drop_reason(now)
             if reason is not None:
-                rows = sum(1 for s, _ in pairs if s is sub)
+                rows = sum(p.stop - p.start for p in work.parts if p.submission is sub)
                 self.metrics.dropped_rows.labels(self.classifier.name, reason.value).inc(rows)
                 fail(sub, _dropped_error(reason))
                 gone.add(sub)
-        return [(s, i) for s, i in pairs if s not in gone] if gone else pairs
+        return _Work.of([p for p in work.parts if p.submission not in gone]) if gone else work
 
-    def _run_pairs(self, pairs: list[tuple[Submission, int]]) -> None:
-        """Forward (submission, row) pairs; on failure split in halves down to single rows."""
-        pairs = self._live(pairs)  # a retry comes later: check the callers again
-        if not pairs:
+    def _run_work(self, work: _Work) -> None:
+        """Forward the work's rows; on failure split in halves down to single rows."""
+        work = self._live(work)  # a retry comes later: check the callers again
+        if not work.rows:
             return
         try:
-            out = self._forward_grouped(pairs)
+            out = self._forward_grouped(work)
         except WorkerCrash:
             raise
         except Exception as exc:
@@ -648,57 +678,68 @@ class ModelWorker:
             self.metrics.batch_failures.labels(self.classifier.name, kind).inc()
             if kind == "oom" and self.classifier.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if len(pairs) == 1:
+            if len(work.rows) == 1:
                 log.warning("model %s failed on a single row: %r", self.classifier.name, exc)
                 self.metrics.dropped_rows.labels(self.classifier.name, "failed").inc()
-                fail(pairs[0][0], ModelFailure(_failure_message(kind, exc)))
+                fail(work.parts[0].submission, ModelFailure(_failure_message(kind, exc)))
                 return
-            half = len(pairs) // 2
-            self._run_pairs(pairs[:half])
-            self._run_pairs(pairs[half:])
+            first, second = work.halves()
+            self._run_work(first)
+            self._run_work(second)
             return
-        self._deliver(pairs, out)
+        self._deliver(work, out)
 
-    def _deliver(self, pairs: list[tuple[Submission, int]], out: _Outputs) -> None:
+    def _deliver(self, work: _Work, out: _Outputs) -> None:
+        """Each slice's logits to its submission (rows × labels, or one array per row)."""
         now = time.monotonic()
-        start = 0
-        for end in range(1, len(pairs) + 1):  # each run of one submission's rows at once
-            sub, first = pairs[start]
-            if end == len(pairs) or pairs[end][0] is not sub or pairs[end][1] != first + end - start:
-                if sub.every_position:
-                    deliver(sub, first, [out.tokens[k] for k in range(start, end)], now)
-                else:
-                    deliver(sub, first, out.logits[start:end], now)
-                start = end
+        offset = 0
+        for p in work.parts:
+            end = offset + p.stop - p.start
+            if p.submission.every_position:
+                deliver(p.submission, p.start, [out.tokens[k] for k in range(offset, end)], now)
+            else:
+                deliver(p.submission, p.start, out.logits[offset:end], now)
+            offset = end
 
-    def _groups(self, pairs: list[tuple[Submission, int]]) -> list[list[int]]:
-        """Indices into `pairs` grouped by similar length (one forward each), rows that
-        want every position apart from the others; padding observed."""
+    def _groups(self, work: _Work) -> list[list[int]]:
+        """Indices into the work's rows grouped by similar length (one forward each), rows
+        that want every position apart from the others; padding observed."""
         min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
-        lengths = [len(s.rows[i]) for s, i in pairs]
-        every = [k for k, (s, _) in enumerate(pairs) if s.every_position]
-        if not every:  # the rule: no row of this batch wants every position
+        lengths = list(map(len, work.rows))
+        if not any(p.submission.every_position for p in work.parts):  # the rule
             groups = split_by_length(lengths, min_rows)
         else:
+            every = [p.submission.every_position for p in work.parts for _ in range(p.start, p.stop)]
             groups = []
-            for kind in (every, [k for k, (s, _) in enumerate(pairs) if not s.every_position]):
+            for want in (True, False):
+                kind = [k for k, e in enumerate(every) if e is want]
                 groups += [[kind[j] for j in g] for g in split_by_length([lengths[k] for k in kind], min_rows)]
         padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
         self._padding.observe(1 - sum(lengths) / max(padded, 1))
         return groups
 
-    def _launch_group(self, pairs: list[tuple[Submission, int]], group: list[int]) -> Launched:
+    def _launch_group(self, work: _Work, group: list[int]) -> Launched:
         """Launch one group's forward pass: the logits each row asked for."""
-        rows = [pairs[k][0].rows[pairs[k][1]] for k in group]
-        if pairs[group[0]][0].every_position:
+        whole = len(group) == len(work.rows) and group == list(range(len(group)))
+        rows = work.rows if whole else [work.rows[k] for k in group]
+        kinds = {(p.submission.every_position, p.submission.position) for p in work.parts}
+        if len(kinds) == 1:  # one kind for the whole work (as a rule)
+            ((every, position),) = kinds
+            if every:
+                return self.classifier.launch_tokens(rows)
+            return self.classifier.launch(rows, None if position is None else [position] * len(rows))
+        flags = [
+            (p.submission.every_position, p.submission.position) for p in work.parts for _ in range(p.start, p.stop)
+        ]
+        if flags[group[0]][0]:
             return self.classifier.launch_tokens(rows)
-        return self.classifier.launch(rows, [pairs[k][0].position for k in group])
+        return self.classifier.launch(rows, [flags[k][1] for k in group])
 
-    def _forward_grouped(self, pairs: list[tuple[Submission, int]]) -> _Outputs:
-        """One forward per group of similar lengths; logits back in the pairs' order."""
-        out = _Outputs(len(pairs), self.classifier.num_labels)
-        for group in self._groups(pairs):
-            out.put(pairs, group, self.classifier.collect(self._launch_group(pairs, group)))
+    def _forward_grouped(self, work: _Work) -> _Outputs:
+        """One forward per group of similar lengths; logits back in the work's row order."""
+        out = _Outputs(len(work.rows), self.classifier.num_labels)
+        for group in self._groups(work):
+            out.put(work.rows, group, self.classifier.collect(self._launch_group(work, group)))
         return out
 
     def _fail_everything(self, error: ServiceError) -> None:
