@@ -524,3 +524,21 @@ def test_rows_submitted_to_a_receiver_get_one_outcome_each_on_the_worker_thread(
     ((_, error, _),) = outcomes["stopped"]
     assert isinstance(error, Unavailable)
     assert [len(v) for v in outcomes.values()] == [1, 1, 1]
+
+
+def test_a_receiver_that_raises_fails_nobody_else_and_the_worker_serves_on(
+    make_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a receiver (it runs on the worker thread) is logged, as a future's callback
+    would be; it neither restarts the worker nor reaches the other callers of its batch."""
+    worker, faulty = make_worker(max_batch_delay_s=0.2)
+
+    def broken(result: Any, error: Any) -> None:
+        raise RuntimeError("a bug in a receiver")
+
+    worker.submit_to(ids(faulty, "a text whose receiver breaks"), RequestContext(), broken)
+    beside = worker.submit(ids(faulty, "a text in the same batch"), RequestContext())
+    assert beside.result(10).logits.shape == (1, 3)
+    assert served(worker, ids(faulty, "and the next batch")) == 1
+    assert worker.healthy and worker.restarts == 0
+    assert "a receiver of rows failed" in caplog.text

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from whybert_service.grpc.interceptors import (
+    DEADLINE_SLACK_S,
     HEALTH_WATCH,
     MetricsInterceptor,
     StreamLimitInterceptor,
@@ -70,8 +71,9 @@ def test_split_method_and_deadline() -> None:
     assert deadline_passed(Context(remaining=0.0)) and deadline_passed(Context(remaining=-1.0))  # type: ignore[arg-type]
     assert not deadline_passed(Context(remaining=2.0)) and not deadline_passed(Context())  # type: ignore[arg-type]
     # a caller's cancel that beats the server's copy of its deadline by a few ms is that deadline
-    assert deadline_passed(Context(remaining=0.004))  # type: ignore[arg-type]
-    assert not deadline_passed(Context(remaining=0.2))  # type: ignore[arg-type]
+    assert deadline_passed(Context(remaining=0.004), DEADLINE_SLACK_S)  # type: ignore[arg-type]
+    assert not deadline_passed(Context(remaining=0.004))  # type: ignore[arg-type]
+    assert not deadline_passed(Context(remaining=0.2), DEADLINE_SLACK_S)  # type: ignore[arg-type]
 
 
 async def test_unary_calls_are_counted_by_final_code() -> None:

@@ -280,3 +280,4 @@ def test_a_receiver_gets_one_outcome_whatever_comes_after() -> None:
     settle(failing, exception=ValueError("first"))
     settle(failing, result="second")
     assert isinstance(got[1][1], ValueError) and len(got) == 2
+

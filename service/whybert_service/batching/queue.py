@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import math
 import threading
 from collections import deque
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..context import Priority, RequestContext
+
+log = logging.getLogger(__name__)
 
 
 class DropReason(Enum):
@@ -48,7 +51,9 @@ class Receiver:
     """A submission's outcome handed to a function, once, where it arrives (the worker
     thread, for logits): an explanation's rounds, whose next round is formed right there.
     A `Future` per round would take its lock some six times a round (made, watched, set,
-    read) and build a condition nobody waits on."""
+    read) and build a condition nobody waits on. As a future's callbacks, the function's
+    own failure is logged, never raised into whoever delivered (the worker's loop); a
+    second outcome is ignored."""
 
     __slots__ = ("_claimed", "_fn")
 
@@ -70,8 +75,11 @@ class Receiver:
 
     def _finish(self, result: RowsResult | None, error: BaseException | None) -> None:
         if not self._claimed.acquire(blocking=False):
-            raise InvalidStateError("the submission already has its outcome")
-        self._fn(result, error)
+            return  # it has its outcome already
+        try:
+            self._fn(result, error)
+        except BaseException:
+            log.exception("a receiver of rows failed")
 
 
 def drop_reason(future: Outcome, context: RequestContext, now: float) -> DropReason | None:

@@ -712,7 +712,7 @@ class ModelWorker:
             every = [p.submission.every_position for p in work.parts for _ in range(p.start, p.stop)]
             groups = []
             for want in (True, False):
-                kind = [k for k, e in enumerate(every) if e is want]
+                kind = [k for k, e in enumerate(every) if e == want]
                 groups += [[kind[j] for j in g] for g in split_by_length([lengths[k] for k in kind], min_rows)]
         padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
         self._padding.observe(1 - sum(lengths) / max(padded, 1))

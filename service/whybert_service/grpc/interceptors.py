@@ -32,10 +32,11 @@ def handler_factory(handler: grpc.RpcMethodHandler) -> Callable[..., grpc.RpcMet
 DEADLINE_SLACK_S = 0.01
 
 
-def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the call's deadline is behind it (its caller already has DEADLINE_EXCEEDED)."""
+def deadline_passed(context: grpc.aio.ServicerContext, slack: float = 0.0) -> bool:
+    """Whether the call's deadline is behind it (its caller already has DEADLINE_EXCEEDED),
+    or within `slack` seconds of it."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= DEADLINE_SLACK_S
+    return remaining is not None and remaining <= slack
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -117,7 +118,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         except asyncio.CancelledError:
             # grpc.aio cancels the handler both when the caller leaves and when the
             # deadline passes; the caller sees DEADLINE_EXCEEDED in the second case.
-            late = deadline_passed(context)
+            late = deadline_passed(context, DEADLINE_SLACK_S)  # a cancel that beat it by a hair: the deadline
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:

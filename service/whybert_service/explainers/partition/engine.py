@@ -112,7 +112,8 @@ class PartitionEngine:
         self._leaves = np.zeros(capacity, dtype=np.int64)
         self._pool = np.zeros((capacity, words), dtype=np.uint64)  # row 0: nothing kept
         self._ties = tie_breaks(seed, capacity)
-        table = 1 << (4 * capacity - 1).bit_length()  # the edited rows' memo: a power of two
+        # the edited rows' memo: a power of two, at most half full with every row of the budget
+        table = 1 << (2 * (64 + 4 * self._round_nodes + self._budget_room) - 1).bit_length()
         self._hkeys = np.zeros((table, words), dtype=np.uint64)
         self._hslot = np.full(table, -1, dtype=np.int64)
         self._f = np.zeros((0, 0), dtype=np.float64)  # per distinct row (slot): the targets' outputs

@@ -77,16 +77,19 @@ class PartitionTask:
             self.context.ensure_alive("while the explanation ran")
             self.queue_seconds += result.queue_seconds
             self.engine.feed(result.logits)
+            if self.engine.done:
+                settle(self.future, result=self.engine.result)
+                return
+            self._progress()
+            self._submit()
         except ServiceError as exc:
             settle(self.future, exception=exc)
-            return
         except BaseException as exc:  # a bug must fail this request, never the worker
             log.exception("the SHAP engine failed")
             settle(self.future, exception=ModelFailure(f"the explanation failed: {type(exc).__name__}: {exc}"))
-            return
-        if self.engine.done:
-            settle(self.future, result=self.engine.result)
-            return
+
+    def _progress(self) -> None:
+        """Hand on the engine's snapshot, at most every `progress_interval` seconds."""
         if self._on_progress is not None and self.engine.started:
             now = time.monotonic()
             if now - self._last_progress >= self._interval:
@@ -95,4 +98,3 @@ class PartitionTask:
                     self._on_progress(self.engine.snapshot())
                 except BaseException:  # a listener's failure must not stop the explanation
                     log.exception("a progress listener failed")
-        self._submit()
