@@ -542,3 +542,39 @@ def test_a_receiver_that_raises_fails_nobody_else_and_the_worker_serves_on(
     assert served(worker, ids(faulty, "and the next batch")) == 1
     assert worker.healthy and worker.restarts == 0
     assert "a receiver of rows failed" in caplog.text
+
+
+def test_rounds_formed_while_a_batch_is_delivered_are_queued_together_after_it(make_worker: WorkerFactory) -> None:
+    """Receivers that form their next round during a delivery (an explanation's rounds):
+    each round is queued once the delivery ends and runs in a later batch, all the chains
+    finish; a round that does not fit the queue gets RESOURCE_EXHAUSTED through its
+    receiver, as `submit` would have raised it."""
+    worker, faulty = make_worker(max_batch_delay_s=0.05, max_queued_rows=12)
+    finished: list[int] = []
+    refused: list[BaseException] = []
+
+    def chain(k: int, context: RequestContext, rounds_left: int) -> Any:
+        def receive(result: Any, error: Any) -> None:
+            assert error is None and result.logits.shape == (2, 3)
+            if rounds_left == 0:
+                finished.append(k)
+                return
+            rows = ids(faulty, f"chain {k} round {rounds_left}", "and its pair")
+            worker.submit_to(rows, context, chain(k, context, rounds_left - 1))
+
+        return receive
+
+    for k in range(4):
+        context = RequestContext()
+        worker.submit_to(ids(faulty, f"chain {k} starts", "and its pair"), context, chain(k, context, 3))
+    wait_for(lambda: len(finished) == 4, timeout=10, message="the chains of rounds did not finish")
+    assert sorted(finished) == [0, 1, 2, 3] and worker.queued_rows() == 0
+
+    def too_big(result: Any, error: Any) -> None:
+        rows = ids(faulty, *["a round larger than the queue"] * 13)
+        worker.submit_to(rows, RequestContext(), lambda _result, e: refused.append(e))
+
+    worker.submit_to(ids(faulty, "a round whose next one does not fit"), RequestContext(), too_big)
+    wait_for(lambda: refused, timeout=10, message="the refused round got no outcome")
+    assert isinstance(refused[0], ResourceExhausted)
+    assert worker.healthy and worker.restarts == 0

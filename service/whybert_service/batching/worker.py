@@ -182,6 +182,10 @@ class ModelWorker:
         # Rows of work queued outside the row queue (integrated gradients waiting for a
         # drain): they hold places under the same `max_queued_rows` bound.
         self._reserved_rows = 0
+        # Rounds formed by the receivers of the batch being delivered (on the worker
+        # thread), queued together when the delivery ends; None outside a delivery.
+        self._held: list[Submission] | None = None
+        self._held_by = 0
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -264,7 +268,9 @@ class ModelWorker:
         on the worker thread, instead of a future: an explanation's rounds, whose callback
         forms and submits the next round there. It must be quick and never block. `rows`
         become the worker's (not copied): the caller leaves them alone. Errors known at once
-        (a caller gone, the queue full) are raised, as by `submit`."""
+        (a caller gone, the row budget spent, the queue full) are raised, as by `submit`;
+        from a receiver while its batch is delivered, the queue's refusal reaches the new
+        receiver instead (those rounds are queued together once the delivery ends)."""
         self._enqueue(rows, context, Receiver(receiver), position, False)
 
     def _enqueue(
@@ -290,10 +296,29 @@ class ModelWorker:
             position=position,
             every_position=every_position,
         )
+        if self._held is not None and isinstance(outcome, Receiver) and threading.get_ident() == self._held_by:
+            self._held.append(sub)  # a round formed while a batch is delivered: queued with the others
+            return
         with self._cond:
             self._admit(len(sub.rows))
             self._queue.push(sub)
             self._cond.notify()
+
+    def _queue_held(self, held: list[Submission]) -> None:
+        """Queue the rounds the receivers of a batch formed, under one lock; one that does
+        not fit gets the error `submit` would have raised."""
+        refused: list[tuple[Submission, ServiceError]] = []
+        with self._cond:
+            for sub in held:
+                try:
+                    self._admit(len(sub.rows))
+                except ServiceError as exc:
+                    refused.append((sub, exc))
+                    continue
+                self._queue.push(sub)
+            self._cond.notify()
+        for sub, error in refused:
+            fail(sub, error)
 
     def run_blocking(
         self, rows: Sequence[Sequence[int]], context: RequestContext, position: int | None = None
@@ -690,16 +715,24 @@ class ModelWorker:
         self._deliver(work, out)
 
     def _deliver(self, work: _Work, out: _Outputs) -> None:
-        """Each slice's logits to its submission (rows × labels, or one array per row)."""
+        """Each slice's logits to its submission (rows × labels, or one array per row).
+        The next rounds their receivers form are held and queued together at the end: the
+        explanations of a batch advance together, one lock for all their rounds."""
         now = time.monotonic()
         offset = 0
-        for p in work.parts:
-            end = offset + p.stop - p.start
-            if p.submission.every_position:
-                deliver(p.submission, p.start, [out.tokens[k] for k in range(offset, end)], now)
-            else:
-                deliver(p.submission, p.start, out.logits[offset:end], now)
-            offset = end
+        self._held, self._held_by = [], threading.get_ident()
+        try:
+            for p in work.parts:
+                end = offset + p.stop - p.start
+                if p.submission.every_position:
+                    deliver(p.submission, p.start, [out.tokens[k] for k in range(offset, end)], now)
+                else:
+                    deliver(p.submission, p.start, out.logits[offset:end], now)
+                offset = end
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._queue_held(held)
 
     def _groups(self, work: _Work) -> list[list[int]]:
         """Indices into the work's rows grouped by similar length (one forward each), rows
