@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,10 @@ class MaskingSpec:
     # shap's `Text(tokenizer, output_type="token_ids")`: every row is the ids with the mask
     # id at each hidden piece, so positions never shift (token models explain one position).
     in_place: bool = False
+    # The tokenizer normalizes character by character (BERT's normalizer: lower-casing,
+    # accents stripped, CJK spaced), so a run of pieces reads the same alone as in its
+    # string, whatever its script.
+    charwise: bool = False
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> MaskingSpec:
@@ -74,6 +79,7 @@ class MaskingSpec:
             sep_token=getattr(tokenizer, "sep_token", None),
             sentencepiece=_is_sentencepiece(tokenizer),
             edit_ids=wordpiece and not collapse,
+            charwise=backend is not None and type(backend.normalizer).__name__ in ("BertNormalizer", "NoneType"),
         )
 
 
@@ -250,8 +256,9 @@ class ContinuedRows:
 
     def row(self, mask: np.ndarray) -> np.ndarray | None:
         """The row of a mask (True: kept); None where the run rule does not hold for
-        certain (a run that is not ASCII, or a row longer than the model reads, which the
-        tokenizer would cut): then the masked string must be tokenised."""
+        certain (a run beyond ASCII where the tokenizer's normalizer is not known to work
+        character by character, or a row longer than the model reads, which the tokenizer
+        would cut): then the masked string must be tokenised."""
         p = self.p
         kept = mask | p.keep
         edited = edit_rows(p, self.spec, mask)
@@ -279,7 +286,10 @@ class ContinuedRows:
         p = self.p
         chars = p.text[p.offsets[i][0] : p.offsets[j][1]]
         ids: np.ndarray | None = None
-        if chars.isascii():  # lower-casing and accents are then character by character
+        # ASCII is normalized character by character whatever the tokenizer; beyond it, a
+        # tokenizer that normalizes so (and no combining mark that could belong before)
+        charwise = self.spec.charwise and not any(unicodedata.combining(c) for c in chars)
+        if chars.isascii() or charwise:
             if self._empty is None:
                 self._empty = list(self._encode([""])[0])
             encoded, empty, before = list(self._encode([chars])[0]), self._empty, self.spec.keep_prefix
