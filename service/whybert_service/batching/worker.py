@@ -312,10 +312,12 @@ class ModelWorker:
             for sub in held:
                 try:
                     self._admit(len(sub.rows))
+                    self._queue.push(sub)
                 except ServiceError as exc:
                     refused.append((sub, exc))
-                    continue
-                self._queue.push(sub)
+                except Exception:  # a bug: this round fails, never silently waits forever
+                    log.exception("queueing a round of model %s failed", self.classifier.name)
+                    refused.append((sub, Unavailable("the round could not be queued; retry")))
             self._cond.notify()
         for sub, error in refused:
             fail(sub, error)
@@ -382,12 +384,14 @@ class ModelWorker:
                 self._reserved_rows = max(0, self._reserved_rows - n_rows)
 
     def request_rows(self, context: RequestContext) -> int:
-        """Rows of the request `context` belongs to (all its texts) waiting in the queue."""
+        """Rows of the request `context` belongs to (all its texts) waiting in the queue
+        (rounds formed during a delivery count once the delivery ends)."""
         with self._cond:
             return self._queue.request_rows(context)
 
     def queued_rows(self) -> int:
-        """Rows waiting for the model: the row queue's and those reserved by gradient work."""
+        """Rows waiting for the model: the row queue's and those reserved by gradient work
+        (rounds formed during a delivery count once the delivery ends)."""
         with self._cond:
             return self._queue.queued_rows + self._reserved_rows
 
