@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -131,6 +132,18 @@ class _Work:
     def of(cls, parts: list[Slice]) -> _Work:
         return cls(parts, [row for p in parts for row in p.submission.rows[p.start : p.stop]])
 
+    @functools.cached_property
+    def kind(self) -> tuple[bool, int | None] | None:
+        """(every position, position) when all its rows ask for the same logits (as a rule)."""
+        kinds = {(p.submission.every_position, p.submission.position) for p in self.parts}
+        return next(iter(kinds)) if len(kinds) == 1 else None
+
+    @functools.cached_property
+    def row_kinds(self) -> list[tuple[bool, int | None]]:
+        """(every position, position) of each row."""
+        return [(p.submission.every_position, p.submission.position)
+                for p in self.parts for _ in range(p.start, p.stop)]
+
     def halves(self) -> tuple[_Work, _Work]:
         """The rows cut in two (a slice across the middle cut with them)."""
         half, first, second, seen = len(self.rows) // 2, [], [], 0
@@ -192,7 +205,6 @@ class ModelWorker:
         self._stopping = False
         self._healthy = False
         self.restarts = 0
-        self._labels = {"model": classifier.name}
         # The queue's depth is read when Prometheus scrapes, not written on every submit.
         name = classifier.name
         self.metrics.queue_rows.labels(name).set_function(lambda: self._queue.queued_rows + self._reserved_rows)
@@ -743,13 +755,12 @@ class ModelWorker:
         that want every position apart from the others; padding observed."""
         min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
         lengths = list(map(len, work.rows))
-        if not any(p.submission.every_position for p in work.parts):  # the rule
+        if work.kind is not None or not any(p.submission.every_position for p in work.parts):  # the rule
             groups = split_by_length(lengths, min_rows)
         else:
-            every = [p.submission.every_position for p in work.parts for _ in range(p.start, p.stop)]
             groups = []
             for want in (True, False):
-                kind = [k for k, e in enumerate(every) if e == want]
+                kind = [k for k, (every, _) in enumerate(work.row_kinds) if every == want]
                 groups += [[kind[j] for j in g] for g in split_by_length([lengths[k] for k in kind], min_rows)]
         padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
         self._padding.observe(1 - sum(lengths) / max(padded, 1))
@@ -759,18 +770,15 @@ class ModelWorker:
         """Launch one group's forward pass: the logits each row asked for."""
         whole = len(group) == len(work.rows) and group == list(range(len(group)))
         rows = work.rows if whole else [work.rows[k] for k in group]
-        kinds = {(p.submission.every_position, p.submission.position) for p in work.parts}
-        if len(kinds) == 1:  # one kind for the whole work (as a rule)
-            ((every, position),) = kinds
+        if work.kind is not None:  # one kind for the whole work (as a rule)
+            every, position = work.kind
             if every:
                 return self.classifier.launch_tokens(rows)
             return self.classifier.launch(rows, None if position is None else [position] * len(rows))
-        flags = [
-            (p.submission.every_position, p.submission.position) for p in work.parts for _ in range(p.start, p.stop)
-        ]
-        if flags[group[0]][0]:
+        kinds = work.row_kinds
+        if kinds[group[0]][0]:
             return self.classifier.launch_tokens(rows)
-        return self.classifier.launch(rows, [flags[k][1] for k in group])
+        return self.classifier.launch(rows, [kinds[k][1] for k in group])
 
     def _forward_grouped(self, work: _Work) -> _Outputs:
         """One forward per group of similar lengths; logits back in the work's row order."""

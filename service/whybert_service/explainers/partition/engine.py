@@ -31,6 +31,7 @@ from .masking import ContinuedRows, Encode, MaskingSpec, PreparedText, build_row
 from .tree import text_clustering
 
 Targets = Callable[[np.ndarray], Sequence[int]]
+_NO_LOGITS = np.zeros((0, 1), dtype=np.float32)  # a step with no outputs to store
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,6 @@ class PartitionEngine:
         self._pending_block: np.ndarray = np.zeros((0, m), dtype=np.int64)
         self._pending_rows: list[np.ndarray] = []
         self._pending_slots: list[int] = []
-        self._no_logits = np.zeros((0, 1), dtype=np.float32)
         self._result: PartitionResult | None = None
         # shap evaluates the base and unmasked rows in two calls of one row: no reuse between
         nothing, everything = np.zeros((1, m), dtype=bool), np.ones((1, m), dtype=bool)
@@ -201,12 +201,12 @@ class PartitionEngine:
             self._f[: len(outputs)] = outputs
             self._d = np.zeros((2 * self._m - 1, len(self.targets)), dtype=np.float64)
             self._begin_owen()
-            self._advance(self._no_logits, slots)
+            self._advance(_NO_LOGITS, slots)
         elif self._transform is None:  # the compiled step stores them itself
             self._advance(np.ascontiguousarray(logits), slots)
         else:
             self._f[slots] = self._outputs(np.asarray(logits))
-            self._advance(self._no_logits, slots)
+            self._advance(_NO_LOGITS, slots)
 
     def _outputs(self, logits: np.ndarray) -> np.ndarray:
         """The explained targets' outputs of raw logits (rows × targets)."""
@@ -265,7 +265,7 @@ class PartitionEngine:
                 self._ids, self._keep, self._continues, self._variant, self._fixed, self._hkeys, self._hslot,
                 self._flags, self._new_rows, self._new_slots, logits, slots, self._targets, probability,
             )
-            logits = self._no_logits
+            logits = _NO_LOGITS
             if answer == rounds.NEED_ROOM:
                 self._make_room()
                 continue
