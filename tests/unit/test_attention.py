@@ -16,6 +16,7 @@ from whybert_service.explainers.attention import (
 )
 from whybert_service.explainers.integrated_gradients import word_pieces
 from whybert_service.models.classifier import Classifier
+from whybert_service.models.packing import PACKED_ATTENTION
 
 TEXTS = ["The food was great, but the service was unbelievably slow.", "ok", "Crème brûlée 🍮 über-sweet!!"]
 
@@ -91,16 +92,17 @@ def test_rollout_of_uniform_attention_is_uniform_plus_self() -> None:
     np.testing.assert_allclose(row, expected)
 
 
-def test_the_model_goes_back_to_sdpa(tiny_classifier: Classifier) -> None:
-    """Predict and SHAP keep the fast kernel: eager only inside the attention pass."""
+def test_the_model_goes_back_to_its_fast_attention(tiny_classifier: Classifier) -> None:
+    """Predict and SHAP keep the fast kernel (SDPA, packed on the CPU): eager only inside the
+    attention pass."""
     config = tiny_classifier.model.config
-    assert config._attn_implementation == "sdpa"
+    assert config._attn_implementation == PACKED_ATTENTION
     with eager_attention(tiny_classifier.model):
         assert config._attn_implementation == "eager"
-    assert config._attn_implementation == "sdpa"
+    assert config._attn_implementation == PACKED_ATTENTION
     _, ids, _ = word_pieces(tiny_classifier, "ok")
     run_attention(tiny_classifier, AttentionRequest(ids, 0))
-    assert config._attn_implementation == "sdpa"
+    assert config._attn_implementation == PACKED_ATTENTION
 
 
 def test_attention_shape(tiny_classifier: Classifier) -> None:

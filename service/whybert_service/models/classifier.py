@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .packing import Packed, Packer, enable_packing, pack
+
 
 @dataclass(frozen=True)
 class Launched:
@@ -62,6 +64,8 @@ class Classifier:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         # Special tokens a single text carries after its own tokens (kept when a row is cut).
         self._suffix = _special_suffix(tokenizer)
+        # On the CPU, rows of different lengths run end to end instead of padded (`packing`).
+        self.packer: Packer | None = enable_packing(self.model) if device.type == "cpu" else None
 
     @property
     def num_labels(self) -> int:
@@ -94,8 +98,22 @@ class Classifier:
         """Start the forward pass of `rows`; `collect` gives its logits. On a GPU this only
         queues the kernels and a copy into pinned host memory, so the caller can prepare
         the next batch while the device computes this one."""
+        packed = self.packed(rows)
+        if packed is not None:
+            packer, layout = packed
+            return self.to_host(packer.logits(layout).float())
         input_ids, attention_mask = self.pad(rows)
         return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
+
+    def packed(self, rows: Sequence[Sequence[int]]) -> tuple[Packer, Packed] | None:
+        """The packer and `rows` laid end to end, where this model packs and the rows are
+        not all of one length (then padding costs nothing, and the plain pass runs)."""
+        if self.packer is None or len(rows) < 2:
+            return None
+        first = len(rows[0])
+        if all(len(r) == first for r in rows):
+            return None
+        return self.packer, pack(rows)
 
     def launch_tokens(self, rows: Sequence[Sequence[int]]) -> Launched:
         """Every position's logits: only token models have them (`TokenClassifier`)."""

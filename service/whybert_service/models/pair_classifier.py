@@ -121,6 +121,10 @@ class PairClassifier(Classifier):
     def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         if not self.uses_token_types:
             return super().launch(rows, positions)
+        packed = self.packed(rows)
+        if packed is not None:
+            packer, layout = packed
+            return self.to_host(packer.logits(layout, layout.segments(self.sep_id)).float())
         input_ids, attention_mask = self.pad(rows)
         logits = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=self.token_types(input_ids)

@@ -73,15 +73,24 @@ class TokenClassifier(Classifier):
     def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         """Start the forward pass of `rows`; `collect` gives, per row, the logits at its
         position (None or no positions: the first, [CLS]), rows × labels."""
+        where = torch.tensor([p or 0 for p in positions] if positions is not None else [0] * len(rows))
+        packed = self.packed(rows)
+        if packed is not None:  # every token's logits in the packed order: each row's at its start + position
+            packer, layout = packed
+            at = torch.from_numpy(layout.starts) + where
+            return self.to_host(packer.logits(layout)[at.to(self.device)].float())
         input_ids, attention_mask = self.pad(rows)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        where = torch.tensor([p or 0 for p in positions] if positions is not None else [0] * len(rows))
         return self.to_host(logits[torch.arange(len(rows), device=logits.device), where.to(logits.device)].float())
 
     @torch.inference_mode()
     def launch_tokens(self, rows: Sequence[Sequence[int]]) -> Launched:
         """Start the forward pass of `rows` for the logits of every position (a Predict):
         `collect` gives rows × longest × labels, float32; row i's are its first len(i)."""
+        packed = self.packed(rows)
+        if packed is not None:
+            packer, layout = packed
+            return self.to_host(layout.padded(packer.logits(layout).float()))
         input_ids, attention_mask = self.pad(rows)
         return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
 
