@@ -38,6 +38,7 @@ class StubClassifier:
     pad_id = 0
     kind = "sequence"
     max_length = 128
+    packer = None
 
     def launch(self, rows: list[list[int]], positions: Any = None) -> Launched:
         return Launched(torch.zeros((len(rows), self.num_labels)))

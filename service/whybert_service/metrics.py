@@ -99,7 +99,9 @@ class Metrics:
             buckets=BATCH_ROWS_BUCKETS, registry=r,
         )
         self.batch_tokens = Histogram(
-            "whybert_batch_tokens", "Padded tokens (longest × rows) per forward batch.", ("model",),
+            "whybert_batch_tokens",
+            "Tokens the model computes per forward batch: longest × rows, or the rows' own where it packs them.",
+            ("model",),
             buckets=BATCH_TOKENS_BUCKETS, registry=r,
         )
         self.batch_token_budget = Gauge(

@@ -49,15 +49,19 @@ def test_rows_give_the_logits_of_their_position(ner: TokenClassifier) -> None:
 
 
 def _counting_launches(ner: TokenClassifier, calls: list[tuple[str, int]]) -> None:
-    """Record each forward pass the worker launches: its kind and padded tokens."""
+    """Record each forward pass the worker launches: its kind and the tokens the model
+    computes (padded; the rows' own where the model packs them, as it does on the CPU)."""
     launch, launch_tokens = ner.launch, ner.launch_tokens
 
+    def cost(rows: Sequence[Sequence[int]]) -> int:
+        return sum(map(len, rows)) if ner.packer is not None else len(rows) * max(map(len, rows))
+
     def one(rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
-        calls.append(("positions", len(rows) * max(len(r) for r in rows)))
+        calls.append(("positions", cost(rows)))
         return launch(rows, positions)
 
     def every(rows: Sequence[Sequence[int]]) -> Launched:
-        calls.append(("every", len(rows) * max(len(r) for r in rows)))
+        calls.append(("every", cost(rows)))
         return launch_tokens(rows)
 
     ner.launch, ner.launch_tokens = one, every  # type: ignore[method-assign]
@@ -97,7 +101,8 @@ async def test_predict_rows_of_several_callers_share_a_batch_and_go_before_expla
         rows = [ner.window(t).ids for t in ("Angela Merkel visited Paris", "the United Nations said", "Siemens")]
         explained = worker.submit([rows[0]] * 40, RequestContext(priority=Priority.EXPLAIN), position=1)
         got = await asyncio.gather(*(worker.run_tokens([r], RequestContext()) for r in rows))
-        predict = ("every", 3 * max(len(r) for r in rows))  # one pass for the three callers ...
+        three = 3 * max(map(len, rows)) if ner.packer is None else sum(map(len, rows))
+        predict = ("every", three)  # one pass for the three callers ...
         assert [k for k, _ in calls].count("every") == 1 and predict in calls
         for row, (logits,) in zip(rows, got, strict=True):
             np.testing.assert_allclose(logits, ner.token_logits([row])[0], atol=1e-5)

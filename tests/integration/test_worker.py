@@ -578,3 +578,33 @@ def test_rounds_formed_while_a_batch_is_delivered_are_queued_together_after_it(m
     wait_for(lambda: refused, timeout=10, message="the refused round got no outcome")
     assert isinstance(refused[0], ResourceExhausted)
     assert worker.healthy and worker.restarts == 0
+
+
+@pytest.mark.parametrize("packs", [True, False], ids=["packed", "padded"])
+def test_a_batch_of_many_lengths_runs_as_one_packed_forward_on_the_cpu(tiny_classifier: Any, packs: bool) -> None:
+    # Packed, a batch's rows need no grouping by length: one forward pass, each row's own
+    # logits. Padded, the same batch runs in groups of similar length.
+    faulty = FaultyClassifier(tiny_classifier)
+    assert faulty.packer is not None
+    if not packs:
+        faulty.packer = None
+    worker = ModelWorker(faulty, WorkerConfig(max_batch_delay_s=0.001, max_batch_seconds=None, min_group_rows=1))
+    worker.start()
+    faulty.batches.clear()  # forget the warm-up pass
+    try:
+        text = "the staff were friendly but the room was cold and the breakfast was late again"
+        rows = ids(faulty, *(" ".join(text.split()[: 1 + 3 * i]) for i in range(6)))
+        assert len({len(r) for r in rows}) == 6
+        blocker = hold_worker(worker, faulty)
+        futures = [worker.submit([row], RequestContext()) for row in rows]  # six callers, queued together
+        faulty.release()
+        blocker.result(10)
+        got = np.stack([f.result(10).logits[0] for f in futures])
+        assert faulty.batches[0] == 1  # the blocker's row
+        after = faulty.batches[1:]
+        assert (after == [len(rows)]) if packs else (len(after) > 1 and sum(after) == len(rows))
+        alone = np.stack([tiny_classifier.forward([row])[0] for row in rows])
+        np.testing.assert_allclose(got, alone, rtol=1e-4, atol=1e-5)
+    finally:
+        faulty.release()
+        worker.stop()

@@ -56,6 +56,26 @@ def test_batches_stay_within_the_padded_token_budget() -> None:
     assert queue.queued_rows == 0
 
 
+def test_a_packing_models_batches_count_their_own_tokens() -> None:
+    # Rows packed end to end cost their own tokens, not longest × rows: the same queue cuts
+    # fuller batches, and never past the budget.
+    lengths = [10, 40, 5, 25, 35, 12, 8, 50, 3, 30]
+    padded, packed = RowQueue(), RowQueue(padded=False)
+    for queue in (padded, packed):
+        queue.push(submission(lengths[:6]))
+        queue.push(submission(lengths[6:], tag=2))
+    first = packed.take_batch(max_tokens=100, now=time.monotonic())
+    assert first.tokens == sum(map(len, first.rows)) == first.cost(padded=False)
+    assert len(first.rows) > len(padded.take_batch(max_tokens=100, now=time.monotonic()).rows)
+    assert packed.pending_cost() >= sum(lengths) - first.tokens
+    taken = list(first.rows)
+    while len(packed):
+        batch = packed.take_batch(max_tokens=100, now=time.monotonic())
+        assert 0 < batch.tokens <= 100 and batch.tokens == sum(map(len, batch.rows))
+        taken += batch.rows
+    assert sorted(map(len, taken)) == sorted(lengths) and packed.queued_rows == 0
+
+
 def test_a_row_longer_than_the_budget_runs_alone_instead_of_waiting_forever() -> None:
     # text-embeddings-inference#723: a budget below the longest input hung the queue.
     queue = RowQueue()

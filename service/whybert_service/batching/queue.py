@@ -2,10 +2,11 @@
 
 One clear token-budget loop, as text-embeddings-inference has it: rows are taken in the
 scheduler's order (class, then a fair share between requests, then earliest deadline,
-then arrival) while the padded cost of the batch (longest row × rows) stays within the
-budget. A row longer than the budget
-still runs, alone. Rows whose caller left or whose deadline passed are dropped before
-they are taken. Not thread-safe: its owner (the model worker) guards it with a lock.
+then arrival) while the cost of the batch stays within the budget: its padded tokens
+(longest row × rows), or, for a model that runs its rows packed end to end
+(`models/packing.py`), its tokens. A row longer than the budget still runs, alone.
+Rows whose caller left or whose deadline passed are dropped before they are taken. Not
+thread-safe: its owner (the model worker) guards it with a lock.
 """
 
 from __future__ import annotations
@@ -153,23 +154,27 @@ class Batch:
     rows: list[list[int]] = field(default_factory=list)
     longest: int = 0
 
+    tokens: int = 0
+
     @property
     def padded_tokens(self) -> int:
         return self.longest * len(self.rows)
 
-    @property
-    def real_tokens(self) -> int:
-        return sum(len(r) for r in self.rows)
+    def cost(self, padded: bool) -> int:
+        """Tokens the model computes for the batch: padded, or only its own (packed)."""
+        return self.padded_tokens if padded else self.tokens
 
     def add(self, sub: Submission, start: int, stop: int) -> None:
         self.slices.append(Slice(sub, start, stop))
         if start == 0 and stop == len(sub.rows):  # the whole submission (a SHAP round, as a rule)
             self.rows.extend(sub.rows)
             self.longest = max(self.longest, sub.longest)
+            self.tokens += sub.tokens_total
             return
         for row in sub.rows[start:stop]:
             self.rows.append(row)
             self.longest = max(self.longest, len(row))
+            self.tokens += len(row)
 
 
 @dataclass(eq=False)
@@ -218,8 +223,10 @@ class RowQueue:
     batches the big one fills to the time bound.
     """
 
-    def __init__(self, quantum: int = 16) -> None:
+    def __init__(self, quantum: int = 16, padded: bool = True) -> None:
         self.quantum = quantum
+        # What a batch costs: longest row × rows, or (a model that packs rows) its tokens.
+        self.padded = padded
         self._flows: dict[int, _Flow] = {}
         self._ready: list[tuple[tuple[int, float, float, int], int, _Flow]] = []
         self._clock = [0.0 for _ in Priority]
@@ -285,7 +292,9 @@ class RowQueue:
         return min((s.enqueued_at for s in self.submissions()), default=None)
 
     def pending_cost(self) -> int:
-        """Padded cost of taking every queued row at once (an upper bound of the next batch)."""
+        """Cost of taking every queued row at once (an upper bound of the next batch's)."""
+        if not self.padded:  # a partly taken submission counts all its tokens: still a bound
+            return sum(s.tokens_total for s in self.submissions())
         longest = max((s.longest for s in self.submissions()), default=0)
         return longest * self.queued_rows
 
@@ -320,7 +329,7 @@ class RowQueue:
         return subs
 
     def take_batch(self, max_tokens: int, now: float) -> Batch:
-        """Cut the next batch in the scheduler's order while longest × rows ≤ max_tokens."""
+        """Cut the next batch in the scheduler's order while its cost ≤ max_tokens."""
         batch = Batch()
         first_class: int | None = None
         first_served = 0
@@ -347,16 +356,19 @@ class RowQueue:
                 break
             sub = flow.head
             start = stop = sub.next_row
-            longest, count = batch.longest, len(batch.rows)
+            longest, count, tokens, padded = batch.longest, len(batch.rows), batch.tokens, self.padded
             limit = min(len(sub.rows), start + self.quantum)
             whole = start == 0 and limit == len(sub.rows)
-            if whole and max(longest, sub.longest) * (count + limit) <= max_tokens:
+            if whole and (
+                max(longest, sub.longest) * (count + limit) if padded else tokens + sub.tokens_total
+            ) <= max_tokens:
                 stop = limit  # all of it fits: no need to weigh row by row
             while stop < limit:
-                widest = max(longest, len(sub.rows[stop]))
-                if count and widest * (count + 1) > max_tokens:
+                width = len(sub.rows[stop])
+                widest = max(longest, width)
+                if count and (widest * (count + 1) if padded else tokens + width) > max_tokens:
                     break
-                longest, count, stop = widest, count + 1, stop + 1
+                longest, count, tokens, stop = widest, count + 1, tokens + width, stop + 1
             if stop == start:
                 break
             heapq.heappop(self._ready)

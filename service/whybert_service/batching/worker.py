@@ -185,7 +185,7 @@ class ModelWorker:
         self.config = config or WorkerConfig()
         self.metrics = metrics or Metrics()
         self._on_health = on_health
-        self._queue = RowQueue()
+        self._queue = RowQueue(padded=classifier.packer is None)
         self._jobs: list[_Job] = []
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
@@ -221,7 +221,7 @@ class ModelWorker:
         self._budget_gauge.set(self.token_budget())
 
     def token_budget(self) -> int:
-        """Tokens (longest row × rows) the next batch may hold: `max_batch_tokens`, or less
+        """Tokens (as the queue counts them) the next batch may hold: `max_batch_tokens`, or less
         where batches that large would run longer than `max_batch_seconds` on this device.
 
         The estimate comes from batches that filled at least half the budget, so a stream
@@ -233,13 +233,14 @@ class ModelWorker:
             return cap
         return max(min(cap, MIN_BATCH_TOKENS), min(cap, int(target / rate)))
 
-    def _learn_speed(self, padded_tokens: int, seconds: float) -> None:
-        """Fold a finished batch's time into the seconds-per-token estimate."""
-        if padded_tokens <= 0 or padded_tokens < self.token_budget() // 2:
+    def _learn_speed(self, tokens: int, seconds: float) -> None:
+        """Fold a finished batch's time into the seconds-per-token estimate (tokens as the
+        budget counts them: padded, or the rows' own where the model packs them)."""
+        if tokens <= 0 or tokens < self.token_budget() // 2:
             return
         # Quick to shrink, slow to grow: a batch slower than the estimate is taken at its
         # word at once (the next batch must not run long too), a faster one moves it 30 %.
-        rate = seconds / padded_tokens
+        rate = seconds / tokens
         previous = self._seconds_per_token
         self._seconds_per_token = rate if previous is None or rate > previous else previous + 0.3 * (rate - previous)
         self._budget_gauge.set(self.token_budget())
@@ -610,7 +611,7 @@ class ModelWorker:
             if piece.start == 0:
                 self._queue_wait.observe(now - piece.submission.enqueued_at)
         self._batch_rows.observe(len(batch.rows))
-        self._batch_tokens.observe(batch.padded_tokens)
+        self._batch_tokens.observe(batch.cost(self._queue.padded))
         return _Work(batch.slices, batch.rows)
 
     def _run_batch(self, batch: Batch) -> None:
@@ -624,7 +625,7 @@ class ModelWorker:
         seconds = time.perf_counter() - started
         self._forward_seconds.observe(seconds)
         self._rows_total.inc(rows)
-        self._learn_speed(batch.padded_tokens, seconds)
+        self._learn_speed(batch.cost(self._queue.padded), seconds)
         self._publish_memory()
 
     @contextlib.contextmanager
@@ -751,10 +752,18 @@ class ModelWorker:
                 self._queue_held(held)
 
     def _groups(self, work: _Work) -> list[list[int]]:
-        """Indices into the work's rows grouped by similar length (one forward each), rows
-        that want every position apart from the others; padding observed."""
-        min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
+        """Indices into the work's rows grouped by similar length (one forward each; all of
+        them at once where the model packs rows), rows that want every position apart from
+        the others; padding observed."""
         lengths = list(map(len, work.rows))
+        if self.classifier.packer is not None:  # no padding to save: one forward per kind
+            self._padding.observe(0.0)
+            if work.kind is not None or not any(p.submission.every_position for p in work.parts):
+                return [list(range(len(lengths)))]
+            every = [k for k, (want, _) in enumerate(work.row_kinds) if want]
+            rest = [k for k, (want, _) in enumerate(work.row_kinds) if not want]
+            return [g for g in (every, rest) if g]
+        min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
         if work.kind is not None or not any(p.submission.every_position for p in work.parts):  # the rule
             groups = split_by_length(lengths, min_rows)
         else:
