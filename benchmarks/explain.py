@@ -290,7 +290,8 @@ def worker_stats(before: dict[str, float], after: dict[str, float], seconds: flo
     return {
         "batches": delta("whybert_forward_seconds_count"),
         "batch_rows_mean": delta("whybert_batch_rows_sum") / batches,
-        "batch_padded_tokens_mean": delta("whybert_batch_tokens_sum") / batches,
+        # tokens the model computed: padded, or (a model that packs rows, on a CPU) the rows' own
+        "batch_tokens_mean": delta("whybert_batch_tokens_sum") / batches,
         "padding_ratio_mean": delta("whybert_batch_padding_ratio_sum") / max(
             delta("whybert_batch_padding_ratio_count"), 1.0),
         # whybert_forward_seconds times a whole batch on the worker: the forward passes and the

@@ -46,10 +46,18 @@ def _model(architecture: str, **extra: Any) -> torch.nn.Module:
     return model
 
 
-def _rows(n: int, seed: int, low: int = 3, high: int = 40) -> list[list[int]]:
-    """Rows of random lengths: a start id, random ids (never the padding id 1 nor 0/2), an end id."""
+def _rows(n: int, seed: int, low: int = 3, high: int = 40, pads: bool = False) -> list[list[int]]:
+    """Rows of random lengths: a start id, random ids, an end id; with `pads`, every third
+    row starts with a run of padding ids (1 for RoBERTa) and one row is nothing else, as
+    integrated gradients' baseline rows are."""
     rng = np.random.default_rng(seed)
-    return [[0, *map(int, rng.integers(3, 500, int(length) - 2)), 2] for length in rng.integers(low, high, n)]
+    rows = [[0, *map(int, rng.integers(3, 500, int(length) - 2)), 2] for length in rng.integers(low, high, n)]
+    if not pads:
+        return rows
+    for row in rows[::3]:
+        cut = int(rng.integers(2, len(row)))
+        row[1:cut] = [1] * (cut - 1)
+    return [*rows, [0, 1, 1, 1, 1, 2]]
 
 
 def _alone(model: torch.nn.Module, row: list[int], **extra: Any) -> np.ndarray:
@@ -72,7 +80,8 @@ def _classifier(cls: type[Classifier], model: torch.nn.Module, tokenizer: Any) -
 def test_packed_rows_get_the_logits_each_row_gets_alone(tiny_classifier: Classifier, architecture: str) -> None:
     classifier = _classifier(Classifier, _model(architecture), tiny_classifier.tokenizer)
     assert classifier.packer is not None
-    rows = _rows(37, seed=1)
+    rows = _rows(37, seed=1, pads=True)
+    assert any(1 in r[1:-1] for r in rows)
     assert classifier.packed(rows) is not None  # rows of many lengths: the packed pass runs
     batch = classifier.forward(rows)
     alone = np.stack([_alone(classifier.model, r) for r in rows])
@@ -93,7 +102,7 @@ def test_rows_of_one_length_run_the_plain_pass(tiny_classifier: Classifier) -> N
 def test_a_token_model_reads_each_rows_own_positions_packed(ner: TokenClassifier, architecture: str) -> None:
     classifier = _classifier(TokenClassifier, _model(architecture), ner.tokenizer)
     assert classifier.packer is not None
-    rows = _rows(23, seed=3)
+    rows = _rows(23, seed=3, pads=True)
     alone = [_alone(classifier.model, r) for r in rows]  # length × labels each
     rng = np.random.default_rng(4)
     positions = [int(rng.integers(0, len(r))) for r in rows]
@@ -141,9 +150,32 @@ def test_pack_lays_rows_end_to_end_in_blocks_of_one_length() -> None:
         assert all(len(rows[i]) == length for i in np.flatnonzero((packed.starts >= first) & (packed.starts < end)))
     assert covered == packed.tokens
     assert [length for *_, length in packed.blocks] == sorted({len(r) for r in rows})
+    assert pack([[], [5, 6], [7]]).blocks == [(0, 1, 1), (1, 3, 2)]  # nothing to attend in an empty row
     grid = packed.padded(torch.from_numpy(packed.ids))  # laid out padded again: the rows themselves
     for i, row in enumerate(rows):
         assert grid[i, : len(row)].tolist() == row and not grid[i, len(row) :].any()
+
+
+@pytest.mark.parametrize("fault", ["wrong", "raises"])
+def test_a_model_whose_packed_pass_disagrees_stays_padded(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    # A variant of a known architecture (another head, another position scheme) is caught
+    # by the probe at load: the model keeps SDPA and its batches are padded.
+    from whybert_service.models import packing
+
+    def last_token(m: Any) -> Any:  # a head that reads the wrong token
+        return lambda first: m.classifier(m.dropout(m.bert.pooler(first[:, None] * 0.5)))
+
+    def broken(m: Any) -> Any:
+        def head(first: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("a head this packing does not fit")
+
+        return head
+
+    monkeypatch.setitem(
+        packing._HEADS, "BertForSequenceClassification", ("bert", False, last_token if fault == "wrong" else broken)
+    )
+    model = _model("BertForSequenceClassification")
+    assert enable_packing(model) is None and model.config._attn_implementation == "sdpa"
 
 
 def test_a_model_packs_only_where_its_head_is_known_and_it_runs_sdpa() -> None:

@@ -189,7 +189,7 @@ class ModelWorker:
         self._jobs: list[_Job] = []
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
-        # Seconds per padded token of the batches run so far (an exponential average over
+        # Seconds per token (as the queue counts them) of the batches run so far (an exponential average over
         # batches near the budget), what the time bound turns into a token budget.
         self._seconds_per_token: float | None = None
         # Rows of work queued outside the row queue (integrated gradients waiting for a

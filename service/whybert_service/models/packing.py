@@ -19,6 +19,7 @@ gradients, attention maps, rows of one length) runs PyTorch's SDPA exactly as `s
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+log = logging.getLogger(__name__)
 
 PACKED_ATTENTION = "whybert_packed"
 # The keyword that carries a packed call's blocks through the model to `packed_attention`.
@@ -125,7 +128,7 @@ def pack(rows: Sequence[Sequence[int]]) -> Packed:
     blocks = [
         (int(begins[a]), int(ends[b - 1]), int(ordered[a]))
         for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(rows)])), strict=True)
-        if b > a
+        if ordered[a] > 0  # an empty row has no tokens to attend over
     ]
     return Packed(ids=ids, positions=_ranks(ordered), starts=starts, lengths=lengths, blocks=blocks)
 
@@ -138,12 +141,27 @@ def _ranks(lengths: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Packer:
-    """How one model runs packed: its encoder, where its position ids start, and its head."""
+    """How one model runs packed: its encoder, how it numbers positions, and its head."""
 
     encoder: torch.nn.Module
-    first_position: int  # RoBERTa counts positions from its padding index + 1
+    # RoBERTa's padding index: it numbers a row's tokens from there + 1, skipping (and
+    # giving that index to) any padding id in the row; None: positions count from 0 (BERT).
+    padding_idx: int | None
     head: Callable[[torch.Tensor], torch.Tensor]  # hidden states → logits
     per_token: bool  # the head reads every token (token classification), or each row's first
+
+    def position_ids(self, packed: Packed) -> np.ndarray:
+        """The position of every packed token as the model numbers it in a row alone."""
+        if self.padding_idx is None:
+            return packed.positions
+        # RoBERTa's `create_position_ids_from_input_ids`, row by row: the running count of
+        # the row's real tokens, offset by the padding index; padding ids get the index.
+        real = (packed.ids != self.padding_idx).astype(np.int64)
+        counted = np.cumsum(real)
+        begin = np.arange(packed.tokens) - packed.positions
+        before = counted[begin] - real[begin]  # real tokens before each token's row
+        positions: np.ndarray = np.where(real == 1, counted - before + self.padding_idx, self.padding_idx)
+        return positions
 
     def logits(self, packed: Packed, token_types: np.ndarray | None = None) -> torch.Tensor:
         """The model's logits of packed rows: one row each in the caller's order, or (per
@@ -152,7 +170,7 @@ class Packer:
         extra = {} if token_types is None else {"token_type_ids": torch.from_numpy(token_types)[None].to(device)}
         hidden = self.encoder(
             input_ids=torch.from_numpy(packed.ids)[None].to(device),
-            position_ids=torch.from_numpy(packed.positions + self.first_position)[None].to(device),
+            position_ids=torch.from_numpy(self.position_ids(packed))[None].to(device),
             attention_mask=_NO_MASK.to(device),
             **extra,
             **{BLOCKS: packed.blocks},
@@ -163,9 +181,9 @@ class Packer:
 
 
 def enable_packing(model: torch.nn.Module) -> Packer | None:
-    """A `Packer` for `model` where its architecture's head is known and it runs SDPA (the
-    model is switched to `whybert_packed`, which is SDPA for every other call); None
-    otherwise (it stays padded)."""
+    """A `Packer` for `model` where its architecture's head is known, it runs SDPA and a
+    packed pass of two probe rows gives what each gives alone (the model is switched to
+    `whybert_packed`, which is SDPA for every other call); None otherwise (it stays padded)."""
     head = _HEADS.get(type(model).__name__)
     switch = getattr(model, "set_attn_implementation", None)
     running = getattr(getattr(model, "config", None), "_attn_implementation", None)
@@ -175,11 +193,46 @@ def enable_packing(model: torch.nn.Module) -> Packer | None:
     encoder = getattr(model, encoder_name, None)
     if not isinstance(encoder, torch.nn.Module):
         return None
-    # RoBERTa's position ids start after its padding index (as it numbers unpadded rows).
     embeddings: Any = getattr(encoder, "embeddings", None)
-    first = 0 if encoder_name == "bert" else int(embeddings.padding_idx) + 1
+    padding_idx = None if encoder_name == "bert" else int(embeddings.padding_idx)
     switch(PACKED_ATTENTION)
-    return Packer(encoder=encoder, first_position=first, head=make(model), per_token=per_token)
+    packer = Packer(encoder=encoder, padding_idx=padding_idx, head=make(model), per_token=per_token)
+    try:
+        agrees = _agrees(model, packer)
+    except Exception as exc:  # a variant of the architecture this packing does not fit
+        log.warning("model %s cannot run packed rows (%r); its batches stay padded", type(model).__name__, exc)
+        agrees = False
+    if not agrees:
+        switch("sdpa")
+        return None
+    return packer
+
+
+def _agrees(model: torch.nn.Module, packer: Packer) -> bool:
+    """Whether probe rows of two lengths (one holding the padding id) get, packed, the
+    logits each gets alone: a variant of a known architecture (another position scheme,
+    another head) is caught here, at load, instead of answering wrong."""
+    config: Any = getattr(model, "config", None)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    pad = int(getattr(config, "pad_token_id", 0) or 0)
+    if vocab < 8:
+        return False
+    ids = [i for i in range(2, vocab) if i != pad][:5]
+    rows = [ids[:3], [ids[0], ids[3], pad, ids[4], ids[1], ids[2]]]
+    dtype = next(model.parameters()).dtype
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    with torch.inference_mode():
+        layout = pack(rows)
+        packed = packer.logits(layout).float()
+        if packer.per_token:
+            packed = layout.padded(packed)
+        for i, row in enumerate(rows):
+            alone = model(input_ids=torch.tensor([row], device=packed.device)).logits[0].float()
+            got = packed[i, : len(row)] if packer.per_token else packed[i]
+            if not torch.allclose(got, alone, rtol=tolerance, atol=tolerance):
+                log.warning("model %s gives other logits packed than alone: batches stay padded", type(model).__name__)
+                return False
+    return True
 
 
 def _bert_sequence(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -73,6 +73,10 @@ class TokenClassifier(Classifier):
     def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
         """Start the forward pass of `rows`; `collect` gives, per row, the logits at its
         position (None or no positions: the first, [CLS]), rows × labels."""
+        if positions is not None and any(
+            p is not None and not 0 <= p < len(r) for p, r in zip(positions, rows, strict=True)
+        ):
+            raise ValueError("a token position lies outside its row")  # packed, it would read another row's
         where = torch.tensor([p or 0 for p in positions] if positions is not None else [0] * len(rows))
         packed = self.packed(rows)
         if packed is not None:  # every token's logits in the packed order: each row's at its start + position
