@@ -168,20 +168,24 @@ def reset_peak_rss(pid: int) -> None:
 
 def batch_times(model_dir: Path, max_batch_tokens: int) -> tuple[float, float, int]:
     """Seconds of one forward batch and of one forward + backward step batch at the server's
-    token budget, rows as long as the model reads (median of 3, default torch threads)."""
+    token budget, rows as long as the model reads (median of 3, default torch threads). A
+    model that packs its rows (on the CPU) fills the budget exactly: the last row is cut to
+    what is left of it, as the server's batches can hold."""
     import torch
     from whybert_service.models.loading import load_directory
 
     classifier = load_directory("probe", model_dir, torch.device("cpu"), torch.float32)
     width = classifier.max_length
-    rows = max(1, max_batch_tokens // width)
-    ids = [[101] + [1996 + (i * 31 + j) % 2000 for j in range(width - 2)] + [102] for i in range(rows)]
+    lengths = [width] * max(1, max_batch_tokens // width)
+    if classifier.packer is not None and max_batch_tokens % width >= 2 and max_batch_tokens > width:
+        lengths.append(max_batch_tokens % width)
+    ids = [[101] + [1996 + (i * 31 + j) % 2000 for j in range(n - 2)] + [102] for i, n in enumerate(lengths)]
     forward, backward = [], []
     for _ in range(4):
         started = time.perf_counter()
         classifier.forward(ids)
         forward.append(time.perf_counter() - started)
-        input_ids, mask = classifier.pad(ids)
+        input_ids, mask = classifier.pad(ids[: max(1, max_batch_tokens // width)])  # a step batch: one length
         started = time.perf_counter()
         embeddings = classifier.input_embeddings()(input_ids).detach().requires_grad_()
         logits = classifier.model(inputs_embeds=embeddings, attention_mask=mask).logits
