@@ -42,6 +42,17 @@ def test_loads_offline_as_a_token_classifier(entities: TokenClassifier) -> None:
     assert entities.tokenizer("Paris")["input_ids"] == entities.tokenizer("paris")["input_ids"]  # uncased
 
 
+def test_a_packed_batch_gives_each_text_the_token_logits_it_gets_alone(entities: TokenClassifier) -> None:
+    ids = entities.encode(ROWS).ids
+    assert entities.packer is not None and entities.packed(ids) is not None
+    for row, got in zip(ids, entities.token_logits(ids), strict=True):
+        np.testing.assert_allclose(got, entities.token_logits([row])[0], rtol=1e-4, atol=1e-4)
+    positions = [len(row) - 2 for row in ids]  # each row's last word piece
+    at = entities.forward(ids, positions)
+    alone = np.stack([entities.token_logits([row])[0][p] for row, p in zip(ids, positions, strict=True)])
+    np.testing.assert_allclose(at, alone, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # inside peft
 def test_peft_reads_the_committed_adapter_as_the_served_model(entities: TokenClassifier) -> None:
     """The committed files are peft's format, and whybert's merge gives peft's logits."""

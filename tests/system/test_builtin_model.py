@@ -100,6 +100,14 @@ def test_loads_offline_as_an_ordinary_classifier(sentiment: Classifier) -> None:
     assert sentiment.load_seconds < 60  # type: ignore[attr-defined]  # a few seconds when idle
 
 
+def test_a_packed_batch_gives_each_text_the_logits_it_gets_alone(sentiment: Classifier) -> None:
+    # On the CPU the served model runs a batch of mixed lengths packed, without padding.
+    ids = sentiment.encode([*POSITIVE, *NEGATIVE, " ".join(POSITIVE + NEGATIVE)]).ids
+    assert sentiment.packer is not None and sentiment.packed(ids) is not None
+    alone = np.concatenate([sentiment.forward([row]) for row in ids])
+    np.testing.assert_allclose(sentiment.forward(ids), alone, rtol=1e-4, atol=1e-4)
+
+
 def test_clear_polarity_is_always_right(sentiment: Classifier) -> None:
     assert len(POSITIVE) >= 20 and len(NEGATIVE) >= 20
     wrong = [
