@@ -175,6 +175,22 @@ def test_bad_input_is_a_clear_error(
     assert cli.main(rank0) == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["--task", "entities", "--data", "x.csv", "--labels", "a,b"], "--data, --labels apply to --task sentiment"),
+        (["--task", "entities", "--balance-classes", "--test-fraction", "0.2"], "--test-fraction, --balance-classes"),
+        (["--corpus-cache", "somewhere"], "--corpus-cache applies to --task entities only"),
+    ],
+)
+def test_a_flag_of_the_other_task_is_refused_not_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], refused: str
+) -> None:
+    assert cli.main(["--out", str(tmp_path / "out"), *args]) == 2
+    assert refused in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
 def test_merge_adapter_refuses_what_does_not_fit(tiny_run: dict[str, Path]) -> None:
     from transformers import AutoModelForSequenceClassification
 

@@ -144,10 +144,42 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
 
+# Flags that only one task reads: given to the other, they are refused, not ignored.
+TASK_ONLY = {
+    "sentiment": (
+        "data", "text_column", "label_column", "confidence_column", "labels", "validation_fraction",
+        "test_fraction", "freeze_layers", "label_smoothing", "confidence_weighting", "balance_classes",
+        "evals_per_epoch",
+    ),
+    "entities": ("corpus_cache",),
+}  # fmt: skip
+
+
+def foreign_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given (not at their defaults) that only the other task reads."""
+    defaults = argparse.ArgumentParser()
+    add_train_arguments(defaults)
+    task = getattr(args, "task", "sentiment")
+    return [
+        "--" + dest.replace("_", "-")
+        for other, dests in TASK_ONLY.items()
+        if other != task
+        for dest in dests
+        if getattr(args, dest, None) != defaults.get_default(dest)
+    ]
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run `whybert train`; 0 on success, 2 on bad input."""
     from ..models.loading import ModelLoadError
 
+    foreign = foreign_flags(args)
+    if foreign:
+        task = getattr(args, "task", "sentiment")
+        other = next(t for t in TASK_ONLY if t != task)
+        verb = "applies" if len(foreign) == 1 else "apply"
+        print(f"whybert train: {', '.join(foreign)} {verb} to --task {other} only, not {task}", file=sys.stderr)
+        return 2
     try:
         if getattr(args, "task", "sentiment") == "entities":
             from .entities import run as run_entities
