@@ -30,6 +30,13 @@ def _config(kind: str, **extra: Any) -> Any:
     }  # fmt: skip
     if kind == "bert":
         return transformers.BertConfig(**shape)
+    if kind == "electra":
+        return transformers.ElectraConfig(embedding_size=16, **shape)
+    if kind == "distilbert":
+        return transformers.DistilBertConfig(
+            vocab_size=500, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=80,
+            num_labels=len(LABELS), attn_implementation="sdpa", **extra,
+        )  # fmt: skip
     if kind == "roberta":
         return transformers.RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **shape)
     return transformers.XLMRobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **shape)
@@ -38,11 +45,12 @@ def _config(kind: str, **extra: Any) -> Any:
 def _model(architecture: str, **extra: Any) -> torch.nn.Module:
     import transformers
 
-    kind = "xlm" if architecture.startswith("XLM") else "roberta" if architecture.startswith("Roberta") else "bert"
+    prefixes = {"XLM": "xlm", "Roberta": "roberta", "DistilBert": "distilbert", "Electra": "electra"}
+    kind = next((k for prefix, k in prefixes.items() if architecture.startswith(prefix)), "bert")
     torch.manual_seed(0)
     model: torch.nn.Module = getattr(transformers, architecture)(_config(kind, **extra)).eval()
     with torch.no_grad():  # random BERT weights barely depend on the text: make them
-        scale_up(model, "encoder", "pooler", "classifier", factor=6.0)
+        scale_up(model, "encoder", "transformer", "pooler", "classifier", factor=6.0)
     return model
 
 
@@ -73,10 +81,17 @@ def _classifier(cls: type[Classifier], model: torch.nn.Module, tokenizer: Any) -
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "architecture",
-    ["BertForSequenceClassification", "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification"],
-)
+SEQUENCE_HEADS = [
+    "BertForSequenceClassification", "DistilBertForSequenceClassification", "ElectraForSequenceClassification",
+    "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification",
+]  # fmt: skip
+TOKEN_HEADS = [
+    "BertForTokenClassification", "DistilBertForTokenClassification", "ElectraForTokenClassification",
+    "RobertaForTokenClassification",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("architecture", SEQUENCE_HEADS)
 def test_packed_rows_get_the_logits_each_row_gets_alone(tiny_classifier: Classifier, architecture: str) -> None:
     classifier = _classifier(Classifier, _model(architecture), tiny_classifier.tokenizer)
     assert classifier.packer is not None
@@ -98,7 +113,7 @@ def test_rows_of_one_length_run_the_plain_pass(tiny_classifier: Classifier) -> N
     )
 
 
-@pytest.mark.parametrize("architecture", ["BertForTokenClassification", "RobertaForTokenClassification"])
+@pytest.mark.parametrize("architecture", TOKEN_HEADS)
 def test_a_token_model_reads_each_rows_own_positions_packed(ner: TokenClassifier, architecture: str) -> None:
     classifier = _classifier(TokenClassifier, _model(architecture), ner.tokenizer)
     assert classifier.packer is not None
@@ -181,11 +196,12 @@ def test_a_model_whose_packed_pass_disagrees_stays_padded(monkeypatch: pytest.Mo
 def test_a_model_packs_only_where_its_head_is_known_and_it_runs_sdpa() -> None:
     import transformers
 
-    config = transformers.DistilBertConfig(
-        vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, attn_implementation="sdpa"
-    )
-    distil = transformers.DistilBertForSequenceClassification(config)
-    assert enable_packing(distil) is None
+    config = transformers.AlbertConfig(
+        vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, attn_implementation="sdpa",
+    )  # fmt: skip
+    albert = transformers.AlbertForSequenceClassification(config)  # a head this packing does not know
+    assert enable_packing(albert) is None and albert.config._attn_implementation == "sdpa"
     eager = _model("BertForSequenceClassification")
     eager.set_attn_implementation("eager")  # type: ignore[operator]
     assert enable_packing(eager) is None and eager.config._attn_implementation == "eager"

@@ -11,9 +11,11 @@ mask. text-embeddings-inference does the same on a GPU with variable-length flas
 on a GPU whybert keeps padding: a batch under ~256 rows there is bound by its kernel launches
 (measured on an H200), and every length would add its own.
 
-Only models whose heads are known here are packed (BERT, RoBERTa and XLM-RoBERTa, sequence
-and token classification); any other runs padded. A call without blocks (integrated
-gradients, attention maps, rows of one length) runs PyTorch's SDPA exactly as `sdpa` does.
+Only models whose heads are known here are packed (BERT, DistilBERT, ELECTRA, RoBERTa and
+XLM-RoBERTa, sequence and token classification), and only once a probe at load has shown
+that packed rows get the logits each gets alone; any other runs padded. A call without
+blocks (integrated gradients, attention maps, rows of one length) runs PyTorch's SDPA
+exactly as `sdpa` does.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def enable_packing(model: torch.nn.Module) -> Packer | None:
     if not isinstance(encoder, torch.nn.Module):
         return None
     embeddings: Any = getattr(encoder, "embeddings", None)
-    padding_idx = None if encoder_name == "bert" else int(embeddings.padding_idx)
+    padding_idx = int(embeddings.padding_idx) if encoder_name == "roberta" else None
     switch(PACKED_ATTENTION)
     packer = Packer(encoder=encoder, padding_idx=padding_idx, head=make(model), per_token=per_token)
     try:
@@ -240,7 +242,11 @@ def _bert_sequence(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _roberta_sequence(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda first: m.classifier(first[:, None])  # its head reads [:, 0] itself
+    return lambda first: m.classifier(first[:, None])  # its head (and ELECTRA's) reads [:, 0] itself
+
+
+def _distilbert_sequence(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda first: m.classifier(m.dropout(torch.relu(m.pre_classifier(first))))
 
 
 def _per_token(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -251,6 +257,10 @@ def _per_token(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 _HEADS: dict[str, tuple[str, bool, Callable[[Any], Callable[[torch.Tensor], torch.Tensor]]]] = {
     "BertForSequenceClassification": ("bert", False, _bert_sequence),
     "BertForTokenClassification": ("bert", True, _per_token),
+    "DistilBertForSequenceClassification": ("distilbert", False, _distilbert_sequence),
+    "DistilBertForTokenClassification": ("distilbert", True, _per_token),
+    "ElectraForSequenceClassification": ("electra", False, _roberta_sequence),  # the same head shape
+    "ElectraForTokenClassification": ("electra", True, _per_token),
     "RobertaForSequenceClassification": ("roberta", False, _roberta_sequence),
     "RobertaForTokenClassification": ("roberta", True, _per_token),
     "XLMRobertaForSequenceClassification": ("roberta", False, _roberta_sequence),
