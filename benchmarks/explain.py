@@ -11,7 +11,9 @@ across machines (issue 10's goals on the 2-core CPU: (b)/(c) ≥ 0.9, (a)/(c) �
 texts are 32 review sentences of 15–22 word pieces (plus [CLS] and [SEP]). Run:
 `python benchmarks/explain.py --texts 32 --baseline-texts 4 --callers 16 --batch-sizes 64`
 (see --help; several minutes on 2 cores). The 1-minute load average is recorded after each
-part: on a shared machine, other work stretches the wall times.
+part: on a shared machine, other work stretches the wall times; `--rounds 3` measures the
+three in turn three times and reports each one's mean, which the machine's drift over the
+run weighs on alike.
 """
 
 from __future__ import annotations
@@ -351,6 +353,29 @@ async def whybert_run(target: str, texts: list[str], callers: int, max_evals: in
     return elapsed, stats
 
 
+def whybert_figures(model_dir: Path, texts: list[str], args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
+    """(c) once: a fresh server, warmed up, explaining the texts under the callers; seconds
+    per explanation and what its worker did."""
+    extra = ["--dtype", args.dtype, *args.server_arg]
+    server = start_server(model_dir, args.port, args.metrics_port, args.device, extra)
+    try:
+        target = f"127.0.0.1:{args.port}"
+        asyncio.run(wait_serving(target))
+        print(f"[c] whybert with {args.callers} concurrent callers", flush=True)
+        asyncio.run(warm_up(target, texts[0], args.max_evals))
+        before = scrape(args.metrics_port)
+        elapsed, stats = asyncio.run(whybert_run(target, texts, args.callers, args.max_evals))
+        stats.update(worker_stats(before, scrape(args.metrics_port), elapsed, len(texts)))
+        c = elapsed / len(texts)
+        print(f"  (c) {c:.3f} s per explanation; worker: {stats['batch_rows_mean']:.1f} rows per batch, "
+              f"batches {stats['batch_s_per_explanation']:.3f} s per explanation, busy with batches "
+              f"{100 * stats['worker_batch_busy_fraction']:.0f}% of the time", flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    return c, stats
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=32, help="texts explained by whybert and the limit")
@@ -369,6 +394,10 @@ def main() -> int:
     parser.add_argument("--only-whybert", action="store_true", help="measure (c) alone")
     parser.add_argument("--batch-sizes", default="16,32,64,128,256,512", help="batch sizes tried for (b)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure (c), (b) and (a) this many times in turn and report each one's mean (a noisy machine)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     texts = (TEXTS * ((args.texts + len(TEXTS) - 1) // len(TEXTS)))[: args.texts]
@@ -391,50 +420,50 @@ def main() -> int:
         print(f"[setup] model: {model_name}; {len(texts)} texts of {min(pieces)}–{max(pieces)} word pieces; "
               f"max_evals {args.max_evals}; load average {loads['start']}", flush=True)
 
-        server = start_server(model_dir, args.port, args.metrics_port, args.device,
-                              ["--dtype", args.dtype, *args.server_arg])
-        try:
-            target = f"127.0.0.1:{args.port}"
-            asyncio.run(wait_serving(target))
-            print(f"[c] whybert with {args.callers} concurrent callers", flush=True)
-            asyncio.run(warm_up(target, texts[0], args.max_evals))
-            before = scrape(args.metrics_port)
-            elapsed, stats = asyncio.run(whybert_run(target, texts, args.callers, args.max_evals))
-            stats.update(worker_stats(before, scrape(args.metrics_port), elapsed, len(texts)))
-            c = elapsed / len(texts)
-            print(f"  (c) {c:.3f} s per explanation; worker: {stats['batch_rows_mean']:.1f} rows per batch, "
-                  f"batches {stats['batch_s_per_explanation']:.3f} s per explanation, busy with batches "
-                  f"{100 * stats['worker_batch_busy_fraction']:.0f}% of the time", flush=True)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
-
-        loads["c"] = load_average()
-        a = b = float("nan")
+        c_runs: list[float] = []
+        b_runs: list[float] = []
+        a_runs: list[float] = []
         best_batch, rows = 0, [[[0]]]
         timings: dict[int, float] = {}
         roofline: dict[str, float] = {}
-        if not args.only_whybert:
-            print("[rows] whybert's engine in this process: the rows each explanation evaluates", flush=True)
-            rows = engine_rows(model_dir, texts, args.max_evals, args.device, args.dtype)
+        for round_ in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"[round {round_} of {args.rounds}]", flush=True)
+            c_one, stats = whybert_figures(model_dir, texts, args)
+            c_runs.append(c_one)
+            loads[f"c{round_}"] = load_average()
+            if args.only_whybert:
+                continue
+            if round_ == 1:
+                print("[rows] whybert's engine in this process: the rows each explanation evaluates", flush=True)
+                rows = engine_rows(model_dir, texts, args.max_evals, args.device, args.dtype)
             print("[b] the model alone on the same rows", flush=True)
-            sizes = [int(x) for x in args.batch_sizes.split(",")]
-            b, best_batch, timings = model_limit(model_dir, rows, args.device, args.dtype, sizes)
-            loads["b"] = load_average()
-            from transformers import AutoConfig
+            sizes = [int(x) for x in args.batch_sizes.split(",")] if round_ == 1 else [best_batch]
+            b_one, best, by_size = model_limit(model_dir, rows, args.device, args.dtype, sizes)
+            if round_ == 1:
+                best_batch, timings = best, by_size
+            b_runs.append(b_one)
+            loads[f"b{round_}"] = load_average()
+            if round_ == 1:
+                from transformers import AutoConfig
 
-            flat = [r for text_rows in rows for r in text_rows]
-            flops = encoder_flops(AutoConfig.from_pretrained(model_dir), flat, best_batch)
-            roofline["forward_rows_per_s"] = len(flat) / timings[best_batch]
-            roofline["forward_tflops"] = flops / timings[best_batch] / 1e12
-            if args.device.startswith("cuda"):
-                roofline["matmul_peak_tflops"] = matmul_peak(args.device, args.dtype) / 1e12
-                roofline["fraction_of_peak"] = roofline["forward_tflops"] / roofline["matmul_peak_tflops"]
-            print(f"  (b) roofline: {roofline}", flush=True)
-        if not args.skip_baseline and not args.only_whybert:
-            print(f"[a] shap.Explainer(transformers.pipeline) on {args.baseline_texts} texts", flush=True)
-            a = baseline_pipeline(model_dir, texts[: args.baseline_texts], args.max_evals, args.device)
-            loads["a"] = load_average()
+                flat = [r for text_rows in rows for r in text_rows]
+                flops = encoder_flops(AutoConfig.from_pretrained(model_dir), flat, best_batch)
+                roofline["forward_rows_per_s"] = len(flat) / timings[best_batch]
+                roofline["forward_tflops"] = flops / timings[best_batch] / 1e12
+                if args.device.startswith("cuda"):
+                    roofline["matmul_peak_tflops"] = matmul_peak(args.device, args.dtype) / 1e12
+                    roofline["fraction_of_peak"] = roofline["forward_tflops"] / roofline["matmul_peak_tflops"]
+                print(f"  (b) roofline: {roofline}", flush=True)
+            if not args.skip_baseline:
+                print(f"[a] shap.Explainer(transformers.pipeline) on {args.baseline_texts} texts", flush=True)
+                a_runs.append(baseline_pipeline(model_dir, texts[: args.baseline_texts], args.max_evals, args.device))
+                loads[f"a{round_}"] = load_average()
+        # Each figure's mean over the rounds: the rounds interleave the three, so the
+        # machine's drift over the run weighs on all of them alike.
+        c = float(np.mean(c_runs))
+        b = float(np.mean(b_runs)) if b_runs else float("nan")
+        a = float(np.mean(a_runs)) if a_runs else float("nan")
 
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
@@ -453,6 +482,8 @@ def main() -> int:
         "c_explanations_per_second": 1 / c,
         "a_over_c": a / c,
         "b_over_c": b / c,
+        "rounds": args.rounds,
+        "by_round": {"a": a_runs, "b": b_runs, "c": c_runs},
         "rows_per_explanation_limit": float(np.mean([len(r) for r in rows])),
         "rows_per_explanation_whybert": stats["rows"] / len(texts),
         "roofline": roofline,
