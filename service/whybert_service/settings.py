@@ -81,7 +81,9 @@ class ServerSettings(BaseSettings):
         ),
     )
     max_batch_tokens: PositiveInt = Field(
-        8192, description="Token budget of one forward batch: longest row × rows, as TEI counts it."
+        8192,
+        description="Token budget of one forward batch: longest row × rows, as TEI counts it (the rows' "
+        "own tokens where a CPU model runs them packed).",
     )
     max_batch_ms: float = Field(
         200.0,
