@@ -21,7 +21,16 @@ T = TypeVar("T")
 
 # Characters of text prepared on the event loop; more goes to a thread.
 INLINE_CHARS = 4096
-PREPARE_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def python_threads() -> int:
+    """How many threads of GIL-bound preparation a process of this size affords beside the
+    event loop and the model workers: 1 below 8 cores, a quarter of them up to 4 (text
+    preparation here, LIME's chunk building in `explainers/lime_text.py`)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+PREPARE_THREADS = python_threads()
 _POOL = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="whybert-prepare")
 
 

@@ -31,7 +31,6 @@ keeps `base + sum(values)` equal to LIME's local model at the text.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -45,6 +44,7 @@ import numpy as np
 from ..batching.queue import RowsResult
 from ..context import RequestContext
 from ..errors import InvalidArgument
+from ..offload import python_threads
 from ..outputs import to_output_space
 from ..registry import ModelHandle
 from ..types import ExplainerName, ExplainParams, TokenSpan
@@ -53,7 +53,7 @@ from .base import Attribution, Explainer
 CHUNK_ROWS = 256  # perturbed strings built, tokenized and queued at once
 CHUNK_CHARS = 1 << 20  # ... and their characters: bounds the tokenizer's memory per chunk
 CHECK_EVERY = 16  # samples drawn between two looks at whether the caller is still there
-BUILD_SLOTS = max(1, min(4, (os.cpu_count() or 1) // 4))  # chunks built at once (1 on ≤ 7 cores)
+BUILD_SLOTS = python_threads()  # chunks built at once (1 on ≤ 7 cores)
 _BUILDING = threading.BoundedSemaphore(BUILD_SLOTS)
 
 
