@@ -153,8 +153,7 @@ class Batch:
     slices: list[Slice] = field(default_factory=list)
     rows: list[list[int]] = field(default_factory=list)
     longest: int = 0
-
-    tokens: int = 0
+    tokens: int = 0  # the rows' own
 
     @property
     def padded_tokens(self) -> int:

@@ -189,8 +189,9 @@ class ModelWorker:
         self._jobs: list[_Job] = []
         self._job_ran_last = False
         self._in_flight: _Launched | None = None
-        # Seconds per token (as the queue counts them) of the batches run so far (an exponential average over
-        # batches near the budget), what the time bound turns into a token budget.
+        # Seconds per token (as the queue counts them) of the batches run so far (an
+        # exponential average over batches near the budget), what the time bound turns into
+        # a token budget.
         self._seconds_per_token: float | None = None
         # Rows of work queued outside the row queue (integrated gradients waiting for a
         # drain): they hold places under the same `max_queued_rows` bound.
@@ -752,25 +753,22 @@ class ModelWorker:
                 self._queue_held(held)
 
     def _groups(self, work: _Work) -> list[list[int]]:
-        """Indices into the work's rows grouped by similar length (one forward each; all of
-        them at once where the model packs rows), rows that want every position apart from
-        the others; padding observed."""
-        lengths = list(map(len, work.rows))
-        if self.classifier.packer is not None:  # no padding to save: one forward per kind
-            self._padding.observe(0.0)
-            if work.kind is not None or not any(p.submission.every_position for p in work.parts):
-                return [list(range(len(lengths)))]
-            every = [k for k, (want, _) in enumerate(work.row_kinds) if want]
-            rest = [k for k, (want, _) in enumerate(work.row_kinds) if not want]
-            return [g for g in (every, rest) if g]
-        min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
+        """Indices into the work's rows, one forward pass each: rows that want every
+        position apart from the others, and within each kind, rows of similar length
+        together (all of them at once where the model packs rows); padding observed."""
         if work.kind is not None or not any(p.submission.every_position for p in work.parts):  # the rule
-            groups = split_by_length(lengths, min_rows)
+            kinds = [list(range(len(work.rows)))]
         else:
-            groups = []
-            for want in (True, False):
-                kind = [k for k, (every, _) in enumerate(work.row_kinds) if every == want]
-                groups += [[kind[j] for j in g] for g in split_by_length([lengths[k] for k in kind], min_rows)]
+            wants = [every for every, _ in work.row_kinds]
+            kinds = [g for g in ([k for k, w in enumerate(wants) if w == want] for want in (True, False)) if g]
+        if self.classifier.packer is not None:  # no padding to save
+            self._padding.observe(0.0)
+            return kinds
+        min_rows = self.config.min_group_rows or (64 if self.classifier.device.type == "cpu" else 256)
+        lengths = list(map(len, work.rows))
+        groups = [
+            [kind[j] for j in g] for kind in kinds for g in split_by_length([lengths[k] for k in kind], min_rows)
+        ]
         padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
         self._padding.observe(1 - sum(lengths) / max(padded, 1))
         return groups

@@ -105,8 +105,10 @@ class PartitionEngine:
         self._new_slots = np.zeros(2 * self._round_nodes, dtype=np.int64)
         # room for the whole budget (within reason) at once: entries are ~2 per eval,
         # masks and distinct rows ~1; beyond, the arrays grow by doubling
-        self._budget_room = min(max(max_evals, 0), 2048)
-        capacity = 64 + 8 * self._round_nodes + 2 * self._budget_room
+        budget_room = min(max(max_evals, 0), 2048)
+        # distinct rows (output slots) the first rounds and the budget need
+        self._slot_room = 64 + 4 * self._round_nodes + budget_room
+        capacity = 64 + 8 * self._round_nodes + 2 * budget_room
         self._ef = np.zeros((capacity, 3), dtype=np.float64)
         self._ei = np.zeros((capacity, 4), dtype=np.int64)
         self._heap = np.zeros(capacity, dtype=np.int64)
@@ -114,7 +116,7 @@ class PartitionEngine:
         self._pool = np.zeros((capacity, words), dtype=np.uint64)  # row 0: nothing kept
         self._ties = tie_breaks(seed, capacity)
         # the edited rows' memo: a power of two, at most half full with every row of the budget
-        table = 1 << (2 * (64 + 4 * self._round_nodes + self._budget_room) - 1).bit_length()
+        table = 1 << (2 * self._slot_room - 1).bit_length()
         self._hkeys = np.zeros((table, words), dtype=np.uint64)
         self._hslot = np.full(table, -1, dtype=np.int64)
         self._f = np.zeros((0, 0), dtype=np.float64)  # per distinct row (slot): the targets' outputs
@@ -197,7 +199,7 @@ class PartitionEngine:
             self.targets = [int(t) for t in self._resolve_targets(self._raw[self._root[1]])]
             self._targets = np.array(self.targets, dtype=np.int64)
             outputs = self._outputs(np.stack(self._raw))
-            self._f = np.zeros((64 + 4 * self._round_nodes + self._budget_room, len(self.targets)), dtype=np.float64)
+            self._f = np.zeros((self._slot_room, len(self.targets)), dtype=np.float64)
             self._f[: len(outputs)] = outputs
             self._d = np.zeros((2 * self._m - 1, len(self.targets)), dtype=np.float64)
             self._begin_owen()
