@@ -240,6 +240,21 @@ def matmul_peak(device: str, dtype: str) -> float:
     return 10 * 2 * n**3 / (time.perf_counter() - started)
 
 
+def roofline_of(
+    model_dir: Path, rows: list[list[list[int]]], batch_size: int, seconds: float, args: argparse.Namespace
+) -> dict[str, float]:
+    """(b)'s rows per second and matrix FLOP/s (on a GPU, against its measured peak)."""
+    from transformers import AutoConfig
+
+    flat = [r for text_rows in rows for r in text_rows]
+    flops = encoder_flops(AutoConfig.from_pretrained(model_dir), flat, batch_size)
+    roofline = {"forward_rows_per_s": len(flat) / seconds, "forward_tflops": flops / seconds / 1e12}
+    if args.device.startswith("cuda"):
+        roofline["matmul_peak_tflops"] = matmul_peak(args.device, args.dtype) / 1e12
+        roofline["fraction_of_peak"] = roofline["forward_tflops"] / roofline["matmul_peak_tflops"]
+    return roofline
+
+
 def load_average() -> str:
     """The machine's 1-minute load average (other people's work disturbs the figures)."""
     return Path("/proc/loadavg").read_text().split()[0]
@@ -440,20 +455,11 @@ def main() -> int:
             print("[b] the model alone on the same rows", flush=True)
             sizes = [int(x) for x in args.batch_sizes.split(",")] if round_ == 1 else [best_batch]
             b_one, best, by_size = model_limit(model_dir, rows, args.device, args.dtype, sizes)
-            if round_ == 1:
-                best_batch, timings = best, by_size
             b_runs.append(b_one)
             loads[f"b{round_}"] = load_average()
             if round_ == 1:
-                from transformers import AutoConfig
-
-                flat = [r for text_rows in rows for r in text_rows]
-                flops = encoder_flops(AutoConfig.from_pretrained(model_dir), flat, best_batch)
-                roofline["forward_rows_per_s"] = len(flat) / timings[best_batch]
-                roofline["forward_tflops"] = flops / timings[best_batch] / 1e12
-                if args.device.startswith("cuda"):
-                    roofline["matmul_peak_tflops"] = matmul_peak(args.device, args.dtype) / 1e12
-                    roofline["fraction_of_peak"] = roofline["forward_tflops"] / roofline["matmul_peak_tflops"]
+                best_batch, timings = best, by_size
+                roofline = roofline_of(model_dir, rows, best_batch, timings[best_batch], args)
                 print(f"  (b) roofline: {roofline}", flush=True)
             if not args.skip_baseline:
                 print(f"[a] shap.Explainer(transformers.pipeline) on {args.baseline_texts} texts", flush=True)
