@@ -17,7 +17,8 @@ bench() {  # name, time limit in seconds, then explain.py's arguments
 # (a), (b) and (c): 128 texts, 64 callers, batches up to 32,768 tokens.
 bench main 300 --texts 128 --callers 64 --baseline-texts 3 \
   --batch-sizes 128,256,512,1024 --server-arg=--max-batch-tokens=32768
-# (c) again with twice the token budget (b is the same rows: compare with main's).
-bench tokens65k 100 --texts 128 --callers 64 --only-whybert \
-  --server-arg=--max-batch-tokens=65536
+# (c) again with the forward passes launched eagerly (main's replays recurring shapes from
+# CUDA graphs): what the graphs give (b is the same rows: compare with main's).
+bench eager 100 --texts 128 --callers 64 --only-whybert \
+  --server-arg=--max-batch-tokens=32768 --server-arg=--no-cuda-graphs
 timeout 70 python3 benchmarks/gpu_smoke.py --tokenizer-dir .gpu/tokenizer 2>&1 | grep -v "Loading weights\|Writing model" | tee "$OUT/smoke.log"

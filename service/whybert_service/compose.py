@@ -47,6 +47,7 @@ def model_loader(settings: ServerSettings) -> ModelLoader:
             load_builtin=not settings.no_builtin_model,
             device_spec=settings.device,
             dtype_spec=settings.dtype,
+            cuda_graphs=settings.cuda_graphs,
             worker_config=worker_config(settings),
             metrics=metrics,
             on_health=on_health,
@@ -79,10 +80,12 @@ def load_models(
     device_spec: str,
     dtype_spec: str,
     worker_config: WorkerConfig,
+    cuda_graphs: bool = True,
     metrics: Metrics,
     on_health: Callable[[bool], None] | None = None,
 ) -> None:
-    """Load every model, start its worker and open the registry."""
+    """Load every model, start its worker and open the registry (`cuda_graphs`: on a GPU,
+    recurring batch shapes replayed from CUDA graphs)."""
     device = resolve_device(device_spec)
     dtype = resolve_dtype(dtype_spec, device)
     loaders: list[tuple[str, Callable[[], Classifier]]] = []
@@ -104,10 +107,17 @@ def load_models(
     for name, loader in loaders:
         metrics.model_loaded.labels(name).set(0)
         classifier = loader()
+        if cuda_graphs:
+            classifier.use_graphs()
         serve_classifier(registry, classifier, worker_config, metrics, on_health)
         log.info(
             "model loaded",
-            extra={"model": name, "device": str(classifier.device), "dtype": str(classifier.dtype)},
+            extra={
+                "model": name,
+                "device": str(classifier.device),
+                "dtype": str(classifier.dtype),
+                "cuda_graphs": classifier.graphs is not None,
+            },
         )
     if device.type == "cpu":
         log.info("running on the CPU with %d threads", torch.get_num_threads())

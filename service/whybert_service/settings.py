@@ -80,6 +80,13 @@ class ServerSettings(BaseSettings):
             "float32, bfloat16 or float16."
         ),
     )
+    cuda_graphs: bool = Field(
+        True,
+        description=(
+            "On a GPU, replay the forward passes of recurring batch shapes from CUDA graphs: a "
+            "batch of a few hundred short rows is otherwise bound by launching its kernels."
+        ),
+    )
     max_batch_tokens: PositiveInt = Field(
         8192,
         description="Token budget of one forward batch: longest row × rows, as TEI counts it (the rows' "

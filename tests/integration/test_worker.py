@@ -608,3 +608,42 @@ def test_a_batch_of_many_lengths_runs_as_one_packed_forward_on_the_cpu(tiny_clas
     finally:
         faulty.release()
         worker.stop()
+
+
+def test_callers_batched_through_graphs_get_their_own_logits(tiny_model_dir: Any, tiny_classifier: Any) -> None:
+    # The GPU path's graphs, run uncaptured here: batches of recurring shapes from many
+    # callers (the worker launching one while the last runs) give each row its own logits.
+    from whybert_service.models.loading import load_directory
+
+    graphed = load_directory("graphed", tiny_model_dir, tiny_classifier.device, tiny_classifier.dtype)
+    graphed.packer = None
+    graphed.model.set_attn_implementation("sdpa")
+    assert graphed.use_graphs(capture=False) and graphed.graphs is not None
+    worker = ModelWorker(graphed, WorkerConfig(max_batch_delay_s=0.002, max_batch_seconds=None))
+    worker.start()
+    text = "the staff were friendly but the room was cold and breakfast came late again"
+    words = text.split()
+    rng = np.random.default_rng(11)
+    texts = [" ".join(rng.choice(words, int(rng.integers(3, 14)))) for _ in range(40)]
+    rows = graphed.encode(texts).ids
+    alone = [tiny_classifier.forward([row])[0] for row in rows]
+    failures: list[str] = []
+
+    def caller(k: int) -> None:
+        for r in range(12):
+            mine = [(k * 7 + r * 3 + j) % len(rows) for j in range(1 + (k + r) % 5)]
+            got = worker.submit([rows[i] for i in mine], RequestContext()).result(30).logits
+            want = np.stack([alone[i] for i in mine])
+            if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+                failures.append(f"caller {k} round {r}: {np.abs(got - want).max()}")
+
+    try:
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures[:3]
+        assert graphed.graphs.enabled and graphed.graphs.captured >= 1  # shapes recurred and replayed
+    finally:
+        worker.stop()

@@ -11,61 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import scale_up
+from _architectures import LABELS, SEQUENCE_HEADS, TOKEN_HEADS, make_model, random_rows
 from whybert_service.models.classifier import Classifier
 from whybert_service.models.packing import PACKED_ATTENTION, enable_packing, pack
 from whybert_service.models.pair_classifier import PairClassifier
 from whybert_service.models.token_classifier import TokenClassifier
-
-LABELS = ["a", "b", "c"]
-
-
-def _config(kind: str, **extra: Any) -> Any:
-    import transformers
-
-    shape = {
-        "vocab_size": 500, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 64, "max_position_embeddings": 80, "num_labels": len(LABELS),
-        "attn_implementation": "sdpa", **extra,
-    }  # fmt: skip
-    if kind == "bert":
-        return transformers.BertConfig(**shape)
-    if kind == "electra":
-        return transformers.ElectraConfig(embedding_size=16, **shape)
-    if kind == "distilbert":
-        return transformers.DistilBertConfig(
-            vocab_size=500, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=80,
-            num_labels=len(LABELS), attn_implementation="sdpa", **extra,
-        )  # fmt: skip
-    if kind == "roberta":
-        return transformers.RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **shape)
-    return transformers.XLMRobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **shape)
-
-
-def _model(architecture: str, **extra: Any) -> torch.nn.Module:
-    import transformers
-
-    prefixes = {"XLM": "xlm", "Roberta": "roberta", "DistilBert": "distilbert", "Electra": "electra"}
-    kind = next((k for prefix, k in prefixes.items() if architecture.startswith(prefix)), "bert")
-    torch.manual_seed(0)
-    model: torch.nn.Module = getattr(transformers, architecture)(_config(kind, **extra)).eval()
-    with torch.no_grad():  # random BERT weights barely depend on the text: make them
-        scale_up(model, "encoder", "transformer", "pooler", "classifier", factor=6.0)
-    return model
-
-
-def _rows(n: int, seed: int, low: int = 3, high: int = 40, pads: bool = False) -> list[list[int]]:
-    """Rows of random lengths: a start id, random ids, an end id; with `pads`, every third
-    row starts with a run of padding ids (1 for RoBERTa) and one row is nothing else, as
-    integrated gradients' baseline rows are."""
-    rng = np.random.default_rng(seed)
-    rows = [[0, *map(int, rng.integers(3, 500, int(length) - 2)), 2] for length in rng.integers(low, high, n)]
-    if not pads:
-        return rows
-    for row in rows[::3]:
-        cut = int(rng.integers(2, len(row)))
-        row[1:cut] = [1] * (cut - 1)
-    return [*rows, [0, 1, 1, 1, 1, 2]]
 
 
 def _alone(model: torch.nn.Module, row: list[int], **extra: Any) -> np.ndarray:
@@ -81,21 +31,11 @@ def _classifier(cls: type[Classifier], model: torch.nn.Module, tokenizer: Any) -
     )  # fmt: skip
 
 
-SEQUENCE_HEADS = [
-    "BertForSequenceClassification", "DistilBertForSequenceClassification", "ElectraForSequenceClassification",
-    "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification",
-]  # fmt: skip
-TOKEN_HEADS = [
-    "BertForTokenClassification", "DistilBertForTokenClassification", "ElectraForTokenClassification",
-    "RobertaForTokenClassification",
-]  # fmt: skip
-
-
 @pytest.mark.parametrize("architecture", SEQUENCE_HEADS)
 def test_packed_rows_get_the_logits_each_row_gets_alone(tiny_classifier: Classifier, architecture: str) -> None:
-    classifier = _classifier(Classifier, _model(architecture), tiny_classifier.tokenizer)
+    classifier = _classifier(Classifier, make_model(architecture), tiny_classifier.tokenizer)
     assert classifier.packer is not None
-    rows = _rows(37, seed=1, pads=True)
+    rows = random_rows(37, seed=1, pads=True)
     assert any(1 in r[1:-1] for r in rows)
     assert classifier.packed(rows) is not None  # rows of many lengths: the packed pass runs
     batch = classifier.forward(rows)
@@ -106,7 +46,7 @@ def test_packed_rows_get_the_logits_each_row_gets_alone(tiny_classifier: Classif
 
 def test_rows_of_one_length_run_the_plain_pass(tiny_classifier: Classifier) -> None:
     assert tiny_classifier.packer is not None
-    rows = [r[:9] for r in _rows(5, seed=2, low=12)]
+    rows = [r[:9] for r in random_rows(5, seed=2, low=12)]
     assert tiny_classifier.packed(rows) is None and tiny_classifier.packed(rows[:1]) is None
     np.testing.assert_allclose(
         tiny_classifier.forward(rows), np.stack([_alone(tiny_classifier.model, r) for r in rows]), atol=1e-5
@@ -115,9 +55,9 @@ def test_rows_of_one_length_run_the_plain_pass(tiny_classifier: Classifier) -> N
 
 @pytest.mark.parametrize("architecture", TOKEN_HEADS)
 def test_a_token_model_reads_each_rows_own_positions_packed(ner: TokenClassifier, architecture: str) -> None:
-    classifier = _classifier(TokenClassifier, _model(architecture), ner.tokenizer)
+    classifier = _classifier(TokenClassifier, make_model(architecture), ner.tokenizer)
     assert classifier.packer is not None
-    rows = _rows(23, seed=3, pads=True)
+    rows = random_rows(23, seed=3, pads=True)
     alone = [_alone(classifier.model, r) for r in rows]  # length × labels each
     rng = np.random.default_rng(4)
     positions = [int(rng.integers(0, len(r))) for r in rows]
@@ -132,7 +72,7 @@ def test_a_token_model_reads_each_rows_own_positions_packed(ner: TokenClassifier
 
 def test_a_pair_model_reads_each_rows_segments_packed(tiny_classifier: Classifier) -> None:
     tokenizer = tiny_classifier.tokenizer
-    model = _model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
+    model = make_model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
     with torch.no_grad():
         model.bert.embeddings.token_type_embeddings.weight.mul_(20.0)  # segments must matter
     pair = _classifier(PairClassifier, model, tokenizer)
@@ -152,7 +92,7 @@ def test_a_pair_model_reads_each_rows_segments_packed(tiny_classifier: Classifie
 
 
 def test_pack_lays_rows_end_to_end_in_blocks_of_one_length() -> None:
-    rows = _rows(50, seed=5, low=2, high=12)
+    rows = random_rows(50, seed=5, low=2, high=12)
     packed = pack(rows)
     assert packed.tokens == sum(map(len, rows))
     for row, start in zip(rows, packed.starts, strict=True):
@@ -189,7 +129,7 @@ def test_a_model_whose_packed_pass_disagrees_stays_padded(monkeypatch: pytest.Mo
     monkeypatch.setitem(
         packing._HEADS, "BertForSequenceClassification", ("bert", False, last_token if fault == "wrong" else broken)
     )
-    model = _model("BertForSequenceClassification")
+    model = make_model("BertForSequenceClassification")
     assert enable_packing(model) is None and model.config._attn_implementation == "sdpa"
 
 
@@ -202,16 +142,16 @@ def test_a_model_packs_only_where_its_head_is_known_and_it_runs_sdpa() -> None:
     )  # fmt: skip
     albert = transformers.AlbertForSequenceClassification(config)  # a head this packing does not know
     assert enable_packing(albert) is None and albert.config._attn_implementation == "sdpa"
-    eager = _model("BertForSequenceClassification")
+    eager = make_model("BertForSequenceClassification")
     eager.set_attn_implementation("eager")  # type: ignore[operator]
     assert enable_packing(eager) is None and eager.config._attn_implementation == "eager"
 
 
 def test_padded_calls_on_a_packing_model_run_as_sdpa() -> None:
-    packing, plain = _model("BertForSequenceClassification"), _model("BertForSequenceClassification")
+    packing, plain = make_model("BertForSequenceClassification"), make_model("BertForSequenceClassification")
     assert enable_packing(packing) is not None
     assert packing.config._attn_implementation == PACKED_ATTENTION and plain.config._attn_implementation == "sdpa"
-    rows = _rows(6, seed=6)
+    rows = random_rows(6, seed=6)
     width = max(map(len, rows))
     ids = torch.tensor([r + [1] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
@@ -221,7 +161,7 @@ def test_padded_calls_on_a_packing_model_run_as_sdpa() -> None:
 
 
 def test_a_saved_packing_model_loads_anywhere(tmp_path: Path) -> None:
-    model = _model("BertForSequenceClassification")
+    model = make_model("BertForSequenceClassification")
     assert enable_packing(model) is not None
     model.save_pretrained(tmp_path)  # type: ignore[operator]
     saved = json.loads((tmp_path / "config.json").read_text())

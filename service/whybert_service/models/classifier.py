@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .graphs import GraphedForward
 from .packing import Packed, Packer, enable_packing, pack
 
 
@@ -66,6 +67,8 @@ class Classifier:
         self._suffix = _special_suffix(tokenizer)
         # On the CPU, rows of different lengths run end to end instead of padded (`packing`).
         self.packer: Packer | None = enable_packing(self.model) if device.type == "cpu" else None
+        # On a GPU, recurring batch shapes replayed from CUDA graphs (`use_graphs`).
+        self.graphs: GraphedForward | None = None
 
     @property
     def num_labels(self) -> int:
@@ -102,8 +105,47 @@ class Classifier:
         if packed is not None:
             packer, layout = packed
             return self.to_host(packer.logits(layout).float())
+        return self.to_host(self.padded_logits(rows).float())
+
+    def padded_logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The model's output for `rows` padded, on its device: replayed from a graph where
+        one holds their shape, else the plain pass."""
+        if self.graphs is not None:
+            out = self.graphs.logits(rows)
+            if out is not None:
+                return out
+        return self.plain_logits(rows)
+
+    def plain_logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The model's output for `rows` right-padded, one eager pass."""
         input_ids, attention_mask = self.pad(rows)
-        return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits
+
+    def static_logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pass a graph captures: padded ids and a ready 4-D additive mask."""
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=mask).logits
+        return logits
+
+    def use_graphs(self, *, capture: bool = True) -> bool:
+        """Replay recurring batch shapes from CUDA graphs (`graphs.py`), where the model
+        runs on a GPU with SDPA or eager attention (they take a ready 4-D mask as it is).
+        `capture=False` runs the same buckets and static tensors eagerly, on any device:
+        how the tests hold this path to the plain one. Whether graphs are now on."""
+        config: Any = getattr(self.model, "config", None)
+        attention = getattr(config, "_attn_implementation", None)
+        if (capture and self.device.type != "cuda") or attention not in ("sdpa", "eager"):
+            return False
+        self.graphs = GraphedForward(
+            self.static_logits,
+            self.plain_logits,
+            device=self.device,
+            dtype=self.dtype,
+            pad_id=self.pad_id,
+            max_width=self.max_length,
+            capture=capture,
+        )
+        return True
 
     def packed(self, rows: Sequence[Sequence[int]]) -> tuple[Packer, Packed] | None:
         """The packer and `rows` laid end to end, where this model packs and the rows are

@@ -125,11 +125,24 @@ class PairClassifier(Classifier):
         if packed is not None:
             packer, layout = packed
             return self.to_host(packer.logits(layout, layout.segments(self.sep_id)).float())
+        return self.to_host(self.padded_logits(rows).float())
+
+    def plain_logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        if not self.uses_token_types:
+            return super().plain_logits(rows)
         input_ids, attention_mask = self.pad(rows)
-        logits = self.model(
+        logits: torch.Tensor = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=self.token_types(input_ids)
-        ).logits.float()
-        return self.to_host(logits)
+        ).logits
+        return logits
+
+    def static_logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.uses_token_types:
+            return super().static_logits(input_ids, mask)
+        logits: torch.Tensor = self.model(
+            input_ids=input_ids, attention_mask=mask, token_type_ids=self.token_types(input_ids)
+        ).logits
+        return logits
 
 
 def pair_window(classifier: PairClassifier, text: str, pair: str) -> tuple[str, str, bool]:

@@ -83,8 +83,7 @@ class TokenClassifier(Classifier):
             packer, layout = packed
             at = torch.from_numpy(layout.starts) + where
             return self.to_host(packer.logits(layout)[at.to(self.device)].float())
-        input_ids, attention_mask = self.pad(rows)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.padded_logits(rows)
         return self.to_host(logits[torch.arange(len(rows), device=logits.device), where.to(logits.device)].float())
 
     @torch.inference_mode()
@@ -95,8 +94,7 @@ class TokenClassifier(Classifier):
         if packed is not None:
             packer, layout = packed
             return self.to_host(layout.padded(packer.logits(layout).float()))
-        input_ids, attention_mask = self.pad(rows)
-        return self.to_host(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float())
+        return self.to_host(self.padded_logits(rows).float())
 
     def token_logits(self, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """The logits of every position of each row (its length × labels, float32)."""
