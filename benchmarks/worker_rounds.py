@@ -39,6 +39,7 @@ class StubClassifier:
     kind = "sequence"
     max_length = 128
     packer = None
+    graphs = None
 
     def launch(self, rows: list[list[int]], positions: Any = None) -> Launched:
         return Launched(torch.zeros((len(rows), self.num_labels)))

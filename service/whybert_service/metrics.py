@@ -189,6 +189,12 @@ class Metrics:
             ("device",),
             registry=r,
         )
+        self.cuda_graphs = Gauge(
+            "whybert_cuda_graphs",
+            "Batch shapes the model replays from CUDA graphs (absent where graphs are off).",
+            ("model",),
+            registry=r,
+        )
 
     def serve(self, port: int, host: str = "0.0.0.0", certfile: str = "", keyfile: str = "") -> None:
         """Expose /metrics in a background thread, until `close()`: over HTTPS when given a

@@ -619,7 +619,8 @@ def test_callers_batched_through_graphs_get_their_own_logits(tiny_model_dir: Any
     graphed.packer = None
     graphed.model.set_attn_implementation("sdpa")
     assert graphed.use_graphs(capture=False) and graphed.graphs is not None
-    worker = ModelWorker(graphed, WorkerConfig(max_batch_delay_s=0.002, max_batch_seconds=None))
+    metrics = Metrics()
+    worker = ModelWorker(graphed, WorkerConfig(max_batch_delay_s=0.002, max_batch_seconds=None), metrics)
     worker.start()
     text = "the staff were friendly but the room was cold and breakfast came late again"
     words = text.split()
@@ -645,5 +646,10 @@ def test_callers_batched_through_graphs_get_their_own_logits(tiny_model_dir: Any
             t.join(120)
         assert not failures, failures[:3]
         assert graphed.graphs.enabled and graphed.graphs.captured >= 1  # shapes recurred and replayed
+        wait_for(
+            lambda: metrics.registry.get_sample_value("whybert_cuda_graphs", {"model": "graphed"})
+            == graphed.graphs.captured,  # type: ignore[union-attr]
+            timeout=10, message="the graphs gauge does not follow the captured graphs",
+        )  # fmt: skip
     finally:
         worker.stop()

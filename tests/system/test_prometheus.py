@@ -237,6 +237,7 @@ async def test_prometheus_scrapes_the_calls_made(served: Any, prometheus: Promet
     for idle in ("whybert_queue_rows", "whybert_queue_submissions", "whybert_queue_requests"):
         assert p.value(f'{idle}{{model="tiny"}}') == 0
     assert p.query("whybert_device_memory_used_bytes") == []  # no GPU here: no series
+    assert p.query("whybert_cuda_graphs") == []  # nor graphs
 
 
 async def test_dashboard_queries_and_alert_rules_run_on_scraped_data(

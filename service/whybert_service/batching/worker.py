@@ -461,7 +461,7 @@ class ModelWorker:
             self.classifier.forward(rows)
             self._seconds_per_token = (time.perf_counter() - started) / (len(rows) * width)
             self._budget_gauge.set(self.token_budget())
-        self._publish_memory()
+        self._publish_device()
 
     def _set_health(self, ok: bool) -> None:
         if ok == self._healthy:
@@ -627,7 +627,7 @@ class ModelWorker:
         self._forward_seconds.observe(seconds)
         self._rows_total.inc(rows)
         self._learn_speed(batch.cost(self._queue.padded), seconds)
-        self._publish_memory()
+        self._publish_device()
 
     @contextlib.contextmanager
     def _failing_on_restart(self, batch: Batch) -> Iterator[None]:
@@ -683,12 +683,16 @@ class ModelWorker:
                 self._deliver(work, out)
         self._batch_done(launched.batch, len(work.rows), launched.started)
 
-    def _publish_memory(self) -> None:
-        """Device memory in use, on a GPU only (the series stays absent on the CPU)."""
+    def _publish_device(self) -> None:
+        """Device memory in use, on a GPU only, and the batch shapes replayed from graphs,
+        where the model has them (the series stay absent otherwise)."""
         if self.classifier.device.type == "cuda":
             self.metrics.device_memory_bytes.labels(str(self.classifier.device)).set(
                 torch.cuda.memory_allocated(self.classifier.device)
             )
+        graphs = self.classifier.graphs
+        if graphs is not None:
+            self.metrics.cuda_graphs.labels(self.classifier.name).set(graphs.captured if graphs.enabled else 0)
 
     def _live(self, work: _Work) -> _Work:
         """The work still wanted: the submissions whose caller left or whose deadline
