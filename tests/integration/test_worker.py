@@ -620,7 +620,8 @@ def test_callers_batched_through_graphs_get_their_own_logits(tiny_model_dir: Any
     graphed.model.set_attn_implementation("sdpa")
     assert graphed.use_graphs(capture=False) and graphed.graphs is not None
     metrics = Metrics()
-    worker = ModelWorker(graphed, WorkerConfig(max_batch_delay_s=0.002, max_batch_seconds=None), metrics)
+    config = WorkerConfig(max_batch_delay_s=0.002, max_batch_seconds=None, pipeline=True)  # as on a GPU
+    worker = ModelWorker(graphed, config, metrics)
     worker.start()
     text = "the staff were friendly but the room was cold and breakfast came late again"
     words = text.split()

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from _architectures import LABELS, SEQUENCE_HEADS, TOKEN_HEADS, make_model, random_rows
+from torch.utils._python_dispatch import TorchDispatchMode
 from whybert_service.models.classifier import Classifier
-from whybert_service.models.graphs import GRAPH_TOKENS, ROW_STEPS, GraphedForward
+from whybert_service.models.graphs import GRAPH_MODEL_TYPES, GRAPH_TOKENS, ROW_STEPS, GraphedForward
 from whybert_service.models.pair_classifier import PairClassifier
 from whybert_service.models.token_classifier import TokenClassifier
 
@@ -49,7 +50,9 @@ def test_graphed_batches_give_the_plain_passs_logits(tiny_classifier: Classifier
         if k == 0:
             assert graphs.captured == 0  # a shape seen once runs eagerly
     assert graphs.enabled and 1 <= graphs.captured <= len(widths)
-    outs = [classifier.forward(b) for b in batches]
+    outs = [classifier.forward(b) for b in batches]  # every batch again, from the graphs now
+    for rows, got in zip(batches, outs, strict=True):
+        np.testing.assert_allclose(got, _plain(classifier, rows), rtol=1e-4, atol=1e-5)
     assert np.ptp(np.concatenate(outs), axis=0).max() > 0.1  # different rows, different logits
 
 
@@ -144,11 +147,15 @@ def test_a_graph_that_disagrees_turns_graphs_off(
     assert graphs is not None
     right = classifier.static_logits
     graphs._forward = lambda ids, mask: right(ids, mask) + 1.0  # a graph that answers wrong
+    plain_passes: list[int] = []
+    plain = classifier.plain_logits
+    graphs._plain = lambda rows: plain_passes.append(len(rows)) or plain(rows)  # type: ignore[func-returns-value]
     rows = random_rows(6, seed=8)
     with caplog.at_level(logging.WARNING, logger="whybert_service.models.graphs"):
         for _ in range(3):
             np.testing.assert_allclose(classifier.forward(rows), _plain(classifier, rows), rtol=1e-4, atol=1e-5)
     assert not graphs.enabled and graphs.captured == 0
+    assert plain_passes == [len(rows)]  # the check's plain pass is the answer: not run twice
     assert "CUDA graphs off" in caplog.text and "differs from the plain pass" in caplog.text
 
 
@@ -183,7 +190,59 @@ def test_graphs_stop_at_their_limit(tiny_classifier: Classifier) -> None:
     assert graphs.captured == 2 and graphs.enabled
 
 
-def test_graphs_need_a_gpu_unless_uncaptured_and_sdpa_or_eager(tiny_classifier: Classifier) -> None:
+# Operators that make the host wait for the device (a value read back, a data-dependent size):
+# inside a capture they break it, or bake one batch's answer into the graph.
+HOST_SYNCS = {
+    "_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique", "_unique", "_unique2",
+    "unique_consecutive", "equal", "repeat_interleave", "item",
+}  # fmt: skip
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records every operator of a pass that would make the host wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func.overloadpacket.__name__ in HOST_SYNCS:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("architecture", SEQUENCE_HEADS + TOKEN_HEADS + ["pair"])
+def test_the_captured_pass_never_waits_on_the_device(
+    tiny_classifier: Classifier, architecture: str, attention: str
+) -> None:
+    # What a CUDA graph captures must not ask the host anything: checked operator by
+    # operator on the CPU for every architecture graphs are allowed for.
+    if architecture == "pair":
+        model = make_model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
+        cls: type[Classifier] = PairClassifier
+    else:
+        model = make_model(architecture)
+        cls = TokenClassifier if architecture in TOKEN_HEADS else Classifier
+    assert model.config.model_type in GRAPH_MODEL_TYPES
+    classifier = _graphed(cls, model, tiny_classifier.tokenizer)
+    classifier.model.set_attn_implementation(attention)
+    assert classifier.graphs is not None
+    rows = random_rows(5, seed=12)
+    key = classifier.graphs.bucket(len(rows), max(map(len, rows)))
+    assert key is not None
+    ids, keep = classifier.graphs._inputs(rows, key)
+    with torch.inference_mode():
+        with _HostSyncs() as graphed:
+            classifier.graphs._run(ids, keep)
+        with _HostSyncs() as plain:
+            classifier.plain_logits(rows)
+    assert graphed.seen == []
+    if attention == "sdpa":
+        assert plain.seen  # the 2-D mask's check for padding does wait: the spy sees waits
+
+
+def test_graphs_need_a_gpu_a_known_architecture_and_sdpa_or_eager(tiny_classifier: Classifier) -> None:
     cpu = Classifier(
         name="cpu", model=make_model("BertForSequenceClassification"), tokenizer=tiny_classifier.tokenizer,
         labels=LABELS, device=torch.device("cpu"), weights_sha256="", source="test", max_length=80,
@@ -191,3 +250,8 @@ def test_graphs_need_a_gpu_unless_uncaptured_and_sdpa_or_eager(tiny_classifier: 
     assert not cpu.use_graphs() and cpu.graphs is None  # capturing needs CUDA
     cpu.model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask
     assert not cpu.use_graphs(capture=False) and cpu.graphs is None
+    cpu.model.config._attn_implementation = "sdpa"
+    cpu.model.config.model_type = "deberta-v2"  # an architecture not held to capture's rules
+    assert not cpu.use_graphs(capture=False) and cpu.graphs is None
+    cpu.model.config.model_type = "bert"
+    assert cpu.use_graphs(capture=False) and cpu.graphs is not None

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .graphs import GraphedForward
+from .graphs import GRAPH_MODEL_TYPES, GraphedForward
 from .packing import Packed, Packer, enable_packing, pack
 
 
@@ -129,12 +129,15 @@ class Classifier:
 
     def use_graphs(self, *, capture: bool = True) -> bool:
         """Replay recurring batch shapes from CUDA graphs (`graphs.py`), where the model
-        runs on a GPU with SDPA or eager attention (they take a ready 4-D mask as it is).
-        `capture=False` runs the same buckets and static tensors eagerly, on any device:
-        how the tests hold this path to the plain one. Whether graphs are now on."""
+        runs on a GPU, is of an architecture known to run without asking the host anything
+        (`GRAPH_MODEL_TYPES`) and attends with SDPA or eager attention (both take a ready
+        4-D mask as it is). `capture=False` runs the same buckets and static tensors
+        eagerly, on any device: how the tests hold this path to the plain one. Whether
+        graphs are now on."""
         config: Any = getattr(self.model, "config", None)
         attention = getattr(config, "_attn_implementation", None)
-        if (capture and self.device.type != "cuda") or attention not in ("sdpa", "eager"):
+        known = getattr(config, "model_type", None) in GRAPH_MODEL_TYPES
+        if (capture and self.device.type != "cuda") or not known or attention not in ("sdpa", "eager"):
             return False
         self.graphs = GraphedForward(
             self.static_logits,

@@ -11,9 +11,13 @@ fills with one copy. The attention mask enters the model as a ready 4-D additive
 inside the graph: the model then asks the device nothing (a 2-D mask makes transformers
 check on the host whether it holds padding, a wait a graph cannot contain).
 
-Each graph's first batch is checked against the model's plain pass; a model whose capture
-fails or whose graph disagrees runs eagerly from then on (logged once). Batches over
-`GRAPH_TOKENS` padded tokens stay eager: there the device, not the launch, is the bound.
+Only architectures whose pass on a ready mask asks the host nothing are captured
+(`GRAPH_MODEL_TYPES`, held to that in the tests): one host decision inside a capture
+would be baked into the graph, or break it. One capture runs at a time in the process
+(PyTorch's rule; each model has its own worker thread). Each graph's first batch is
+checked against the model's plain pass; a model whose capture fails or whose graph
+disagrees runs eagerly from then on (logged once). Batches over `GRAPH_TOKENS` padded
+tokens stay eager: there the device, not the launch, is the bound.
 On a CPU the same buckets and static tensors run without capture (`capture=False`): that
 is how the tests hold this path to the plain one.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +36,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+# Architectures (`config.model_type`) captured: their pass on ids and a 4-D mask has no
+# host synchronisation and no branch on the data (tests/unit/test_graphs.py checks both).
+GRAPH_MODEL_TYPES = frozenset({"bert", "distilbert", "electra", "roberta", "xlm-roberta"})
 # Padded tokens (rows × width) of the largest batch replayed from a graph: at 512 rows of 32
 # tokens BERT-base's eager pass already costs what its graph does on an H200.
 GRAPH_TOKENS = 8192
@@ -43,6 +51,9 @@ WIDTH_STEP = 8
 # logits' scale: float32 agrees to rounding; half types differ with the attention kernel.
 TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 HALF_TOLERANCE = 5e-2
+
+# Only one capture may be under way in a process; each model's worker captures its own.
+_CAPTURING = threading.Lock()
 
 # The model's pass on static inputs: (ids, 4-D additive mask) -> logits, rows first.
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,6 +103,7 @@ class GraphedForward:
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._seen: Counter[tuple[int, int]] = Counter()
         self._pool = torch.cuda.graph_pool_handle() if capture else None
+        self._stream = torch.cuda.Stream(device) if capture else None
 
     @property
     def captured(self) -> int:
@@ -134,9 +146,10 @@ class GraphedForward:
             out = out[:, :width]
         out = out.clone()  # the next replay writes the static output again
         if not graph.checked:
+            plain = self._plain(rows)
+            if not self._agrees(out, plain):
+                return plain
             graph.checked = True
-            if not self._agrees(rows, out):
-                return None
         return out
 
     def _inputs(self, rows: Sequence[Sequence[int]], key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,25 +194,42 @@ class GraphedForward:
         return graph
 
     def _capture(self, ids: torch.Tensor, keep: torch.Tensor) -> _Graph:
-        """Warm the pass up on a side stream, then capture it (PyTorch's recipe). The graphs
-        share one memory pool: they run one at a time on one stream, and each replay's
-        output is copied out before the next replay is queued."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._run(ids, keep)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: only this thread's calls are held to the capture's rules (the server's
-        # other threads may read the device's memory figures meanwhile).
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            out = self._run(ids, keep)
+        """Warm the pass up on a side stream, then capture it (PyTorch's recipe), one capture
+        in the process at a time. The graphs share one memory pool: they run one at a time
+        on one stream, and each replay's output is copied out before the next replay is
+        queued. `thread_local`: the server's other threads (another model's worker, pinned
+        copies) may allocate meanwhile without breaking the capture."""
+        assert self._stream is not None
+        current = torch.cuda.current_stream(self.device)
+        with _CAPTURING:
+            self._stream.wait_stream(current)
+            with torch.cuda.stream(self._stream):
+                for _ in range(2):
+                    self._run(ids, keep)
+            current.wait_stream(self._stream)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
+                    out = self._run(ids, keep)
+            except BaseException:
+                self._abandon(current)
+                raise
         return _Graph(ids, keep, out, graph.replay)
 
-    def _agrees(self, rows: Sequence[Sequence[int]], out: torch.Tensor) -> bool:
+    def _abandon(self, current: torch.cuda.Stream) -> None:
+        """After a failed capture: this thread back on its own stream, and the allocator told
+        that the capture's allocations have ended (a failed `capture_end` skips both)."""
+        torch.cuda.set_stream(current)
+        assert self._pool is not None
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        try:
+            torch._C._cuda_endAllocateToPool(index, self._pool)
+        except Exception as exc:  # the capture had ended cleanly: nothing to end
+            log.debug("no capture allocations to end: %r", exc)
+
+    def _agrees(self, out: torch.Tensor, plain: torch.Tensor) -> bool:
         """Whether a graph's first batch gives the plain pass's output (else graphs off)."""
-        plain = self._plain(rows).to(out.dtype)
+        plain = plain.to(out.dtype)
         scale = max(1.0, float(plain.abs().max()))
         worst = float((out - plain).abs().max()) if out.shape == plain.shape else float("inf")
         if worst <= TOLERANCE.get(self.dtype, HALF_TOLERANCE) * scale:
