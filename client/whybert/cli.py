@@ -4,6 +4,7 @@ health, ui) or, with the server extra installed, run one (serve, train, export-m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,17 @@ SERVER_HINT = (
 )
 
 
+def _seconds(value: str) -> float:
+    """A positive, finite number of seconds (a deadline of 0 or less fails every call)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a positive number of seconds")
+    return seconds
+
+
 def _client_options(parser: argparse.ArgumentParser, json_output: bool = True) -> None:
     parser.add_argument(
         "--target",
@@ -51,7 +63,7 @@ def _client_options(parser: argparse.ArgumentParser, json_output: bool = True) -
         f"[env WHYBERT_TARGET, comma-separated; default {DEFAULT_TARGET}]",
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per call (default {DEFAULT_TIMEOUT:g})"
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT, help=f"seconds per call (default {DEFAULT_TIMEOUT:g})"
     )
     parser.add_argument("--token", default=None, help="bearer token [env WHYBERT_TOKEN]")
     parser.add_argument(
@@ -189,11 +201,14 @@ def _print_table(args: argparse.Namespace, predictions: Sequence[Prediction]) ->
     labels = list(predictions[0].scores) if predictions else []
     shown_texts = _shown_texts(args)
     width = min(max((len(t) for t in shown_texts), default=4), 60)
-    print(f"{'text':<{width}}  {'label':<12}" + "".join(f"{label:>10}" for label in labels))
+    named = max([len("label"), *(len(label) for label in labels)])  # the label column holds any label
+    cells = [max(len(label), 6) for label in labels]  # a score column: its label, or "0.123"
+    print(f"{'text':<{width}}  {'label':<{named}}" + "".join(f"  {k:>{c}}" for k, c in zip(labels, cells, strict=True)))
     for text, p in zip(shown_texts, predictions, strict=True):
         shown = text if len(text) <= width else text[: width - 1] + "…"
         mark = " (truncated)" if p.truncated else ""
-        print(f"{shown:<{width}}  {p.label:<12}" + "".join(f"{p.scores[k]:>10.3f}" for k in labels) + mark)
+        scores = "".join(f"  {p.scores[k]:>{c}.3f}" for k, c in zip(labels, cells, strict=True))
+        print(f"{shown:<{width}}  {p.label:<{named}}" + scores + mark)
 
 
 def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,7 +358,7 @@ def cmd_explain_corpus(args: argparse.Namespace) -> int:
                 progress=not args.json and sys.stderr.isatty(), total=data.rows, source=source,
                 pair_column=data.pair_column, **_explain_options(args),
             )
-        except WhybertError:
+        except (WhybertError, KeyboardInterrupt):
             print(f"the explanations received so far are kept in {args.out}: the same command again resumes",
                   file=sys.stderr)
             raise
@@ -599,6 +614,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: the calls in flight were cancelled with the channel
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader left (`whybert explain ... | head`): nothing more to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except WhybertError as exc:
         print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
         for field, description in exc.field_violations:

@@ -48,3 +48,29 @@ def test_errors_are_reported_not_raised(threaded_server: Any, capsys: pytest.Cap
     assert code == 1 and "INVALID_ARGUMENT" in err and "texts[0]" in err
     code, _, err = run_cli(["predict", "x", "--model", "nope", *target], capsys)
     assert code == 1 and "NOT_FOUND" in err
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "soon"])
+def test_a_timeout_that_cannot_be_met_is_refused_before_any_call(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["predict", "hello", "--timeout", timeout, "--target", "127.0.0.1:9"])
+    assert exit_.value.code == 2 and "--timeout" in capsys.readouterr().err
+
+
+def test_the_table_keeps_long_labels_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from whybert import Prediction
+
+    labels = ["entailment", "neutral", "contradiction"]
+    predictions = [
+        Prediction(label="contradiction", scores=dict(zip(labels, (0.1, 0.2, 0.7), strict=True)), truncated=False)
+    ]
+    cli._print_table(SimpleNamespace(texts=["a man sleeps"], pair=None), predictions)
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["text", "label", *labels]  # every label a word of its own
+    assert row.split() == ["a", "man", "sleeps", "contradiction", "0.100", "0.200", "0.700"]
+    for label in labels:  # each score right-aligned under its label
+        assert header.index(label) + len(label) == row.index(f"{predictions[0].scores[label]:.3f}") + 5

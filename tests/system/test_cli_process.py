@@ -1,11 +1,12 @@
 """The `whybert` command in processes of its own: the server commands say how to install
-what they miss, `whybert serve` refuses a pickled model with a clear message, and `--tls`
-alone trusts the default roots."""
+what they miss, `whybert serve` refuses a pickled model with a clear message, `--tls`
+alone trusts the default roots, and Ctrl-C ends a command with one line."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -91,3 +92,41 @@ def test_the_cli_tls_flag_trusts_the_default_roots(
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)[0]["text"] == "hello"
     assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_cancels_its_work(tiny_model_dir: Path) -> None:
+    """SIGINT (a terminal's Ctrl-C) while an explanation waits on the server: exit 130 with
+    one line, no traceback, and the server drops the request's rows."""
+    from _servers import hold_worker_thread
+    from _wait import wait_for
+
+    with ServerThread(tiny_settings(tiny_model_dir, cache_entries=0)) as server:
+        worker = server.server.registry.get("tiny").worker
+        release = hold_worker_thread(worker)  # nothing finishes until the interrupt
+        try:
+            command = [sys.executable, "-m", "whybert.cli", "explain", "the food was great", "awful",
+                       "--max-evals", "300", "--target", server.target]  # fmt: skip
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            wait_for(lambda: worker.queued_rows() > 0, timeout=30, message="the explanation never reached the queue")
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            release.set()
+        assert process.returncode == 130, err
+        assert err.strip() == "interrupted" and "Traceback" not in err and out == ""
+        wait_for(lambda: worker.queued_rows() == 0, timeout=10, message="the interrupted request's rows stayed queued")
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(tiny_model_dir: Path) -> None:
+    """`whybert explain ... | head`: the closed pipe ends the command without an error."""
+    with ServerThread(tiny_settings(tiny_model_dir)) as server:
+        command = [sys.executable, "-m", "whybert.cli", "explain", "--stream", "--max-evals", "40",
+                   "--target", server.target, *(f"text number {i} was great" for i in range(20))]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # the reader leaves after one line
+        err = process.stderr.read()
+        process.wait(30)
+    assert json.loads(first)["index"] >= 0
+    assert process.returncode == 141 and err == "", err
