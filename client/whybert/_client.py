@@ -89,7 +89,8 @@ class Client(BaseClient):
     ) -> Generator[T, None, None]:
         """The call's messages, converted; closing the iterator (a `break` out of the loop
         that drops it, `close()`) cancels the call."""
-        call = method(request, timeout=self.call_timeout(timeout), metadata=self.metadata())
+        texts = len(getattr(request, "texts", ())) or 1  # a progressive explanation: one text
+        call = method(request, timeout=self.stream_timeout(timeout, texts), metadata=self.metadata())
         try:
             for message in call:
                 yield convert(message)
@@ -108,7 +109,8 @@ class Client(BaseClient):
     ) -> Generator[tuple[int, Prediction], None, None]:
         """(index, prediction) of each text as the server finishes it, in any order. All the
         texts go in one request message (see `check_request_size`); `timeout` covers the
-        whole stream. The call starts with the first `next()`."""
+        whole stream (left out: the client's timeout for each text). The call starts with
+        the first `next()`."""
         request = self.predict_stream_request(texts, model, pairs)
         return self._stream(self._stub.PredictStream, request, timeout, self.streamed_prediction)
 
@@ -123,8 +125,8 @@ class Client(BaseClient):
     ) -> Generator[tuple[int, Explanation], None, None]:
         """(index, explanation) of each text as the server finishes it, in any order, with
         the options of `explain`; each text has the per-request row budget to itself. All the
-        texts go in one request message; `timeout` covers the whole stream. The call starts
-        with the first `next()`."""
+        texts go in one request message; `timeout` covers the whole stream (left out: the
+        client's timeout for each text). The call starts with the first `next()`."""
         request = self.explain_stream_request(texts, model, explainer, options)
         return self._stream(
             self._stub.ExplainStream, request, timeout, lambda m: self.streamed_explanation(request, m)
@@ -215,7 +217,8 @@ class AsyncClient(BaseClient):
     ) -> AsyncGenerator[T, None]:
         """The call's messages, converted; closing the iterator (`aclose()`, or leaving
         `contextlib.aclosing`) cancels the call."""
-        call = method(request, timeout=self.call_timeout(timeout), metadata=self.metadata())
+        texts = len(getattr(request, "texts", ())) or 1  # a progressive explanation: one text
+        call = method(request, timeout=self.stream_timeout(timeout, texts), metadata=self.metadata())
         try:
             async for message in call:
                 yield convert(message)

@@ -4,8 +4,10 @@ its caller is still there."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -36,14 +38,17 @@ class RequestContext:
     deadline: float | None = None
     # Model rows the whole request may cost, over all its texts and rounds; None: no limit.
     max_rows: int | None = None
-    # The request this is one part of (one text of a stream), made by `part()`.
+    # The request this is one part of (one text of a stream), made by `part()`, and which
+    # part it is (1, 2, ... in the order they were made; 0: the request itself).
     parent: RequestContext | None = None
+    order: int = 0
     # Tokens of model work served to this request so far (on its `flow`; the model's worker
     # alone writes it): whether its next work or another request's goes first.
     served: int = 0
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _rows: int = 0
     _rows_lock: threading.Lock = field(default_factory=threading.Lock)
+    _parts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
     def with_timeout(cls, priority: Priority, seconds: float | None, max_rows: int | None = None) -> RequestContext:
@@ -53,8 +58,9 @@ class RequestContext:
     def part(self) -> RequestContext:
         """One part of this request (one text of a stream): the same priority and deadline,
         a row budget of its own of the same size, cancelled with this request, and scheduled
-        as this request (`flow`), so a stream gets one fair share, not one per text."""
-        return RequestContext(self.priority, self.deadline, self.max_rows, parent=self)
+        as this request (`flow`), so a stream gets one fair share, not one per text; within
+        it the parts made first go first (`order`)."""
+        return RequestContext(self.priority, self.deadline, self.max_rows, parent=self, order=next(self.flow._parts))
 
     @property
     def flow(self) -> RequestContext:

@@ -150,6 +150,28 @@ def test_the_stream_holds_one_request_slot(slow_server: ServerThread, faulty: Fa
         assert client.predict(["admitted again"])[0].label
 
 
+def test_a_streams_default_deadline_is_the_clients_timeout_per_text(server: ServerThread) -> None:
+    """Left to the client's timeout, a stream gets that timeout for each of its texts (a
+    stream of thousands of texts runs far longer than one call may); a timeout given
+    covers the whole stream."""
+    texts = [short_text(i) for i in range(12)]
+    with whybert.Client(server.target, timeout=7.0, retries=0) as client:
+        sent: list[float | None] = []
+        for name in ("ExplainStream", "PredictStream"):
+            method = getattr(client._stub, name)
+
+            def spy(request: Any, timeout: float | None = None, _method: Any = method, **kw: Any) -> Any:
+                sent.append(timeout)
+                return _method(request, timeout=timeout, **kw)
+
+            setattr(client._stub, name, spy)
+        assert len(list(client.explain_stream(texts, max_evals=40))) == len(texts)
+        assert len(list(client.predict_stream(texts[:3]))) == 3
+        assert len(list(client.explain_stream(texts[:2], max_evals=40, timeout=30.0))) == 2
+        assert len(list(client.predict_stream(texts[:2], timeout=None))) == 2
+    assert sent == [7.0 * 12, 7.0 * 3, 30.0, None]
+
+
 # ---- a slow reader, a cancelled stream --------------------------------------------------------
 
 

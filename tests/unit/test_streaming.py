@@ -149,6 +149,41 @@ def test_the_texts_of_a_stream_share_one_fair_share_with_another_request() -> No
     assert order_served(subs, names) == ["stream", "unary", "stream", "stream"]
 
 
+def test_a_streams_earlier_texts_go_first_within_its_share() -> None:
+    """Each text's next round arrives after the later texts' rounds (the texts advance
+    together): the scheduler still takes the earliest-started text's first, so the stream's
+    first results come early instead of all at the end; other requests keep their turn."""
+    stream = RequestContext(Priority.EXPLAIN)
+    parts = [stream.part() for _ in range(4)]
+    assert [p.order for p in parts] == [1, 2, 3, 4] and stream.order == 0
+    queue = RowQueue(quantum=4)
+    for seq, part in enumerate(reversed(parts)):  # arrival: text 4's round first, text 1's last
+        queue.push(submission(part, 4, seq))
+    unary = RequestContext(Priority.EXPLAIN)
+    queue.push(submission(unary, 4, 10))
+    order = []
+    while len(queue):
+        batch = queue.take_batch(max_tokens=12, now=0.0)  # one quantum a batch
+        (context,) = {piece.submission.context for piece in batch.slices}
+        order.append("unary" if context is unary else parts.index(context) + 1)
+    assert order == [1, "unary", 2, 3, 4]
+
+
+def test_a_later_text_never_jumps_a_round_already_cut_into() -> None:
+    stream = RequestContext(Priority.EXPLAIN)
+    later, earlier = stream.part(), stream.part()
+    later.order, earlier.order = 2, 1
+    queue = RowQueue(quantum=4)
+    queue.push(submission(later, 6, 0))
+    first = queue.take_batch(max_tokens=12, now=0.0)  # 4 of its 6 rows
+    queue.push(submission(earlier, 4, 1))
+    second = queue.take_batch(max_tokens=6, now=0.0)  # the cut round's last 2 rows first
+    third = queue.take_batch(max_tokens=12, now=0.0)
+    assert [(p.submission.context.order, p.start, p.stop) for b in (first, second, third) for p in b.slices] == [
+        (2, 0, 4), (2, 4, 6), (1, 0, 4)
+    ]  # fmt: skip
+
+
 # ---- the data plane's window ---------------------------------------------------------------
 
 

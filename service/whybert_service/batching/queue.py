@@ -11,6 +11,7 @@ thread-safe: its owner (the model worker) guards it with a lock.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -181,7 +182,7 @@ class _Flow:
     """One request's queued submissions, and the tokens it has been served (its virtual time)."""
 
     context: RequestContext
-    # in arrival order: one request's submissions share its deadline
+    # in arrival order (a stream's: by text, then arrival): they share the request's deadline
     subs: deque[Submission] = field(default_factory=deque)
     start: float = 0.0  # virtual start tag: tokens served so far, never behind the class's clock
     stamp: int = 0  # bumped on every change of its place in the ready heap
@@ -215,7 +216,9 @@ class RowQueue:
     gets its round back after one long row, not after as many long rows as it had short
     ones. Among requests level in that, the earliest
     deadline goes first, then arrival. A request's own submissions (one deadline) go in
-    arrival order. One pick takes at most `quantum` rows of one request, so a batch mixes
+    arrival order, except that a stream's texts go in the order they started: a text's next
+    round goes before later texts' rounds, so a stream's first results come early while its
+    later texts fill the rest of each batch. One pick takes at most `quantum` rows of one request, so a batch mixes
     the requests that are waiting, except a request served `AHEAD_BATCHES` batches more
     than the one leading the batch (for at most `MAX_SKIPS` batches in a row): a small
     explanation beside a big one runs its rounds in short batches of their own, not in
@@ -249,7 +252,11 @@ class RowQueue:
             flow = _Flow(request, seq=next(self._seq))
             flow.start = self._clock[int(request.priority)]
             self._flows[key] = flow
-        flow.subs.append(sub)
+        if not flow.subs or sub.context.order >= flow.subs[-1].context.order:
+            flow.subs.append(sub)  # arrival order, as a rule
+        else:  # a stream's earlier text goes before its later ones, behind a head already cut into
+            lo = 1 if flow.subs[0].next_row else 0
+            flow.subs.insert(bisect.bisect_right(flow.subs, sub.context.order, lo=lo, key=_part_order), sub)
         self.queued_rows += sub.pending
         self._submissions += 1
         if len(flow.subs) == 1:
@@ -389,6 +396,10 @@ class RowQueue:
             else:
                 del self._flows[id(flow.context)]
         return batch
+
+
+def _part_order(sub: Submission) -> int:
+    return sub.context.order
 
 
 def split_by_length(lengths: list[int], min_rows: int, max_ratio: float = 1.5) -> list[list[int]]:
