@@ -386,6 +386,9 @@ def _corpus_summary(result: CorpusResult) -> str:
             cells = [item[m] for m in ("comprehensiveness", "sufficiency", "spearman", "top_k_overlap")]
             shown = [("" if v is None else f"{v:.4f}") for v in cells]
             lines.append(f"{item['explainer']:<22}{shown[0]:>18}{shown[1]:>13}{shown[2]:>10}{shown[3]:>8}")
+    if result.skipped_rows:
+        rows = ", ".join(map(str, result.skipped_rows[:10])) + (", …" if len(result.skipped_rows) > 10 else "")
+        lines.append(f"{len(result.skipped_rows)} rows have no entity at the index asked for, left out: rows {rows}")
     lines.append("")
     lines += [f"wrote {path}" for path in result.files]
     if result.shown_rows < result.rows:

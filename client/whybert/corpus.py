@@ -549,6 +549,9 @@ class CorpusResult:
     ranking: dict[str, Any] | None  # explainers.json, when several explainers were compared
     shown_rows: int  # rows whose explanations report.html shows (the first ones)
     files: list[Path]
+    # Rows of an entity model with fewer entities than the entity index asked for: nothing
+    # to explain there, so they are left out (and looked at again by a resumed run).
+    skipped_rows: list[int] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -563,6 +566,7 @@ class CorpusResult:
             "shown_rows": self.shown_rows,
             "files": [str(p) for p in self.files],
             "ranking": self.ranking,
+            "skipped_rows": self.skipped_rows,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -710,6 +714,7 @@ def explain_corpus_rows(
         ranking=report.ranking,
         shown_rows=report.shown_rows,
         files=[store.run_path, store.records_path, *report.files],
+        skipped_rows=run.skipped,
     )
 
 
@@ -762,6 +767,7 @@ class _Run:
         self.chunk_size = chunk_size
         self.timeout = timeout
         self.explained = 0
+        self.skipped: list[int] = []  # rows without the entity asked for
         self.bar: Any = None
 
     def all(self, rows: Iterable[_Row], done: Done) -> int:
@@ -804,6 +810,9 @@ class _Run:
     def stream(self, explainer: str, part: list[_Todo]) -> None:
         timeout = self.timeout
         per_text = self.client.timeout if timeout is USE_CLIENT_DEFAULT else timeout
+        part = self.with_entity(part, per_text)
+        if not part:
+            return
         pairs = [t.pair for t in part if t.pair is not None]  # all or none (_checked_rows)
         extra = {"pairs": pairs} if pairs else {}
         stream = self.client.explain_stream(
@@ -823,6 +832,27 @@ class _Run:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()  # cancels the call if it is still going
+
+
+    def with_entity(self, part: list[_Todo], per_text: float | None) -> list[_Todo]:
+        """The rows of `part` that have the entity an entity model is asked to explain by
+        index (the server refuses a stream holding a text without it); the others are noted
+        in `skipped`, once each, and their progress counted as done."""
+        index = self.options.get("entity")
+        if self.info.kind != "token" or not isinstance(index, int) or isinstance(index, bool):
+            return part
+        found = dict(
+            self.client.predict_stream(
+                [t.text for t in part], model=self.info.name, timeout=None if per_text is None else per_text * len(part)
+            )
+        )
+        without = {i for i, p in found.items() if len(p.entities) <= index}
+        for i in sorted(without):
+            if part[i].row not in self.skipped:
+                self.skipped.append(part[i].row)
+                if self.bar is not None:
+                    self.bar.update(len(part[i].explainers))
+        return [t for i, t in enumerate(part) if i not in without]
 
 
 class _StreamLimit(ValueError):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import whybert
-from _entities import make_tiny_ner
+from _entities import generated_texts, make_tiny_ner
 from _servers import ServerThread, tiny_settings
 from whybert import cli
 from whybert.render import html_fragment, mark_entities, terminal
@@ -167,3 +167,34 @@ def test_pictures_of_no_entity_say_so(
     assert code == 2 and "no explanation to draw: the texts have no entity to explain" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
     assert cli.main(["explain", "nothing", "--entity", "all", *target]) == 0  # no picture asked: nothing to say
+
+
+def test_explain_corpus_leaves_out_texts_without_the_entity(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A corpus of an entity model, explained at entity INDEX: the texts with fewer entities
+    are left out and named by their CSV row, the others explained; a resumed run explains
+    nothing again and names the same rows."""
+    import csv
+
+    from whybert.corpus import RECORDS
+
+    texts = generated_texts(16, seed=5) + ["the", "and the", "TEXT"]
+    with whybert.Client(server.target) as client:
+        counts = [len(p.entities) for p in client.predict(texts[:8], model="ner") + client.predict(texts[8:], model="ner")]
+    index = sorted(counts)[len(counts) // 2]  # some texts have more entities, some not
+    without = [n for n, c in enumerate(counts, start=1) if c <= index]
+    assert 0 < len(without) < len(texts)
+    data = tmp_path / "ner.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text"], *([t] for t in texts)])
+    argv = ["explain-corpus", "--model", "ner", "--data", str(data), "--out", str(tmp_path / "out"),
+            "--entity", str(index), "--max-evals", "30", "--chunk-size", "5", "--json", "--target", server.target]  # fmt: skip
+    for _ in range(2):  # the run, then a resumed one
+        code, out = _run(argv, capsys)
+        assert code == 0, out
+        summary = json.loads(out)
+        assert summary["skipped_rows"] == without
+        explained = [json.loads(line)["row"] for line in (tmp_path / "out" / RECORDS).read_text().splitlines()]
+        assert sorted(explained) == [n for n in range(1, len(texts) + 1) if n not in without]
+    assert summary["explained"] == 0 and summary["resumed"] == len(texts) - len(without)
