@@ -179,9 +179,9 @@ def test_explain_corpus_leaves_out_texts_without_the_entity(
 
     from whybert.corpus import RECORDS
 
-    texts = generated_texts(16, seed=5) + ["the", "and the", "TEXT"]
+    texts = [*generated_texts(16, seed=5), "the", "and the", "TEXT"]
     with whybert.Client(server.target) as client:
-        counts = [len(p.entities) for p in client.predict(texts[:8], model="ner") + client.predict(texts[8:], model="ner")]
+        counts = [len(p.entities) for _, p in sorted(client.predict_stream(texts, model="ner"))]
     index = sorted(counts)[len(counts) // 2]  # some texts have more entities, some not
     without = [n for n, c in enumerate(counts, start=1) if c <= index]
     assert 0 < len(without) < len(texts)
@@ -189,7 +189,8 @@ def test_explain_corpus_leaves_out_texts_without_the_entity(
     with data.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["text"], *([t] for t in texts)])
     argv = ["explain-corpus", "--model", "ner", "--data", str(data), "--out", str(tmp_path / "out"),
-            "--entity", str(index), "--max-evals", "30", "--chunk-size", "5", "--json", "--target", server.target]  # fmt: skip
+            "--entity", str(index), "--max-evals", "30", "--chunk-size", "5", "--json",
+            "--target", server.target]  # fmt: skip
     for _ in range(2):  # the run, then a resumed one
         code, out = _run(argv, capsys)
         assert code == 0, out
