@@ -589,6 +589,9 @@ def _read(path: Path, text_column: str, label_column: str, pair_column: str | No
         header = reader.fieldnames
         if not header:
             raise ValueError(f"{path}: the file is empty (no header row)")
+        duplicated = sorted({h for h in header if h and header.count(h) > 1})
+        if duplicated:  # which of them holds the texts? Refused, as the page refuses it
+            raise ValueError(f"{path}: columns named twice: {', '.join(map(repr, duplicated))}")
         columns = (text_column, label_column) if pair_column is None else (text_column, label_column, pair_column)
         missing = [c for c in dict.fromkeys(columns) if c not in header]
         if missing:
@@ -599,6 +602,8 @@ def _read(path: Path, text_column: str, label_column: str, pair_column: str | No
             values = [row[c] for c in columns]
             if any(v is None for v in values):
                 raise ValueError(f"{path}: row {n} (line {reader.line_num}) has fewer fields than the header")
+            if any(extra.strip() for extra in row.get(None) or ()):
+                raise ValueError(f"{path}: row {n} (line {reader.line_num}) has more fields than the header")
             text, label, *pair = values
             assert text is not None and label is not None  # checked above
             yield (text, label.strip(), *(p for p in pair if p is not None))

@@ -120,12 +120,19 @@ def test_csv_is_read_with_quotes_newlines_and_a_bom(tmp_path: Path) -> None:
         ("text,label\n", "no rows"),
         ("body,label\nhi,positive\n", "no column 'text'; its columns: 'body', 'label'"),
         ("text,label\nhi\n", "row 1 .*fewer fields"),
+        ("text,label\nhi,positive\nyes,positive,extra\n", "row 2 .*more fields"),
+        ("text,text,label\ngood,bad,positive\n", "columns named twice: 'text'"),
         ("text,label\n  ,positive\nok,neutral\n\t,neutral\n", r"empty text in row\(s\) 1, 3"),
     ],
 )
 def test_csv_problems_are_named(tmp_path: Path, content: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EvalCSV.check(_csv(tmp_path, content), "text", "label", MODEL)
+
+
+def test_empty_trailing_fields_are_no_extra_columns(tmp_path: Path) -> None:
+    data = EvalCSV.check(_csv(tmp_path, "text,label\nhi,positive,\nyes,neutral, ,\n"), "text", "label", MODEL)
+    assert list(data) == [("hi", "positive"), ("yes", "neutral")]
 
 
 def test_labels_the_model_lacks_are_all_named_with_their_rows(tmp_path: Path) -> None:
