@@ -190,12 +190,16 @@ class Explanation:
             import shap
         except ImportError as exc:
             raise ImportError("to_shap() needs the shap package: pip install shap") from exc
-        # The shape shap gives one row of a text explanation: (tokens × outputs).
+        # The shape shap gives one row of a text explanation: (tokens × outputs). Where there
+        # are as many tokens as outputs, shap's slicing cannot tell which axis the feature
+        # names follow (`e[:, 0]` would slice the names' characters): then the tokens are in
+        # `data` alone, which the text plot reads, and the other plots number the features.
+        square = self.values.ndim == 2 and self.values.shape[0] == self.values.shape[1]
         return shap.Explanation(
             values=self.values,
             base_values=self.base_values,
             data=np.asarray(self.tokens, dtype=object),
-            feature_names=[t.strip() for t in self.tokens],
+            feature_names=None if square else [t.strip() for t in self.tokens],
             output_names=list(self.labels),
         )
 

@@ -148,3 +148,24 @@ async def test_to_shap_gives_a_shap_explanation(threaded_server: ServerThread) -
     assert multi.values.shape == every.values.shape
     assert "sweet" in shap.plots.text(multi[:, 2], display=False)
     assert "sweet" in shap.plots.text(multi, display=False)
+
+
+async def test_to_shap_slices_by_output_when_tokens_are_as_many_as_labels(threaded_server: ServerThread) -> None:
+    # One word, all three labels: 3 tokens × 3 outputs, where shap's slicing cannot tell
+    # the axes apart by length; e[:, k] must still be label k's values over the tokens.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    async with client_for(threaded_server) as client:
+        (e,) = await client.explain(["good"], targets="all")
+    assert e.values.shape == (3, 3)
+    exp = e.to_shap()
+    for k, label in enumerate(e.labels):
+        column = exp[:, k]
+        np.testing.assert_array_equal(column.values, e.values[:, k])
+        assert list(column.data) == e.tokens and column.output_names == label
+        names = column.feature_names  # none, or the tokens: never the characters of one of them
+        assert names is None or list(names) == [t.strip() for t in e.tokens], names
+        shap.plots.waterfall(column, show=False)  # no IndexError on the names' characters
+        shap.plots.bar(column, show=False)
+    assert "good" in shap.plots.text(exp[:, 1], display=False)
