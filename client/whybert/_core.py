@@ -365,7 +365,7 @@ def _fill_explain_request(
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
             setattr(message, name, value)
-    req.faithfulness = bool(options.get("faithfulness", False))
+    req.faithfulness = _flag(options, "faithfulness")
     _set_entity(req, options.get("entity"))
     _set_attention(req, options)
 
@@ -381,9 +381,15 @@ def _set_attention(req: pb.ExplainRequest | pb.ExplainStreamRequest, options: di
         if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in chosen):
             raise ValueError(f"{name} must be non-negative integers, not {options[name]!r}")
         field.extend(chosen)
-    req.attention.raw = bool(options.get("raw_attention")) or bool(req.attention.layers) or bool(
-        req.attention.heads
-    )
+    req.attention.raw = _flag(options, "raw_attention") or bool(req.attention.layers) or bool(req.attention.heads)
+
+
+def _flag(options: dict[str, Any], name: str) -> bool:
+    """A yes-or-no option: True, False or left out (None); "no" is not False, so refused."""
+    value = options.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, not {value!r}")
 
 
 def _set_entity(req: pb.ExplainRequest | pb.ExplainStreamRequest, entity: Any) -> None:
@@ -410,6 +416,8 @@ def _set_targets(req: pb.ExplainRequest | pb.ExplainStreamRequest, targets: Any)
     elif targets == "all":
         req.target_mode = pb.TARGET_MODE_ALL
     else:
-        names = _as_list(targets)
+        names = _as_list(targets) if isinstance(targets, str | list | tuple) else []
+        if not names or not all(isinstance(n, str) for n in names):
+            raise TypeError(f'targets must be "predicted", "all", a label or a list of labels, not {targets!r}')
         req.target_mode = pb.TARGET_MODE_NAMED
         req.target_labels.extend(names)

@@ -99,6 +99,9 @@ def test_explain_renders_what_the_client_gets(ui: UIServer, client: whybert.Clie
         ({"body": {"texts": "not a list"}}, 400, "INVALID_REQUEST"),
         ({"body": {"texts": ["x"], "bogus": 1}}, 400, "INVALID_REQUEST"),
         ({"body": {"texts": ["x"], "max_evals": -3}}, 400, "INVALID_REQUEST"),
+        ({"body": {"texts": ["x"], "faithfulness": "no"}}, 400, "INVALID_REQUEST"),
+        ({"body": {"texts": ["x"], "targets": 5}}, 400, "INVALID_REQUEST"),
+        ({"body": {"texts": ["x"], "targets": [1, None]}}, 400, "INVALID_REQUEST"),
         ({"body": {"texts": ["   "]}}, 400, "INVALID_ARGUMENT"),
         ({"body": {"texts": ["x"], "model": "nope"}}, 404, "NOT_FOUND"),
         ({"body": {"texts": ["x"]}, "headers": {"Host": "evil.example:80"}}, 421, "WRONG_HOST"),
@@ -110,7 +113,7 @@ def test_bad_requests_get_a_clear_status(
 ) -> None:
     got_status, body = call(ui, "api/explain", **request_args)
     assert (got_status, body["error"]["code"]) == (status, code)
-    assert body["error"]["message"]
+    assert body["error"]["message"] and "object is not" not in body["error"]["message"]  # no raw Python
 
 
 def test_server_errors_keep_their_field_violations(ui: UIServer) -> None:

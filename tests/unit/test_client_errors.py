@@ -1,6 +1,7 @@
 """The client's decoding of error details and health replies, with the real google.rpc and
 grpc.health.v1 messages and no server: what a server sends must come out as the same
-typed error, and broken details must never hide the error itself."""
+typed error, and broken details must never hide the error itself; options of the wrong
+kind are refused before anything is sent."""
 
 from __future__ import annotations
 
@@ -157,3 +158,43 @@ def test_a_serving_status_newer_than_the_stubs_reads_as_unknown() -> None:
     # proto3 enums are open: a later server may send a value these stubs do not name.
     response = health_pb2.HealthCheckResponse.FromString(b"\x08\x07")
     assert _health_status(response) == "UNKNOWN"
+
+
+# ---- options refused before anything is sent ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["faithfulness", "raw_attention"])
+@pytest.mark.parametrize("value", ["no", "false", "yes", 0, 1, [True]])
+def test_a_yes_or_no_option_takes_a_bool_only(name: str, value: object) -> None:
+    # "no" is truthy: read as a bool it would turn the option on.
+    from whybert._core import BaseClient
+
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        BaseClient.explain_request(["a text"], None, "attention", {name: value})
+
+
+def test_yes_or_no_options_as_bools() -> None:
+    from whybert._core import BaseClient
+
+    for value in (True, False, None):
+        options = {"faithfulness": value, "raw_attention": value}
+        request = BaseClient.explain_request(["a text"], None, "attention", options)
+        assert request.faithfulness is bool(value) and request.attention.raw is bool(value)
+
+
+@pytest.mark.parametrize("targets", [5, [1, None], [], {"positive": 1}, 2.5])
+def test_targets_other_than_labels_are_refused_clearly(targets: object) -> None:
+    from whybert._core import BaseClient
+
+    with pytest.raises(TypeError, match='targets must be "predicted", "all", a label or a list of labels'):
+        BaseClient.explain_request(["a text"], None, "shap", {"targets": targets})
+
+
+def test_targets_by_mode_and_by_name() -> None:
+    from whybert._core import BaseClient
+    from whybert.v1 import explainer_pb2 as pb
+
+    assert BaseClient.explain_request(["t"], None, "shap", {"targets": "all"}).target_mode == pb.TARGET_MODE_ALL
+    named = BaseClient.explain_request(["t"], None, "shap", {"targets": ("positive", "negative")})
+    assert named.target_mode == pb.TARGET_MODE_NAMED and list(named.target_labels) == ["positive", "negative"]
+    assert list(BaseClient.explain_request(["t"], None, "shap", {"targets": "neutral"}).target_labels) == ["neutral"]
