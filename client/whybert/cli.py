@@ -318,13 +318,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_entities(args: argparse.Namespace, client: Client, model: str) -> int:
     """seqeval's entity figures of a token model on a CoNLL-style file (one token and its
     tag a line, blank lines between sentences)."""
-    from .entity_evaluation import evaluate_entities
+    from .entity_evaluation import evaluate_entities, read_conll, write_conll
 
-    result = evaluate_entities(client, args.data, model, batch_size=args.batch_size or 64)
+    predicted: list[list[str]] = []
+    result = evaluate_entities(client, args.data, model, batch_size=args.batch_size or 1000, predictions=predicted)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "entity_metrics.json").write_text(json.dumps(result, indent=2))
+        write_conll(out / "predictions.conll", read_conll(args.data), predicted)
+        if not args.json:
+            print(f"wrote {out / 'entity_metrics.json'} and {out / 'predictions.conll'} (token, gold, predicted)")
     if args.json:
         print(json.dumps(result))
         return 0
@@ -529,15 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy, per-label precision/recall/F1 and the confusion matrix "
                        "of a model on a labelled CSV")
-    p.add_argument("--data", required=True, metavar="FILE.csv", help="CSV with a header row")
+    p.add_argument("--data", required=True, metavar="FILE", help="CSV with a header row; for an entity model a "
+                   "CoNLL file (a token and its tag a line, a blank line between sentences)")
     p.add_argument("--text-column", default="text", help="the texts' column (default: text)")
     p.add_argument("--label-column", default="label", help="the true labels' column (default: label)")
     p.add_argument("--pair-column", default=None, help=PAIR_COLUMN_HELP)
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--out", default=None, metavar="DIR", help="write metrics.json, confusion_matrix.png, "
-                   "predictions.csv and misclassified.csv here")
+                   "predictions.csv and misclassified.csv here (an entity model: entity_metrics.json and "
+                   "predictions.conll)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="texts per request (default 64, or the server's lower limit)")
+                   help="texts per request (default 64, or the server's lower limit; an entity model's "
+                   "sentences go 1000 to a stream)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     _client_options(p)
     p.set_defaults(func=cmd_evaluate)

@@ -95,7 +95,7 @@ def test_evaluate_reports_seqevals_entity_figures(
     from whybert.entity_evaluation import tags_of
 
     rng = random.Random(0)
-    sentences = [text.split() for text in generated_texts(40, seed=9)]
+    sentences = [text.split() for text in generated_texts(70, seed=9)]  # more than one request may carry
     gold = [[rng.choice(["O", "B-PER", "I-PER", "B-LOC", "I-ORG", "B-MISC"]) for _ in s] for s in sentences]
     path = tmp_path / "test.txt"
     pairs = zip(sentences, gold, strict=True)
@@ -105,15 +105,26 @@ def test_evaluate_reports_seqevals_entity_figures(
     assert code == 0
     result = json.loads(out)
     with whybert.Client(server.target) as client:
-        predictions = client.predict([" ".join(s) for s in sentences], model="ner")
-    predicted = [tags_of(s, p.entities) for s, p in zip(sentences, predictions, strict=True)]
+        predictions = dict(client.predict_stream([" ".join(s) for s in sentences], model="ner"))
+    predicted = [tags_of(s, predictions[i].entities) for i, s in enumerate(sentences)]
     ref = classification_report(gold, predicted, output_dict=True, zero_division=0)
     assert result["sentences"] == len(sentences) and set(result["report"]) == set(ref)
     for name, row in ref.items():
         assert result["report"][name]["f1-score"] == pytest.approx(float(row["f1-score"]), abs=1e-12)
         assert result["report"][name]["support"] == row["support"]
-    code, out = _run(["evaluate", "--data", str(path), "--model", "ner", "--target", server.target], capsys)
-    assert code == 0 and "micro avg" in out and out.strip().endswith(f"{len(sentences)} sentences")
+    out_dir = tmp_path / "out"
+    argv = ["evaluate", "--data", str(path), "--model", "ner", "--batch-size", "100", "--out", str(out_dir)]
+    code, out = _run([*argv, "--target", server.target], capsys)
+    assert code == 0 and "micro avg" in out and f"{len(sentences)} sentences" in out
+    assert json.loads((out_dir / "entity_metrics.json").read_text()) == result
+    written = (out_dir / "predictions.conll").read_text().split("\n\n")[:-1]
+    assert len(written) == len(sentences)
+    for block, tokens, tags, guesses in zip(written, sentences, gold, predicted, strict=True):
+        lines = [line.split() for line in block.splitlines()]
+        assert lines == [list(x) for x in zip(tokens, tags, guesses, strict=True)]
+    (tmp_path / "empty.txt").write_text("-DOCSTART- O\n\n")
+    argv = ["evaluate", "--data", str(tmp_path / "empty.txt"), "--model", "ner", "--target", server.target]
+    assert _run(argv, capsys)[0] == 2  # no sentences: refused, not an all-zero report
 
 
 def test_predict_and_explain_pictures_mark_the_entities(
