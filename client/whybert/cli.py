@@ -244,7 +244,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_explanation_json(e) for e in explanations], indent=2))
     else:
+        if not explanations:  # an entity model's texts without an entity to explain
+            print("no entity to explain in the text(s)", file=sys.stderr)
         for e in explanations:
+            if e.entity is not None and len(args.texts) > 1:  # whose entity: several texts give several
+                print(f"text {e.text_index}:")
             for label in e.labels:
                 print_terminal(e, sys.stdout, label)
             print()

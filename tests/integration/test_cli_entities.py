@@ -66,6 +66,25 @@ def test_explain_an_entity_by_index_span_and_all(server: ServerThread, capsys: p
     code, out = _run(["explain", TEXT, "--entity", "all", "--json", *target], capsys)
     assert [x["entity_index"] for x in json.loads(out)] == list(range(len(p.entities)))
     assert _run(["explain", TEXT, "--entity", "99", *target], capsys)[0] != 0
+    # Several texts: each entity's explanation says whose text it is from.
+    second = "Paris and Berlin"
+    with whybert.Client(server.target) as client:
+        (q,) = client.predict(second, model="ner")
+    assert q.entities
+    code = cli.main(["explain", TEXT, second, "--entity", "all", *target])
+    out, _ = capsys.readouterr()
+    assert code == 0 and out.startswith("text 0:\nentity 0:")
+    assert (out.count("text 0:"), out.count("text 1:")) == (len(p.entities), len(q.entities))
+
+
+def test_explain_says_when_no_text_has_an_entity(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (The tiny model tags nearly every piece: no text of its is without an entity.)
+    monkeypatch.setattr(whybert.Client, "explain", lambda *args, **kwargs: [])
+    code = cli.main(["explain", "the", "--model", "ner", "--entity", "all", "--target", server.target])
+    out, err = capsys.readouterr()
+    assert code == 0 and out == "" and err.strip() == "no entity to explain in the text(s)"
 
 
 def test_renderings_mark_the_explained_entity(server: ServerThread) -> None:
