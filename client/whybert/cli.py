@@ -168,6 +168,7 @@ def _shown_texts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_outputs(args.html, args.png)
     pairs = getattr(args, "pair", None)
     if args.stream:
         if args.html or args.png:
@@ -229,7 +230,18 @@ def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _check_outputs(*paths: str | None) -> None:
+    """Refuse, before any work, a picture or page to be written where it cannot be."""
+    for path in filter(None, paths):
+        folder = Path(path).resolve().parent
+        if not folder.is_dir():
+            raise ValueError(f"{path}: no such directory {str(folder)!r}")
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"{path}: directory {str(folder)!r} is not writable")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
+    _check_outputs(args.html, args.png, args.bar_png, args.hist_png, getattr(args, "attention_png", None))
     options = _explain_options(args)
     if args.stream:
         if args.html or args.png or args.bar_png or args.hist_png or args.attention_png:

@@ -547,7 +547,10 @@ class EvalCSV:
 def csv_header(path: Path) -> list[str]:
     """A CSV's column names (its first row)."""
     with path.open(newline="", encoding="utf-8-sig") as f:
-        header = csv.DictReader(f).fieldnames
+        try:
+            header = csv.DictReader(f).fieldnames
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     if not header:
         raise ValueError(f"{path}: the file is empty (no header row)")
     return list(header)
@@ -584,6 +587,13 @@ def csv_pair_column(path: str | os.PathLike[str], model: ModelInfo, pair_column:
 
 def _read(path: Path, text_column: str, label_column: str, pair_column: str | None = None) -> Iterator[tuple[str, ...]]:
     """(text, label) per data row, (text, label, pair) with a pair column, read as the file is read."""
+    try:
+        yield from _read_utf8(path, text_column, label_column, pair_column)
+    except UnicodeDecodeError as exc:  # the decoder's message alone does not say which file
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+
+
+def _read_utf8(path: Path, text_column: str, label_column: str, pair_column: str | None) -> Iterator[tuple[str, ...]]:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames

@@ -74,3 +74,14 @@ def test_the_table_keeps_long_labels_apart(capsys: pytest.CaptureFixture[str]) -
     assert row.split() == ["a", "man", "sleeps", "contradiction", "0.100", "0.200", "0.700"]
     for label in labels:  # each score right-aligned under its label
         assert header.index(label) + len(label) == row.index(f"{predictions[0].scores[label]:.3f}") + 5
+
+
+def test_a_picture_that_cannot_be_written_is_refused_before_any_call(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No server at this target: the refusal comes before any call is tried.
+    nowhere = ["--target", "127.0.0.1:9"]
+    code, _, err = run_cli(["explain", "hi", "--html", str(tmp_path / "no" / "x.html"), *nowhere], capsys)
+    assert code == 2 and "no such directory" in err
+    code, _, err = run_cli(["predict", "hi", "--png", str(tmp_path / "no" / "x.png"), *nowhere], capsys)
+    assert code == 2 and "no such directory" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import threading
 import time
 from pathlib import Path
@@ -128,6 +129,16 @@ def test_csv_is_read_with_quotes_newlines_and_a_bom(tmp_path: Path) -> None:
 def test_csv_problems_are_named(tmp_path: Path, content: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EvalCSV.check(_csv(tmp_path, content), "text", "label", MODEL)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncaf\u00e9,positive\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: not UTF-8 text"):
+        EvalCSV.check(path, "text", "label", MODEL)
+    path.write_bytes("t\u00e9xt,label\nx,positive\n".encode("latin-1"))  # in the header
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: not UTF-8 text"):
+        EvalCSV.check(path, "text", "label", MODEL)
 
 
 def test_empty_trailing_fields_are_no_extra_columns(tmp_path: Path) -> None:
