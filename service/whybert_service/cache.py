@@ -29,8 +29,9 @@ ENTRY_OVERHEAD_BYTES = 2048
 
 
 def result_bytes(result: ExplanationResult) -> int:
-    """An estimate of the memory an explanation holds: its arrays' bytes, its tokens' and
-    labels' strings and a fixed overhead per token and per entry."""
+    """An estimate of the memory an explanation holds: its arrays' bytes (the raw attention
+    maps' above all: up to `--max-attention-cells` floats), its tokens', labels' and
+    entities' strings and a fixed overhead per token, entity and entry."""
     arrays: list[np.ndarray | None] = [
         result.values,
         result.base_values,
@@ -38,10 +39,13 @@ def result_bytes(result: ExplanationResult) -> int:
         result.convergence_delta,
         result.prediction.probabilities,
         result.prediction.logits,
+        None if result.attention_maps is None else result.attention_maps.weights,
     ]
     size = ENTRY_OVERHEAD_BYTES + sum(a.nbytes for a in arrays if a is not None)
     size += sum(sys.getsizeof(t.text) + TOKEN_OVERHEAD_BYTES for t in result.tokens)
     size += sum(sys.getsizeof(label) for label in (*result.labels, *result.prediction.labels))
+    entities = result.prediction.entities
+    size += sum(sys.getsizeof(e.text) + sys.getsizeof(e.label) + TOKEN_OVERHEAD_BYTES for e in entities)
     return size
 
 

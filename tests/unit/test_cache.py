@@ -50,6 +50,27 @@ def test_an_entry_counts_its_arrays_and_its_strings() -> None:
     assert key_bytes(("tiny", "sha", text, ("shap", 500))) > len(text)
 
 
+def test_an_entry_counts_its_raw_attention_maps_and_entities() -> None:
+    # Raw attention (up to --max-attention-cells floats) is most of such an entry's memory:
+    # left out, a cache of attention explanations held gigabytes it thought were megabytes.
+    import dataclasses
+
+    from whybert_service.types import AttentionMapsResult, EntityResult
+
+    plain = result(110)
+    weights = np.zeros((6, 12, 110, 110), np.float32)
+    maps = AttentionMapsResult(layers=tuple(range(6)), heads=tuple(range(12)), weights=weights)
+    with_maps = dataclasses.replace(plain, attention_maps=maps, explainer=ExplainerName.ATTENTION)
+    assert result_bytes(with_maps) >= result_bytes(plain) + maps.weights.nbytes
+    entities = tuple(EntityResult("Angela Merkel" * 50, "PER", 0, 650, 0.9, 1) for _ in range(20))
+    tagged = dataclasses.replace(plain, prediction=dataclasses.replace(plain.prediction, entities=entities))
+    assert result_bytes(tagged) >= result_bytes(plain) + sum(len(e.text) for e in entities)
+    cache = ExplanationCache(100, max_bytes=2 * result_bytes(with_maps) + 1000)
+    for i in range(5):
+        cache.put(("text", str(i)), with_maps)
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes  # the bytes bound holds
+
+
 def test_least_recently_used_go_first_until_the_bytes_fit() -> None:
     metrics = Metrics()
     entries = {k: result(100) for k in ("a", "b", "c", "d")}
