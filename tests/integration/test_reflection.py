@@ -164,3 +164,33 @@ def check_reply(method: str, request: dict[str, Any], reply: dict[str, Any]) -> 
         assert reply["defaultModel"] in [m["name"] for m in reply["models"]]
     else:
         assert reply == {"status": "SERVING"}
+
+
+def test_a_reflection_stream_left_by_its_caller_ends_without_an_error_logged(
+    target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone may open a reflection stream: one whose caller sends thousands of requests,
+    reads none of the replies and leaves must end as a cancelled call, not as an error with
+    a traceback in the server's log; reflection keeps answering afterwards."""
+    import asyncio
+    import logging
+
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def flood_and_leave() -> None:
+        async with grpc.aio.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+            request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="whybert.v1.Explainer")
+            for _ in range(2000):  # replies pile up unread until the sends block
+                await call.write(request)
+            await asyncio.sleep(1.0)
+            call.cancel()
+            await asyncio.sleep(0.5)
+
+    with caplog.at_level(logging.ERROR):
+        for _ in range(2):
+            asyncio.run(flood_and_leave())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    with grpc.insecure_channel(target) as channel:
+        assert "whybert.v1.Explainer" in Reflected(channel).services()

@@ -27,9 +27,16 @@ METHOD = "/whybert.v1.Explainer/Predict"
 class Context:
     """What the interceptors read of grpc.aio.ServicerContext."""
 
-    def __init__(self, remaining: float | None = None) -> None:
+    def __init__(self, remaining: float | None = None, gone_after: int | None = None) -> None:
         self._code: grpc.StatusCode | None = None
         self.remaining = remaining
+        self.written: list[Any] = []
+        self.gone_after = gone_after  # the caller leaves after this many messages
+
+    async def write(self, message: Any) -> None:
+        if self.gone_after is not None and len(self.written) >= self.gone_after:
+            raise RuntimeError("Failed \"execute_batch\": the caller has gone")  # as grpc.aio fails it
+        self.written.append(message)
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
@@ -138,12 +145,35 @@ async def test_streams_keep_their_shape_and_count_each_message() -> None:
 
     handler = await _intercept(MetricsInterceptor(metrics), grpc.stream_stream_rpc_method_handler(stream))
     assert handler.stream_stream is not None and handler.request_streaming and handler.response_streaming
-    got = [r async for r in handler.stream_stream(requests(), Context())]
-    assert got == [10, 11, 20, 21, 30, 31]
+    context = Context()
+    assert await handler.stream_stream(requests(), context) is None  # the responses are written
+    assert context.written == [10, 11, 20, 21, 30, 31]
     labels = {**LABELS, "grpc_type": "bidi_stream"}
     assert _value(metrics, "grpc_server_msg_received_total", **labels) == 3
     assert _value(metrics, "grpc_server_msg_sent_total", **labels) == 6
     assert _value(metrics, "grpc_server_handled_total", **labels, grpc_code="OK") == 1
+
+
+async def test_a_generators_stream_whose_caller_left_ends_cancelled_and_closes_the_generator() -> None:
+    metrics = Metrics()
+    closed = asyncio.Event()
+
+    async def stream(request: int, _context: Any) -> AsyncIterator[int]:
+        try:
+            for i in range(1000):
+                yield request + i
+        finally:
+            closed.set()
+
+    handler = await _intercept(MetricsInterceptor(metrics), grpc.unary_stream_rpc_method_handler(stream))
+    assert handler.unary_stream is not None
+    context = Context(gone_after=3)
+    with pytest.raises(asyncio.CancelledError):
+        await handler.unary_stream(5, context)
+    assert context.written == [5, 6, 7] and closed.is_set()
+    labels = {**LABELS, "grpc_type": "server_stream"}
+    assert _value(metrics, "grpc_server_msg_sent_total", **labels) == 3
+    assert _value(metrics, "grpc_server_handled_total", **labels, grpc_code="CANCELLED") == 1
 
 
 async def test_watch_streams_are_capped_and_give_their_place_back() -> None:

@@ -39,11 +39,25 @@ def deadline_passed(context: grpc.aio.ServicerContext, slack: float = 0.0) -> bo
     return remaining is not None and remaining <= slack
 
 
+async def write(context: grpc.aio.ServicerContext, message: Any) -> None:
+    """Write one message of a stream. The write waits on HTTP/2 flow control, so a slow
+    reader holds its stream's next message back. grpc.aio fails the write of a call whose
+    caller has gone (cancelled, reset) before it cancels the handler: that ends the stream
+    as a cancelled call, not as an error."""
+    try:
+        await context.write(message)
+    except Exception as exc:
+        raise asyncio.CancelledError("the stream's caller has gone") from exc
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """grpc_server_* counters and latency for every RPC, unary or streaming, by final status.
 
-    Streamed messages are counted for async-generator handlers; a handler that writes
-    with `context.write()` (grpc.health.v1 Watch) has its sent messages uncounted.
+    An async-generator handler's responses (reflection's) are written here with `write`,
+    and counted: a caller who leaves mid-stream ends the call as cancelled, where grpc,
+    writing a generator's responses itself, would log the failed send as an error with its
+    traceback (anyone may open a reflection stream). A handler that writes with
+    `context.write()` itself (grpc.health.v1 Watch) has its sent messages uncounted.
     """
 
     def __init__(self, metrics: Metrics) -> None:
@@ -81,13 +95,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             received.inc()
             return request
 
-        async def observed_generator(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def observed_generator(request: Any, context: grpc.aio.ServicerContext) -> None:
             with self._handled(labels, context):
-                async for response in behavior(inbound(request), context):
-                    sent.inc()
-                    yield response
+                async with contextlib.aclosing(behavior(inbound(request), context)) as responses:
+                    async for response in responses:
+                        await write(context, response)
+                        sent.inc()
 
         async def observed_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with self._handled(labels, context):

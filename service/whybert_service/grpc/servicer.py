@@ -17,7 +17,7 @@ from ..context import Priority, RequestContext
 from ..dataplane import DataPlane
 from ..errors import ServiceError
 from . import convert, validation
-from .interceptors import deadline_passed
+from .interceptors import deadline_passed, write
 from .status import to_status
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,6 @@ def request_context(
     into `RequestContext.cancel()`, which explainer threads and the queue see."""
     remaining = context.time_remaining()
     return RequestContext.with_timeout(priority, remaining, max_rows)
-
-
-async def write(context: grpc.aio.ServicerContext, message: Any) -> None:
-    """Write one message of a stream. The write waits on HTTP/2 flow control, so a slow
-    reader holds its stream's next text back. grpc.aio fails the write of a call whose
-    caller has gone (cancelled, reset) before it cancels the handler: that ends the stream
-    as a cancelled call, not as an error."""
-    try:
-        await context.write(message)
-    except Exception as exc:
-        raise asyncio.CancelledError("the stream's caller has gone") from exc
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
