@@ -139,6 +139,14 @@ class ServerSettings(BaseSettings):
             "starts only once a result has been written, so a slow reader slows its stream."
         ),
     )
+    stream_window_bytes: PositiveInt = Field(
+        32 * 1024 * 1024,
+        description=(
+            "Bytes the finished, unsent results of one ExplainStream may hold at most, as their "
+            "replies are bounded before any work: a stream of large replies (raw attention maps) "
+            "works on fewer texts at once than --stream-window."
+        ),
+    )
     explain_threads: PositiveInt = Field(
         32,
         description=(

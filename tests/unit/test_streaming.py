@@ -104,6 +104,25 @@ def test_a_stream_refuses_each_text_whose_message_could_exceed_the_limit() -> No
     assert "more than the server's message limit of 20000 bytes (--max-message-bytes)" in found[0][1]
 
 
+def test_a_stream_of_large_replies_works_on_fewer_texts_at_once() -> None:
+    """The window counts texts, and a reader that stops leaves that many finished replies in
+    memory: where the replies could be large (raw attention maps), fewer texts at once."""
+    limits = validation.Limits(4, 20_000, 4000, 10_000, 512, 200_000, max_stream_texts=50,
+                               stream_window=128, stream_window_bytes=4 * 1024 * 1024)  # fmt: skip
+    texts = ["a short review of the food and the service"] * 10
+    small = validation.explain_params(pb.ExplainStreamRequest(texts=texts), limits)
+    largest = validation.check_stream_reply_sizes(small, LABELS, 512, limits)
+    assert 0 < largest < 64 * 1024 and validation.stream_window(largest, limits) == 128  # as before
+    attention = pb.AttentionOptions(raw=True)
+    raw = pb.ExplainStreamRequest(texts=texts, explainer=pb.EXPLAINER_KIND_ATTENTION, attention=attention)
+    params = validation.resolve_attention(validation.explain_params(raw, limits), 12, 12, limits)
+    largest = validation.check_stream_reply_sizes(params, LABELS, 512, limits)
+    window = validation.stream_window(largest, limits)
+    assert largest > 1024 * 1024 and 1 <= window < 128
+    assert window * largest <= limits.stream_window_bytes or window == 1
+    assert validation.stream_window(10 * limits.stream_window_bytes, limits) == 1  # never none
+
+
 # ---- one request, one flow ----------------------------------------------------------------
 
 

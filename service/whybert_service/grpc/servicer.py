@@ -118,10 +118,10 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         # Each text's message is bounded before any work, as an Explain reply is.
         model = plane.describe(params.model)
         params = validation.resolve_attention(params, model.attention_layers, model.attention_heads, self.limits)
-        validation.check_stream_reply_sizes(params, model.labels, model.max_tokens, self.limits)
+        largest = validation.check_stream_reply_sizes(params, model.labels, model.max_tokens, self.limits)
         with plane.admitted("ExplainStream"):  # one stream, one request slot
             ctx = request_context(context, Priority.EXPLAIN, self.limits.max_rows)
-            results = plane.explain_stream(params, ctx, self.limits.stream_window)
+            results = plane.explain_stream(params, ctx, validation.stream_window(largest, self.limits))
             async with contextlib.aclosing(results):
                 async for index, result in results:
                     message = convert.explain_stream_response(model.name, index, result)

@@ -70,6 +70,7 @@ class Limits:
     max_message_bytes: int = 8 * 1024 * 1024
     max_stream_texts: int = 10_000
     stream_window: int = 128
+    stream_window_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, s: ServerSettings) -> Limits:
@@ -84,6 +85,7 @@ class Limits:
             max_message_bytes=s.max_message_bytes,
             max_stream_texts=s.max_stream_texts,
             stream_window=s.stream_window,
+            stream_window_bytes=s.stream_window_bytes,
         )
 
 
@@ -479,14 +481,17 @@ def check_reply_size(
 
 def check_stream_reply_sizes(
     params: ExplainParams, labels: Sequence[str], max_tokens: int, limits: Limits
-) -> None:
+) -> int:
     """The same refusal for an ExplainStream, where each text's explanation is a message of
-    its own: every text whose message could exceed the limit is named (`texts[12]`)."""
+    its own: every text whose message could exceed the limit is named (`texts[12]`). The
+    largest message any text could make, for the stream's window (`stream_window`)."""
     bound = _ReplyBound.of(params, labels, max_tokens, limits.max_attention_cells)
     header = bound.header + STREAM_INDEX_BYTES
     v = _Violations()
+    largest = 0
     for i, text in enumerate(_inputs(params)):
         size = header + bound.text(text)
+        largest = max(largest, size)
         if size > limits.max_message_bytes:
             v.add(
                 f"texts[{i}]",
@@ -495,6 +500,14 @@ def check_stream_reply_sizes(
                 "or explain fewer labels",
             )
     v.raise_if_any()
+    return largest
+
+
+def stream_window(largest_reply: int, limits: Limits) -> int:
+    """Texts an ExplainStream works on at once: `--stream-window`, fewer where that many
+    finished replies of the largest size its texts could make would hold more than
+    `--stream-window-bytes` (a reader that stops reading leaves them all in memory)."""
+    return max(1, min(limits.stream_window, limits.stream_window_bytes // max(1, largest_reply)))
 
 
 def check_reply_sent(size: int, limits: Limits) -> None:
