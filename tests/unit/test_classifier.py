@@ -176,3 +176,21 @@ def test_long_texts_are_read_from_a_prefix_with_the_whole_texts_tokens(tiny_clas
     want = [r if len(r) <= 32 else r[:31] + r[-1:] for r in raw]
     encoded = short.encode(texts)
     assert encoded.ids == want and encoded.truncated == [len(r) > 32 for r in raw]
+
+
+def test_a_long_text_logs_no_indexing_warning(tiny_classifier: Classifier, caplog: pytest.LogCaptureFixture) -> None:
+    # whybert cuts every row itself: transformers' "will result in indexing errors" warning
+    # about a long text's ids would only mislead whoever reads the server's log.
+    import logging
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier.tokenizer.name_or_path)
+    fresh = Classifier(
+        name="fresh", model=tiny_classifier.model, tokenizer=tokenizer, labels=tiny_classifier.labels,
+        device=torch.device("cpu"), weights_sha256="", source="test",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        encoded = fresh.encode(["这是一个很长的中文句子" * 300])
+    assert len(encoded.ids[0]) == fresh.max_length and encoded.truncated == [True]
+    assert "indexing errors" not in caplog.text

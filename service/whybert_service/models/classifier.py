@@ -65,6 +65,11 @@ class Classifier:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         # Special tokens a single text carries after its own tokens (kept when a row is cut).
         self._suffix = _special_suffix(tokenizer)
+        # whybert cuts every row to the window itself: transformers' warning that a long text's
+        # ids exceed it ("will result in indexing errors") would only mislead operators.
+        warned = getattr(tokenizer, "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
         # On the CPU, rows of different lengths run end to end instead of padded (`packing`).
         self.packer: Packer | None = enable_packing(self.model) if device.type == "cpu" else None
         # On a GPU, recurring batch shapes replayed from CUDA graphs (`use_graphs`).
