@@ -68,3 +68,12 @@ TOKEN_HEADS = [
     "BertForTokenClassification", "DistilBertForTokenClassification", "ElectraForTokenClassification",
     "RobertaForTokenClassification",
 ]  # fmt: skip
+
+
+def make_pair_model() -> torch.nn.Module:
+    """A BERT pair classifier (two segments, the MiniLM vocabulary) whose segment embedding
+    is scaled up, so that which text a token belongs to changes the logits."""
+    model = make_model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
+    with torch.no_grad():
+        model.bert.embeddings.token_type_embeddings.weight.mul_(20.0)
+    return model

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _architectures import LABELS, SEQUENCE_HEADS, TOKEN_HEADS, make_model, random_rows
+from _architectures import LABELS, SEQUENCE_HEADS, TOKEN_HEADS, make_model, make_pair_model, random_rows
 from torch.utils._python_dispatch import TorchDispatchMode
 from whybert_service.models.classifier import Classifier
 from whybert_service.models.graphs import GRAPH_MODEL_TYPES, GRAPH_TOKENS, ROW_STEPS, GraphedForward
@@ -56,9 +56,8 @@ def test_graphed_batches_give_the_plain_passs_logits(tiny_classifier: Classifier
     assert np.ptp(np.concatenate(outs), axis=0).max() > 0.1  # different rows, different logits
 
 
-def test_a_graph_is_refilled_for_every_batch_of_its_bucket(tiny_classifier: Classifier) -> None:
-    classifier = _graphed(Classifier, make_model("BertForSequenceClassification"), tiny_classifier.tokenizer)
-    graphs = classifier.graphs
+def test_a_graph_is_refilled_for_every_batch_of_its_bucket(bert: Classifier) -> None:
+    classifier, graphs = bert, bert.graphs
     assert graphs is not None
     rng = np.random.default_rng(7)
     batches = [[[0, *map(int, rng.integers(3, 500, 14)), 2] for _ in range(n)] for n in (9, 12, 10, 11, 12)]
@@ -103,9 +102,7 @@ def test_a_token_model_reads_positions_and_every_token_from_graphs(ner: TokenCla
 
 def test_a_pair_model_reads_its_segments_from_graphs(tiny_classifier: Classifier) -> None:
     tokenizer = tiny_classifier.tokenizer
-    model = make_model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
-    with torch.no_grad():
-        model.bert.embeddings.token_type_embeddings.weight.mul_(20.0)  # segments must matter
+    model = make_pair_model()
     pair = _graphed(PairClassifier, model, tokenizer)
     assert pair.uses_token_types
     texts = ["the food", "a long first text about the food and the service", "ok", "fine then"]
@@ -139,11 +136,16 @@ def test_buckets() -> None:
         assert bucket is not None and n <= bucket[0] <= max(2, int(n * 1.5) + 1)
 
 
-def test_a_graph_that_disagrees_turns_graphs_off(
-    tiny_classifier: Classifier, caplog: pytest.LogCaptureFixture
-) -> None:
-    classifier = _graphed(Classifier, make_model("BertForSequenceClassification"), tiny_classifier.tokenizer)
-    graphs = classifier.graphs
+@pytest.fixture
+def bert(tiny_classifier: Classifier) -> Classifier:
+    """A tiny BERT sequence classifier whose padded batches go through uncaptured graphs."""
+    model = make_model("BertForSequenceClassification")
+    classifier: Classifier = _graphed(Classifier, model, tiny_classifier.tokenizer)
+    return classifier
+
+
+def test_a_graph_that_disagrees_turns_graphs_off(bert: Classifier, caplog: pytest.LogCaptureFixture) -> None:
+    classifier, graphs = bert, bert.graphs
     assert graphs is not None
     right = classifier.static_logits
     graphs._forward = lambda ids, mask: right(ids, mask) + 1.0  # a graph that answers wrong
@@ -159,11 +161,8 @@ def test_a_graph_that_disagrees_turns_graphs_off(
     assert "CUDA graphs off" in caplog.text and "differs from the plain pass" in caplog.text
 
 
-def test_a_graph_that_cannot_be_built_turns_graphs_off(
-    tiny_classifier: Classifier, caplog: pytest.LogCaptureFixture
-) -> None:
-    classifier = _graphed(Classifier, make_model("BertForSequenceClassification"), tiny_classifier.tokenizer)
-    graphs = classifier.graphs
+def test_a_graph_that_cannot_be_built_turns_graphs_off(bert: Classifier, caplog: pytest.LogCaptureFixture) -> None:
+    classifier, graphs = bert, bert.graphs
     assert graphs is not None
 
     def broken(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -177,9 +176,8 @@ def test_a_graph_that_cannot_be_built_turns_graphs_off(
     assert not graphs.enabled and "capturing a graph" in caplog.text
 
 
-def test_graphs_stop_at_their_limit(tiny_classifier: Classifier) -> None:
-    classifier = _graphed(Classifier, make_model("BertForSequenceClassification"), tiny_classifier.tokenizer)
-    graphs = classifier.graphs
+def test_graphs_stop_at_their_limit(bert: Classifier) -> None:
+    classifier, graphs = bert, bert.graphs
     assert graphs is not None
     graphs.max_graphs = 2
     shapes = [(n, width) for n in (3, 7, 20) for width in (10, 30)]
@@ -219,7 +217,7 @@ def test_the_captured_pass_never_waits_on_the_device(
     # What a CUDA graph captures must not ask the host anything: checked operator by
     # operator on the CPU for every architecture graphs are allowed for.
     if architecture == "pair":
-        model = make_model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
+        model = make_pair_model()
         cls: type[Classifier] = PairClassifier
     else:
         model = make_model(architecture)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _architectures import LABELS, SEQUENCE_HEADS, TOKEN_HEADS, make_model, random_rows
+from _architectures import LABELS, SEQUENCE_HEADS, TOKEN_HEADS, make_model, make_pair_model, random_rows
 from whybert_service.models.classifier import Classifier
 from whybert_service.models.packing import PACKED_ATTENTION, enable_packing, pack
 from whybert_service.models.pair_classifier import PairClassifier
@@ -72,9 +72,7 @@ def test_a_token_model_reads_each_rows_own_positions_packed(ner: TokenClassifier
 
 def test_a_pair_model_reads_each_rows_segments_packed(tiny_classifier: Classifier) -> None:
     tokenizer = tiny_classifier.tokenizer
-    model = make_model("BertForSequenceClassification", type_vocab_size=2, vocab_size=30522)
-    with torch.no_grad():
-        model.bert.embeddings.token_type_embeddings.weight.mul_(20.0)  # segments must matter
+    model = make_pair_model()
     pair = _classifier(PairClassifier, model, tokenizer)
     assert pair.uses_token_types and pair.packer is not None
     firsts = ["the food", "a long first text about the food and the service", "ok", "fine then"]
