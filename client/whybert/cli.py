@@ -640,7 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except KeyboardInterrupt:  # Ctrl-C: the calls in flight were cancelled with the channel
+        sys.stdout.flush()  # what is still buffered meets a reader who left here, not at exit
+    except KeyboardInterrupt:  # Ctrl-C: closing the client's channel cancelled the calls in flight
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`whybert explain ... | head`): nothing more to say

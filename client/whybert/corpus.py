@@ -767,7 +767,8 @@ class _Run:
         self.chunk_size = chunk_size
         self.timeout = timeout
         self.explained = 0
-        self.skipped: list[int] = []  # rows without the entity asked for
+        self.skipped: list[int] = []  # rows without the entity asked for, in order
+        self._skipped: set[int] = set()
         self.bar: Any = None
 
     def all(self, rows: Iterable[_Row], done: Done) -> int:
@@ -793,6 +794,7 @@ class _Run:
         return n
 
     def chunk(self, chunk: list[_Todo]) -> None:
+        chunk = self.with_entity(chunk)
         for explainer in self.explainers:
             todo = [t for t in chunk if explainer in t.explainers]
             while todo:
@@ -808,11 +810,7 @@ class _Run:
         self.store.sync()
 
     def stream(self, explainer: str, part: list[_Todo]) -> None:
-        timeout = self.timeout
-        per_text = self.client.timeout if timeout is USE_CLIENT_DEFAULT else timeout
-        part = self.with_entity(part, per_text)
-        if not part:
-            return
+        per_text = self.per_text()
         pairs = [t.pair for t in part if t.pair is not None]  # all or none (_checked_rows)
         extra = {"pairs": pairs} if pairs else {}
         stream = self.client.explain_stream(
@@ -834,25 +832,44 @@ class _Run:
                 close()  # cancels the call if it is still going
 
 
-    def with_entity(self, part: list[_Todo], per_text: float | None) -> list[_Todo]:
-        """The rows of `part` that have the entity an entity model is asked to explain by
-        index (the server refuses a stream holding a text without it); the others are noted
-        in `skipped`, once each, and their progress counted as done."""
+    def per_text(self) -> float | None:
+        """Seconds each text of a stream may take (a stream's deadline is that × its texts)."""
+        return self.client.timeout if self.timeout is USE_CLIENT_DEFAULT else self.timeout
+
+    def with_entity(self, chunk: list[_Todo]) -> list[_Todo]:
+        """The rows of `chunk` that have the entity an entity model is asked to explain by
+        index (the server refuses a stream holding a text without it), learnt from a
+        PredictStream per part of the chunk; the others are noted in `skipped`, once each,
+        and their progress counted as done."""
         index = self.options.get("entity")
         if self.info.kind != "token" or not isinstance(index, int) or isinstance(index, bool):
-            return part
-        found = dict(
-            self.client.predict_stream(
-                [t.text for t in part], model=self.info.name, timeout=None if per_text is None else per_text * len(part)
-            )
-        )
-        without = {i for i, p in found.items() if len(p.entities) <= index}
-        for i in sorted(without):
-            if part[i].row not in self.skipped:
-                self.skipped.append(part[i].row)
+            return chunk
+        per_text = self.per_text()
+        counts: list[int] = []
+        while len(counts) < len(chunk):
+            part = chunk[len(counts) : len(counts) + self.chunk_size]
+            texts = [t.text for t in part]
+            try:
+                found = dict(self.client.predict_stream(
+                    texts, model=self.info.name, timeout=None if per_text is None else per_text * len(part)
+                ))
+            except InvalidArgumentError as exc:
+                refusal = _refusal(exc, part)
+                if isinstance(refusal, _StreamLimit) and refusal.limit < len(part):
+                    self.chunk_size = refusal.limit  # the server takes fewer texts per stream
+                    continue
+                raise refusal from exc
+            counts.extend(len(found[i].entities) for i in range(len(part)))
+        kept = []
+        for todo, count in zip(chunk, counts, strict=True):
+            if count > index:
+                kept.append(todo)
+            elif todo.row not in self._skipped:
+                self._skipped.add(todo.row)
+                self.skipped.append(todo.row)
                 if self.bar is not None:
-                    self.bar.update(len(part[i].explainers))
-        return [t for i, t in enumerate(part) if i not in without]
+                    self.bar.update(len(todo.explainers))
+        return kept
 
 
 class _StreamLimit(ValueError):

@@ -385,19 +385,22 @@ def evaluate_rows(
         accept(0, first, predictions)
         start = len(first)
         window: deque[tuple[int, list[_Checked], Future[list[Prediction]]]] = deque()
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whybert-evaluate") as pool:
-            try:
-                while True:
-                    while len(window) < concurrency and (chunk := take(pending, size)):
-                        window.append((start, chunk, pool.submit(_rows_named, send, chunk, start)))
-                        start += len(chunk)
-                    if not window:
-                        break
-                    at, chunk, future = window.popleft()
-                    accept(at, chunk, future.result())
-            finally:
-                for _, _, future in window:  # after a failure: send nothing more
-                    future.cancel()
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whybert-evaluate")
+        finished = False
+        try:
+            while True:
+                while len(window) < concurrency and (chunk := take(pending, size)):
+                    window.append((start, chunk, pool.submit(_rows_named, send, chunk, start)))
+                    start += len(chunk)
+                if not window:
+                    break
+                at, chunk, future = window.popleft()
+                accept(at, chunk, future.result())
+            finished = True
+        finally:
+            # After a failure or an interrupt (Ctrl-C), send nothing more and wait for no call
+            # in flight: closing the client's channel ends them.
+            pool.shutdown(wait=finished, cancel_futures=True)
     finally:
         if bar is not None:
             bar.close()
@@ -550,7 +553,7 @@ def csv_header(path: Path) -> list[str]:
         try:
             header = csv.DictReader(f).fieldnames
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     if not header:
         raise ValueError(f"{path}: the file is empty (no header row)")
     return list(header)
@@ -590,7 +593,7 @@ def _read(path: Path, text_column: str, label_column: str, pair_column: str | No
     try:
         yield from _read_utf8(path, text_column, label_column, pair_column)
     except UnicodeDecodeError as exc:  # the decoder's message alone does not say which file
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
 
 def _read_utf8(path: Path, text_column: str, label_column: str, pair_column: str | None) -> Iterator[tuple[str, ...]]:

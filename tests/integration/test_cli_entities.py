@@ -22,8 +22,12 @@ TEXT = "Angela Merkel visited Paris and met Microsoft Corporation in São Paulo"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    ner_dir = make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
+def ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
+
+
+@pytest.fixture(scope="module")
+def server(ner_dir: Path) -> Iterator[ServerThread]:
     with ServerThread(tiny_settings(ner_dir, model=(f"ner={ner_dir}",))) as running:
         yield running
 
@@ -199,19 +203,28 @@ def test_pictures_of_no_entity_say_so(
     assert cli.main(["explain", "nothing", "--entity", "all", *target]) == 0  # no picture asked: nothing to say
 
 
+@pytest.mark.parametrize("stream_limit", [None, 3])
 def test_explain_corpus_leaves_out_texts_without_the_entity(
-    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ner_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], stream_limit: int | None
 ) -> None:
     """A corpus of an entity model, explained at entity INDEX: the texts with fewer entities
     are left out and named by their CSV row, the others explained; a resumed run explains
-    nothing again and names the same rows."""
+    nothing again and names the same rows. A server that takes fewer texts per stream than
+    the chunk (3 against 5) gets smaller chunks, for the entity check as for the rest."""
+    limits = {} if stream_limit is None else {"max_stream_texts": stream_limit, "max_texts_per_request": 2}
+    with ServerThread(tiny_settings(ner_dir, model=(f"ner={ner_dir}",), **limits)) as server:
+        _explain_corpus_at_an_entity(server, tmp_path, capsys)
+
+
+def _explain_corpus_at_an_entity(server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import csv
 
     from whybert.corpus import RECORDS
 
     texts = [*generated_texts(16, seed=5), "the", "and the", "TEXT"]
     with whybert.Client(server.target) as client:
-        counts = [len(p.entities) for _, p in sorted(client.predict_stream(texts, model="ner"))]
+        pieces = [client.predict(texts[i : i + 2], model="ner") for i in range(0, len(texts), 2)]
+    counts = [len(p.entities) for piece in pieces for p in piece]
     index = sorted(counts)[len(counts) // 2]  # some texts have more entities, some not
     without = [n for n, c in enumerate(counts, start=1) if c <= index]
     assert 0 < len(without) < len(texts)

@@ -118,15 +118,24 @@ def test_ctrl_c_ends_a_command_with_one_line_and_cancels_its_work(tiny_model_dir
 
 
 def test_a_reader_that_leaves_ends_the_command_quietly(tiny_model_dir: Path) -> None:
-    """`whybert explain ... | head`: the closed pipe ends the command without an error."""
+    """`whybert explain ... | head`: the closed pipe ends the command without an error,
+    whether it fails while the command prints or only when the buffered rest is flushed."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
     with ServerThread(tiny_settings(tiny_model_dir)) as server:
         command = [sys.executable, "-m", "whybert.cli", "explain", "--stream", "--max-evals", "40",
                    "--target", server.target, *(f"text number {i} was great" for i in range(20))]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         assert process.stdout is not None and process.stderr is not None
         first = process.stdout.readline()
         process.stdout.close()  # the reader leaves after one line
         err = process.stderr.read()
         process.wait(30)
-    assert json.loads(first)["index"] >= 0
-    assert process.returncode == 141 and err == "", err
+        assert json.loads(first)["index"] >= 0
+        assert process.returncode == 141 and err == "", err
+        # A short table, all of it still in the buffer when the command returns.
+        read, write = os.pipe()
+        os.close(read)  # a reader that is gone before anything is written
+        table = [sys.executable, "-m", "whybert.cli", "predict", "good", "bad", "--target", server.target]
+        done = subprocess.run(table, stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr

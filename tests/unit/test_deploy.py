@@ -309,9 +309,18 @@ def test_envoy_balances_grpc_over_healthy_replicas_and_retries_unavailable() -> 
     assert (address["address"], address["port_value"]) == ("whybert", DEFAULTS.port)
     (listener,) = envoy()["static_resources"]["listeners"]
     (manager,) = listener["filter_chains"][0]["filters"]
-    (route,) = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    assert route["route"]["cluster"] == cluster["name"]
+    streams, route = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["match"] == {"prefix": "/"} and route["route"]["cluster"] == cluster["name"]
     assert "unavailable" in route["route"]["retry_policy"]["retry_on"].split(",")
+    # The streams, first: bound by the client's deadline alone (0s: no Envoy timeout, the
+    # grpc-timeout header used as it is), every other call by Envoy's 300 s too.
+    pattern = re.compile(streams["match"]["safe_regex"]["regex"])
+    for method in ("PredictStream", "ExplainStream"):
+        assert pattern.match(f"/{SERVICE_NAME}/{method}")
+    for method in ("Predict", "Explain", "ExplainProgressive", "ListModels"):
+        assert not pattern.match(f"/{SERVICE_NAME}/{method}")
+    assert streams["route"]["cluster"] == cluster["name"] and streams["route"]["timeout"] == "0s"
+    assert streams["route"]["max_stream_duration"]["grpc_timeout_header_max"] == "0s"
 
 
 # ---- docs ------------------------------------------------------------------------------

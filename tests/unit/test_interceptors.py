@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc._cython import cygrpc
 from whybert_service.grpc.interceptors import (
     DEADLINE_SLACK_S,
     HEALTH_WATCH,
@@ -34,8 +35,10 @@ class Context:
         self.gone_after = gone_after  # the caller leaves after this many messages
 
     async def write(self, message: Any) -> None:
+        if not isinstance(message, int):
+            raise TypeError(f"cannot serialize {message!r}")  # as a wrong response type fails
         if self.gone_after is not None and len(self.written) >= self.gone_after:
-            raise RuntimeError("Failed \"execute_batch\": the caller has gone")  # as grpc.aio fails it
+            raise cygrpc.ExecuteBatchError('Failed "execute_batch"')  # as grpc.aio fails it
         self.written.append(message)
 
     def code(self) -> grpc.StatusCode | None:
@@ -174,6 +177,23 @@ async def test_a_generators_stream_whose_caller_left_ends_cancelled_and_closes_t
     labels = {**LABELS, "grpc_type": "server_stream"}
     assert _value(metrics, "grpc_server_msg_sent_total", **labels) == 3
     assert _value(metrics, "grpc_server_handled_total", **labels, grpc_code="CANCELLED") == 1
+
+
+async def test_a_generators_response_that_cannot_be_sent_stays_an_error() -> None:
+    # Not a caller who left: a handler yielding what does not serialize fails as it is.
+    metrics = Metrics()
+
+    async def stream(request: int, _context: Any) -> AsyncIterator[Any]:
+        yield request
+        yield "not a message"
+
+    handler = await _intercept(MetricsInterceptor(metrics), grpc.unary_stream_rpc_method_handler(stream))
+    assert handler.unary_stream is not None
+    with pytest.raises(TypeError, match="cannot serialize"):
+        await handler.unary_stream(5, Context())
+    labels = {**LABELS, "grpc_type": "server_stream"}
+    assert not _value(metrics, "grpc_server_handled_total", **labels, grpc_code="CANCELLED")
+    assert _value(metrics, "grpc_server_handled_total", **labels, grpc_code="UNKNOWN") == 1
 
 
 async def test_watch_streams_are_capped_and_give_their_place_back() -> None:

@@ -188,10 +188,9 @@ def test_a_streams_earlier_texts_go_first_within_its_share() -> None:
     assert order == [1, "unary", 2, 3, 4]
 
 
-def test_a_later_text_never_jumps_a_round_already_cut_into() -> None:
+def test_an_earlier_text_never_jumps_a_round_already_cut_into() -> None:
     stream = RequestContext(Priority.EXPLAIN)
-    later, earlier = stream.part(), stream.part()
-    later.order, earlier.order = 2, 1
+    earlier, later = stream.part(), stream.part()
     queue = RowQueue(quantum=4)
     queue.push(submission(later, 6, 0))
     first = queue.take_batch(max_tokens=12, now=0.0)  # 4 of its 6 rows

@@ -182,7 +182,8 @@ class _Flow:
     """One request's queued submissions, and the tokens it has been served (its virtual time)."""
 
     context: RequestContext
-    # in arrival order (a stream's: by text, then arrival): they share the request's deadline
+    # in arrival order (a stream's: by text, then arrival, behind a head already cut into):
+    # they share the request's deadline
     subs: deque[Submission] = field(default_factory=deque)
     start: float = 0.0  # virtual start tag: tokens served so far, never behind the class's clock
     stamp: int = 0  # bumped on every change of its place in the ready heap

@@ -39,7 +39,7 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_deserializer is None:
             return handler
         behavior = handler.unary_unary or handler.unary_stream
-        # An async-generator handler cannot be wrapped by a coroutine; none of ours is one.
+        # Only whybert's own handlers are checked here, and none is an async generator.
         if behavior is None or inspect.isasyncgenfunction(behavior):
             return handler
         factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.unary_stream_rpc_method_handler

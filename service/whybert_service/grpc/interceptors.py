@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 from ..metrics import Metrics
 
@@ -39,14 +40,20 @@ def deadline_passed(context: grpc.aio.ServicerContext, slack: float = 0.0) -> bo
     return remaining is not None and remaining <= slack
 
 
+# What grpc.aio raises writing to a call that has ended: its caller has gone (cancelled,
+# reset) and the handler is about to be cancelled.
+_CALL_ENDED: tuple[type[BaseException], ...] = (cygrpc.ExecuteBatchError, cygrpc.UsageError)
+
+
 async def write(context: grpc.aio.ServicerContext, message: Any) -> None:
     """Write one message of a stream. The write waits on HTTP/2 flow control, so a slow
     reader holds its stream's next message back. grpc.aio fails the write of a call whose
-    caller has gone (cancelled, reset) before it cancels the handler: that ends the stream
-    as a cancelled call, not as an error."""
+    caller has gone before it cancels the handler: that ends the stream as a cancelled
+    call, not as an error. Any other failure (a message that does not serialize) stays
+    the error it is."""
     try:
         await context.write(message)
-    except Exception as exc:
+    except _CALL_ENDED as exc:
         raise asyncio.CancelledError("the stream's caller has gone") from exc
 
 
@@ -78,7 +85,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def _observed(
         self, handler: grpc.RpcMethodHandler, labels: tuple[str, str, str]
     ) -> grpc.RpcMethodHandler:
-        """The same handler, counted: a coroutine or an async generator like the original."""
+        """The same handler, counted: a coroutine (an async generator's responses written
+        here, with `write`)."""
         m = self.metrics
         received, sent = m.grpc_msg_received.labels(*labels), m.grpc_msg_sent.labels(*labels)
         behavior = (
