@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc._cython import cygrpc
 from whybert.v1 import explainer_pb2 as pb
 from whybert_service.context import Priority, RequestContext
 from whybert_service.errors import NotFound, ServiceError
@@ -94,8 +95,8 @@ class Context:
         raise grpc.aio.AbortError()
 
     async def write(self, message: Any) -> None:
-        if self.broken_writes:
-            raise RuntimeError("the stream is closed")
+        if self.broken_writes:  # as grpc.aio fails a write to a caller who has gone
+            raise cygrpc.ExecuteBatchError('Failed "execute_batch"')
         self.written.append(message)
 
 

@@ -41,8 +41,9 @@ def deadline_passed(context: grpc.aio.ServicerContext, slack: float = 0.0) -> bo
 
 
 # What grpc.aio raises writing to a call that has ended: its caller has gone (cancelled,
-# reset) and the handler is about to be cancelled.
-_CALL_ENDED: tuple[type[BaseException], ...] = (cygrpc.ExecuteBatchError, cygrpc.UsageError)
+# reset: the send fails) and the handler is about to be cancelled, or the call has already
+# finished.
+_CALL_ENDED: tuple[type[BaseException], ...] = (cygrpc.ExecuteBatchError, cygrpc.UsageError, asyncio.InvalidStateError)
 
 
 async def write(context: grpc.aio.ServicerContext, message: Any) -> None:
