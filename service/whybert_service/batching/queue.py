@@ -215,15 +215,15 @@ class RowQueue:
     nor jumps ahead of everyone for long). Tokens, not rows: a row of 256 tokens costs the
     model some twenty times one of 12, so a request of short rows beside one of long rows
     gets its round back after one long row, not after as many long rows as it had short
-    ones. Among requests level in that, the earliest
-    deadline goes first, then arrival. A request's own submissions (one deadline) go in
-    arrival order, except that a stream's texts go in the order they started: a text's next
-    round goes before later texts' rounds, so a stream's first results come early while its
-    later texts fill the rest of each batch. One pick takes at most `quantum` rows of one request, so a batch mixes
-    the requests that are waiting, except a request served `AHEAD_BATCHES` batches more
-    than the one leading the batch (for at most `MAX_SKIPS` batches in a row): a small
-    explanation beside a big one runs its rounds in short batches of their own, not in
-    batches the big one fills to the time bound.
+    ones. Among requests level in that, the earliest deadline goes first, then arrival. A
+    request's own submissions (one deadline) go in arrival order, except that a stream's
+    texts go in the order they started: a text's next round goes before later texts'
+    rounds, so a stream's first results come early while its later texts fill the rest of
+    each batch. One pick takes at most `quantum` rows of one request, so a batch mixes the
+    requests that are waiting, except a request served `AHEAD_BATCHES` batches more than the
+    one leading the batch (for at most `MAX_SKIPS` batches in a row): a small explanation
+    beside a big one runs its rounds in short batches of their own, not in batches the big
+    one fills to the time bound.
     """
 
     def __init__(self, quantum: int = 16, padded: bool = True) -> None:

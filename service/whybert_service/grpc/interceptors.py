@@ -43,7 +43,11 @@ def deadline_passed(context: grpc.aio.ServicerContext, slack: float = 0.0) -> bo
 # What grpc.aio raises writing to a call that has ended: its caller has gone (cancelled,
 # reset: the send fails) and the handler is about to be cancelled, or the call has already
 # finished.
-_CALL_ENDED: tuple[type[BaseException], ...] = (cygrpc.ExecuteBatchError, cygrpc.UsageError, asyncio.InvalidStateError)
+_CALL_ENDED: tuple[type[BaseException], ...] = (
+    cygrpc.ExecuteBatchError,
+    cygrpc.UsageError,
+    asyncio.InvalidStateError,
+)
 
 
 async def write(context: grpc.aio.ServicerContext, message: Any) -> None:
