@@ -5,8 +5,9 @@ on batches shaped as the server's are (rows of 17–28 tokens from many explanat
 the limit's are (rows of one length): wall time per batch with the device synchronised,
 the CPU time until the launch returns, a mask built by the model or passed ready-made,
 SDPA's kernels forced one at a time, batches launched back to back (the worker's pipeline),
-a CUDA graph replay of the same shapes (what the Python launch costs), and the profiler's
-top operators. Run on a GPU: `python benchmarks/gpu_forward.py --tokenizer-dir DIR`.
+a CUDA graph replay of the same shapes (what the Python launch costs), the same batches
+through whybert's own graphs (`models/graphs.py`), and the profiler's top operators.
+Run on a GPU: `python benchmarks/gpu_forward.py --tokenizer-dir DIR`.
 """
 
 from __future__ import annotations
@@ -123,6 +124,33 @@ def main() -> int:
         clf.collect(flight)
         piped = (time.perf_counter() - started) / len(batches)
         line(f"B183 {tag}: serial / pipelined ms per batch", (1000 * serial, 1000 * piped))
+
+    # whybert's own graphs (models/graphs.py) on the same kinds of batches through
+    # Classifier.launch: a bucket captured on its second sight and checked, then replayed.
+    # What a server batch's launch costs the worker thread with graphs on.
+    if cuda and clf.use_graphs():
+        graphs = clf.graphs
+        assert graphs is not None
+        for b in [int(x) for x in args.sizes.split(",")]:
+            for mixed in (False, True):
+                rows = rows_of(rng, b, mixed, vocab)
+                for _ in range(2):
+                    clf.collect(clf.launch(rows))
+                tag = f"graphs B{b} {'mixed' if mixed else 'uniform'}"
+                line(f"{tag} launch+collect (wall, launch ms)", timed(lambda r=rows: clf.collect(clf.launch(r)), n))
+        batches = [rows_of(rng, 183, True, vocab) for _ in range(40)]
+        for rows in batches[:2]:
+            clf.collect(clf.launch(rows))
+        started, flight = time.perf_counter(), None
+        for rows in batches:
+            nxt = clf.launch(rows)
+            if flight is not None:
+                clf.collect(flight)
+            flight = nxt
+        clf.collect(flight)
+        line("graphs B183 mixed: pipelined ms per batch", 1000 * (time.perf_counter() - started) / len(batches))
+        line("graphs captured", graphs.captured if graphs.enabled else "off (see the warning above)")
+        clf.graphs = None
 
     # A CUDA graph of the same forward: the device's own time, without Python's launches.
     for b, width in ((128, 32), (256, 32), (512, 32), (1024, 32)) if cuda else ():
