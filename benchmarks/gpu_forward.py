@@ -47,6 +47,19 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
     return 1000 * wall / repeat, 1000 * launch / repeat
 
 
+def pipelined(clf: Any, batches: list[list[list[int]]]) -> float:
+    """Wall ms per batch as the worker runs them: batch N+1 launched before N is collected."""
+    started, flight = time.perf_counter(), None
+    for rows in batches:
+        launched = clf.launch(rows)
+        if flight is not None:
+            clf.collect(flight)
+        flight = launched
+    if flight is not None:
+        clf.collect(flight)
+    return 1000 * (time.perf_counter() - started) / len(batches)
+
+
 def rows_of(rng: np.random.Generator, n: int, mixed: bool, vocab: int) -> list[list[int]]:
     lengths = rng.integers(17, 29, size=n) if mixed else np.full(n, 26)
     return [[101, *rng.integers(1000, vocab, size=int(k) - 2).tolist(), 102] for k in lengths]
@@ -114,16 +127,7 @@ def main() -> int:
         for rows in batches:
             clf.collect(clf.launch(rows))
         serial = (time.perf_counter() - started) / len(batches)
-        started = time.perf_counter()
-        flight = None
-        for rows in batches:
-            nxt = clf.launch(rows)
-            if flight is not None:
-                clf.collect(flight)
-            flight = nxt
-        clf.collect(flight)
-        piped = (time.perf_counter() - started) / len(batches)
-        line(f"B183 {tag}: serial / pipelined ms per batch", (1000 * serial, 1000 * piped))
+        line(f"B183 {tag}: serial / pipelined ms per batch", (1000 * serial, pipelined(clf, batches)))
 
     # whybert's own graphs (models/graphs.py) on the same kinds of batches through
     # Classifier.launch: a bucket captured on its second sight and checked, then replayed.
@@ -141,14 +145,7 @@ def main() -> int:
         batches = [rows_of(rng, 183, True, vocab) for _ in range(40)]
         for rows in batches[:2]:
             clf.collect(clf.launch(rows))
-        started, flight = time.perf_counter(), None
-        for rows in batches:
-            nxt = clf.launch(rows)
-            if flight is not None:
-                clf.collect(flight)
-            flight = nxt
-        clf.collect(flight)
-        line("graphs B183 mixed: pipelined ms per batch", 1000 * (time.perf_counter() - started) / len(batches))
+        line("graphs B183 mixed: pipelined ms per batch", pipelined(clf, batches))
         line("graphs captured", graphs.captured if graphs.enabled else "off (see the warning above)")
         clf.graphs = None
 
