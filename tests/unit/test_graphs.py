@@ -147,7 +147,7 @@ def bert(tiny_classifier: Classifier) -> Classifier:
 def test_a_graph_that_disagrees_turns_graphs_off(bert: Classifier, caplog: pytest.LogCaptureFixture) -> None:
     classifier, graphs = bert, bert.graphs
     assert graphs is not None
-    right = classifier.static_logits
+    right = classifier.logits_of
     graphs._forward = lambda ids, mask: right(ids, mask) + 1.0  # a graph that answers wrong
     plain_passes: list[int] = []
     plain = classifier.plain_logits

@@ -36,7 +36,6 @@ from ..context import RequestContext
 from ..entities import entity_output
 from ..errors import InvalidArgument, ModelFailure
 from ..models.classifier import Classifier
-from ..models.pair_classifier import PairClassifier
 from ..outputs import to_output_space
 from ..registry import ModelHandle
 from ..types import AttentionMapsResult, ExplainerName, ExplainParams, OutputName
@@ -118,9 +117,7 @@ def run_attention(
     rollout row at `request.position`, and the chosen raw maps as float32
     [layer, head, query, key]."""
     ids = torch.tensor([request.ids], dtype=torch.long, device=classifier.device)
-    extra = {}
-    if isinstance(classifier, PairClassifier) and classifier.uses_token_types:  # a pair: its two segments
-        extra["token_type_ids"] = classifier.token_types(ids)
+    extra = classifier.extra_inputs(ids)  # a pair: its two segments
     with torch.inference_mode(), eager_attention(classifier.model):
         out = classifier.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, **extra)
     attentions = [a[0] for a in (out.attentions or ())]

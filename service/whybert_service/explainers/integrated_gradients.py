@@ -254,11 +254,8 @@ def step_batch_attributions(
         hook = layer.register_forward_hook(lambda _module, _args, _output: scaled)
         try:
             repeated = ids.repeat(rows, 1)
-            types = getattr(classifier, "token_types", None)  # text pairs: their segments
             outputs = output_function(classifier.model, request.output, request.position, request.columns)(
-                repeated,
-                torch.ones_like(ids).repeat(rows, 1),
-                types(repeated) if types is not None and getattr(classifier, "uses_token_types", False) else None,
+                repeated, torch.ones_like(ids).repeat(rows, 1), **classifier.extra_inputs(repeated)  # a pair's segments
             )
         finally:
             hook.remove()
@@ -284,10 +281,7 @@ def output_function(
     """The function differentiated: float32 probabilities or logits of every label; for a
     token model's entity (`position`), p(B-X) + p(I-X) at that position, or its log-odds."""
 
-    def forward(
-        input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
         if position is not None:
             p = torch.softmax(logits[:, position], dim=-1)[:, list(columns)].sum(dim=-1, keepdim=True)

@@ -109,8 +109,18 @@ class Classifier:
         packed = self.packed(rows)
         if packed is not None:
             packer, layout = packed
-            return self.to_host(packer.logits(layout).float())
+            return self.to_host(packer.logits(layout, self.packed_token_types(layout)).float())
         return self.to_host(self.padded_logits(rows).float())
+
+    def extra_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the model reads of padded rows beyond their ids and mask: nothing here; a
+        text pair's segments (`PairClassifier`). Every pass over padded ids takes it from
+        here: the batches, their graphs, integrated gradients, the attention explainer."""
+        return {}
+
+    def packed_token_types(self, layout: Packed) -> np.ndarray | None:
+        """The same for rows packed end to end: their segment ids, or None."""
+        return None
 
     def padded_logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """The model's output for `rows` padded, on its device: replayed from a graph where
@@ -123,13 +133,13 @@ class Classifier:
 
     def plain_logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """The model's output for `rows` right-padded, one eager pass."""
-        input_ids, attention_mask = self.pad(rows)
-        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits
+        return self.logits_of(*self.pad(rows))
 
-    def static_logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The pass a graph captures: padded ids and a ready 4-D additive mask."""
-        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=mask).logits
+    def logits_of(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The model's output for padded ids and their mask (2-D, a ready 4-D additive one
+        as a graph captures it, or None for rows of one length)."""
+        extra = self.extra_inputs(input_ids)
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=mask, **extra).logits
         return logits
 
     def use_graphs(self, *, capture: bool = True) -> bool:
@@ -145,7 +155,7 @@ class Classifier:
         if (capture and self.device.type != "cuda") or not known or attention not in ("sdpa", "eager"):
             return False
         self.graphs = GraphedForward(
-            self.static_logits,
+            self.logits_of,
             self.plain_logits,
             device=self.device,
             dtype=self.dtype,

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import Classifier, Encoded, Launched
+from .classifier import Classifier, Encoded
+from .packing import Packed
 
 # Keys of config.json that mark a sentence-transformers CrossEncoder (v4+ writes the first,
 # older versions the second), and whybert's own marker for any other pair model.
@@ -117,32 +118,11 @@ class PairClassifier(Classifier):
         is_sep = (input_ids == self.sep_id).long()
         return ((torch.cumsum(is_sep, dim=1) - is_sep) > 0).long()
 
-    @torch.inference_mode()
-    def launch(self, rows: Sequence[Sequence[int]], positions: Sequence[int | None] | None = None) -> Launched:
-        if not self.uses_token_types:
-            return super().launch(rows, positions)
-        packed = self.packed(rows)
-        if packed is not None:
-            packer, layout = packed
-            return self.to_host(packer.logits(layout, layout.segments(self.sep_id)).float())
-        return self.to_host(self.padded_logits(rows).float())
+    def extra_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"token_type_ids": self.token_types(input_ids)} if self.uses_token_types else {}
 
-    def plain_logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        if not self.uses_token_types:
-            return super().plain_logits(rows)
-        input_ids, attention_mask = self.pad(rows)
-        logits: torch.Tensor = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=self.token_types(input_ids)
-        ).logits
-        return logits
-
-    def static_logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if not self.uses_token_types:
-            return super().static_logits(input_ids, mask)
-        logits: torch.Tensor = self.model(
-            input_ids=input_ids, attention_mask=mask, token_type_ids=self.token_types(input_ids)
-        ).logits
-        return logits
+    def packed_token_types(self, layout: Packed) -> np.ndarray | None:
+        return layout.segments(self.sep_id) if self.uses_token_types else None
 
 
 def pair_window(classifier: PairClassifier, text: str, pair: str) -> tuple[str, str, bool]:
