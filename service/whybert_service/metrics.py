@@ -191,7 +191,8 @@ class Metrics:
         )
         self.cuda_graphs = Gauge(
             "whybert_cuda_graphs",
-            "Batch shapes the model replays from CUDA graphs (absent where graphs are off).",
+            "Batch shapes the model replays from CUDA graphs: 0 once a failed or disagreeing graph "
+            "turned them off; absent where the model has none (a CPU, --no-cuda-graphs).",
             ("model",),
             registry=r,
         )
