@@ -89,8 +89,7 @@ class Client(BaseClient):
     ) -> Generator[T, None, None]:
         """The call's messages, converted; closing the iterator (a `break` out of the loop
         that drops it, `close()`) cancels the call."""
-        texts = len(getattr(request, "texts", ())) or 1  # a progressive explanation: one text
-        call = method(request, timeout=self.stream_timeout(timeout, texts), metadata=self.metadata())
+        call = method(request, timeout=self.stream_timeout(timeout, request), metadata=self.metadata())
         try:
             for message in call:
                 yield convert(message)
@@ -217,8 +216,7 @@ class AsyncClient(BaseClient):
     ) -> AsyncGenerator[T, None]:
         """The call's messages, converted; closing the iterator (`aclose()`, or leaving
         `contextlib.aclosing`) cancels the call."""
-        texts = len(getattr(request, "texts", ())) or 1  # a progressive explanation: one text
-        call = method(request, timeout=self.stream_timeout(timeout, texts), metadata=self.metadata())
+        call = method(request, timeout=self.stream_timeout(timeout, request), metadata=self.metadata())
         try:
             async for message in call:
                 yield convert(message)

@@ -174,12 +174,13 @@ class BaseClient:
     def call_timeout(self, timeout: Any) -> float | None:
         return self.timeout if timeout is USE_CLIENT_DEFAULT else timeout
 
-    def stream_timeout(self, timeout: Any, texts: int) -> float | None:
+    def stream_timeout(self, timeout: Any, request: Any) -> float | None:
         """A stream's deadline: the one given, or by default the client's timeout for each of
-        its texts (a stream of thousands of texts runs far longer than one call may)."""
+        the request's texts (a stream of thousands of texts runs far longer than one call
+        may; a progressive explanation is one text)."""
         if timeout is not USE_CLIENT_DEFAULT:
             return timeout
-        return None if self.timeout is None else self.timeout * max(1, texts)
+        return None if self.timeout is None else self.timeout * max(1, len(getattr(request, "texts", ())))
 
     # ---- requests ------------------------------------------------------------------------
 

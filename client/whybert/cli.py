@@ -334,15 +334,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_entities(args: argparse.Namespace, client: Client, model: str) -> int:
     """seqeval's entity figures of a token model on a CoNLL-style file (one token and its
     tag a line, blank lines between sentences)."""
-    from .entity_evaluation import evaluate_entities, read_conll, write_conll
+    from .entity_evaluation import EntityEvaluation
 
-    predicted: list[list[str]] = []
-    result = evaluate_entities(client, args.data, model, batch_size=args.batch_size or 1000, predictions=predicted)
+    evaluation = EntityEvaluation.run(client, args.data, model, batch_size=args.batch_size or 1000)
+    result = evaluation.result
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "entity_metrics.json").write_text(json.dumps(result, indent=2))
-        write_conll(out / "predictions.conll", read_conll(args.data), predicted)
+        evaluation.write_conll(out / "predictions.conll")
         if not args.json:
             print(f"wrote {out / 'entity_metrics.json'} and {out / 'predictions.conll'} (token, gold, predicted)")
     if args.json:

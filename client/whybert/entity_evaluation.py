@@ -142,35 +142,43 @@ def _batches(sentences: Sequence[Sentence], size: int) -> Iterator[Sequence[Sent
 
 
 def evaluate_entities(
-    client: Client,
-    path: str | Path,
-    model: str | None = None,
-    batch_size: int = 1000,
-    predictions: list[list[str]] | None = None,
+    client: Client, path: str | Path, model: str | None = None, batch_size: int = 1000
 ) -> dict[str, Any]:
-    """Predict every sentence of the file and report the entity figures (seqeval's). The
-    sentences go `batch_size` to a PredictStream (no per-request text limit applies to a
-    stream); `predictions`, when given, receives each sentence's predicted tags."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    sentences = read_conll(path)
-    if not sentences:
-        raise ValueError(f"{path}: no sentences (one token and its tag a line, a blank line between sentences)")
-    predicted: list[list[str]] = []
-    for batch in _batches(sentences, batch_size):
-        found = dict(client.predict_stream([" ".join(s.tokens) for s in batch], model=model))
-        predicted.extend(tags_of(s.tokens, found[i].entities) for i, s in enumerate(batch))
-    report = entity_report([s.tags for s in sentences], predicted)
-    if predictions is not None:
-        predictions.extend(predicted)
-    return {"sentences": len(sentences), "report": report}
+    """Predict every sentence of the file and report the entity figures (seqeval's)."""
+    return EntityEvaluation.run(client, path, model, batch_size).result
 
 
-def write_conll(path: str | Path, sentences: Sequence[Sentence], predicted: Sequence[Sequence[str]]) -> None:
-    """conlleval's input: a line per token (the token, its gold tag, the predicted one), a
-    blank line after each sentence."""
-    with Path(path).open("w", encoding="utf-8") as f:
-        for sentence, tags in zip(sentences, predicted, strict=True):
-            for token, gold, guess in zip(sentence.tokens, sentence.tags, tags, strict=True):
-                f.write(f"{token} {gold} {guess}\n")
-            f.write("\n")
+@dataclass(frozen=True)
+class EntityEvaluation:
+    """A CoNLL file's sentences, the tags the model predicted for them, and the figures."""
+
+    sentences: list[Sentence]
+    predicted: list[list[str]]
+    result: dict[str, Any]  # {"sentences": count, "report": seqeval's figures}
+
+    @classmethod
+    def run(
+        cls, client: Client, path: str | Path, model: str | None = None, batch_size: int = 1000
+    ) -> EntityEvaluation:
+        """The sentences go `batch_size` to a PredictStream (no per-request text limit
+        applies to a stream)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        sentences = read_conll(path)
+        if not sentences:
+            raise ValueError(f"{path}: no sentences (one token and its tag a line, a blank line between sentences)")
+        predicted: list[list[str]] = []
+        for batch in _batches(sentences, batch_size):
+            found = dict(client.predict_stream([" ".join(s.tokens) for s in batch], model=model))
+            predicted.extend(tags_of(s.tokens, found[i].entities) for i, s in enumerate(batch))
+        report = entity_report([s.tags for s in sentences], predicted)
+        return cls(sentences, predicted, {"sentences": len(sentences), "report": report})
+
+    def write_conll(self, path: str | Path) -> None:
+        """conlleval's input: a line per token (the token, its gold tag, the predicted one),
+        a blank line after each sentence."""
+        with Path(path).open("w", encoding="utf-8") as f:
+            for sentence, tags in zip(self.sentences, self.predicted, strict=True):
+                for token, gold, guess in zip(sentence.tokens, sentence.tags, tags, strict=True):
+                    f.write(f"{token} {gold} {guess}\n")
+                f.write("\n")
