@@ -714,7 +714,7 @@ def explain_corpus_rows(
         ranking=report.ranking,
         shown_rows=report.shown_rows,
         files=[store.run_path, store.records_path, *report.files],
-        skipped_rows=run.skipped,
+        skipped_rows=list(run.skipped),
     )
 
 
@@ -767,8 +767,7 @@ class _Run:
         self.chunk_size = chunk_size
         self.timeout = timeout
         self.explained = 0
-        self.skipped: list[int] = []  # rows without the entity asked for, in order
-        self._skipped: set[int] = set()
+        self.skipped: dict[int, None] = {}  # rows without the entity asked for, in order
         self.bar: Any = None
 
     def all(self, rows: Iterable[_Row], done: Done) -> int:
@@ -810,12 +809,11 @@ class _Run:
         self.store.sync()
 
     def stream(self, explainer: str, part: list[_Todo]) -> None:
-        per_text = self.per_text()
         pairs = [t.pair for t in part if t.pair is not None]  # all or none (_checked_rows)
         extra = {"pairs": pairs} if pairs else {}
         stream = self.client.explain_stream(
             [t.text for t in part], model=self.info.name, explainer=explainer,
-            timeout=None if per_text is None else per_text * len(part), **extra, **self.options,
+            timeout=self.stream_timeout(len(part)), **extra, **self.options,
         )
         try:
             for i, e in stream:
@@ -831,10 +829,10 @@ class _Run:
             if close is not None:
                 close()  # cancels the call if it is still going
 
-
-    def per_text(self) -> float | None:
-        """Seconds each text of a stream may take (a stream's deadline is that × its texts)."""
-        return self.client.timeout if self.timeout is USE_CLIENT_DEFAULT else self.timeout
+    def stream_timeout(self, texts: int) -> float | None:
+        """A stream's deadline: the timeout (the client's own by default) is per text here."""
+        per_text = self.client.timeout if self.timeout is USE_CLIENT_DEFAULT else self.timeout
+        return None if per_text is None else per_text * texts
 
     def with_entity(self, chunk: list[_Todo]) -> list[_Todo]:
         """The rows of `chunk` that have the entity an entity model is asked to explain by
@@ -844,14 +842,12 @@ class _Run:
         index = self.options.get("entity")
         if self.info.kind != "token" or not isinstance(index, int) or isinstance(index, bool):
             return chunk
-        per_text = self.per_text()
         counts: list[int] = []
         while len(counts) < len(chunk):
             part = chunk[len(counts) : len(counts) + self.chunk_size]
-            texts = [t.text for t in part]
             try:
                 found = dict(self.client.predict_stream(
-                    texts, model=self.info.name, timeout=None if per_text is None else per_text * len(part)
+                    [t.text for t in part], model=self.info.name, timeout=self.stream_timeout(len(part))
                 ))
             except InvalidArgumentError as exc:
                 refusal = _refusal(exc, part)
@@ -864,9 +860,8 @@ class _Run:
         for todo, count in zip(chunk, counts, strict=True):
             if count > index:
                 kept.append(todo)
-            elif todo.row not in self._skipped:
-                self._skipped.add(todo.row)
-                self.skipped.append(todo.row)
+            elif todo.row not in self.skipped:
+                self.skipped[todo.row] = None
                 if self.bar is not None:
                     self.bar.update(len(todo.explainers))
         return kept

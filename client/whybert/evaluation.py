@@ -553,7 +553,7 @@ def csv_header(path: Path) -> list[str]:
         try:
             header = csv.DictReader(f).fieldnames
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+            raise _not_utf8(path, exc) from None
     if not header:
         raise ValueError(f"{path}: the file is empty (no header row)")
     return list(header)
@@ -592,8 +592,13 @@ def _read(path: Path, text_column: str, label_column: str, pair_column: str | No
     """(text, label) per data row, (text, label, pair) with a pair column, read as the file is read."""
     try:
         yield from _read_utf8(path, text_column, label_column, pair_column)
-    except UnicodeDecodeError as exc:  # the decoder's message alone does not say which file
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> ValueError:
+    """The decoder's message alone does not say which file."""
+    return ValueError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8")
 
 
 def _read_utf8(path: Path, text_column: str, label_column: str, pair_column: str | None) -> Iterator[tuple[str, ...]]:
